@@ -1,1 +1,124 @@
-//! placeholder
+//! Herald's storage layer: the [`Store`] trait and its embedded SQLite implementation.
+//!
+//! This crate exists so that everything above it (ingest, query, and later the stream, rules
+//! and retention) talks to one interface, and a PostgreSQL implementation can be added
+//! behind the same trait and pass the same [`contract`] tests. It owns durability: an
+//! `append` future resolves only after the events are committed and fsynced.
+//!
+//! Invariants:
+//! - Filter values reach SQL only as bound parameters; the only user text pasted into SQL is
+//!   a `data.`/`context.` path, which the core's parser restricts to `[A-Za-z0-9_-]` segments.
+//! - One writer per database; concurrent appends are batched into one transaction (group
+//!   commit). Every queue is bounded and a full one is an error ([`StoreError::Overloaded`]),
+//!   never unbounded memory.
+//! - Listings are ordered by (event time, seq) descending, so keyset cursors are stable under
+//!   concurrent inserts.
+
+use herald_core::cursor::Cursor;
+use herald_core::filter::Filter;
+use herald_core::PreparedEvent;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod contract;
+pub mod sqlite;
+mod sql;
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// A boxed future, so that [`Store`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What became of one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under this new `seq`.
+    Stored(u64),
+    /// Same `source`+`id` and content already stored under this `seq`.
+    Duplicate(u64),
+    /// Same `source`+`id` stored under this `seq` with different content.
+    Conflict(u64),
+}
+
+/// Errors a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write queue is full: retry later (HTTP 503 with `Retry-After`).
+    #[error("the write queue is full")]
+    Overloaded,
+    /// The store is shutting down or its writer stopped.
+    #[error("the store is closed")]
+    Closed,
+    /// The database failed (disk full, IO error, corruption). Nothing of the failed batch
+    /// was acknowledged.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A listing request. Bounds are in microseconds since the epoch, `until` exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub filter: Filter,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    pub limit: usize,
+    /// Continue after this position (exclusive).
+    pub cursor: Option<Cursor>,
+}
+
+/// A stored event: its position and its canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub time_us: i64,
+    pub body: String,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// What the writer reports after each commit, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitInfo {
+    pub events: usize,
+    pub requests: usize,
+    pub duration: Duration,
+}
+
+/// Called by the writer after each commit (keep it cheap: it runs on the writer thread).
+pub type CommitObserver = Arc<dyn Fn(CommitInfo) + Send + Sync>;
+
+/// The storage interface every backend implements.
+pub trait Store: Send + Sync + 'static {
+    /// Appends events durably; resolves after the commit is on disk, one outcome per event
+    /// in order.
+    fn append(&self, events: Vec<PreparedEvent>) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>>;
+
+    /// Lists events matching the query, newest first.
+    fn query(&self, q: EventQuery) -> BoxFuture<'_, Result<Page, StoreError>>;
+
+    /// One event by its sequence number.
+    fn get_by_seq(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>>;
+
+    /// One event by its producer identity.
+    fn get_by_id<'a>(&'a self, source: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
+
+    /// Write requests waiting for the writer.
+    fn queue_depth(&self) -> usize;
+
+    /// Stops taking appends, commits what was queued, and stops the writer.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

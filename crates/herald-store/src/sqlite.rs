@@ -1,0 +1,592 @@
+//! The embedded store: one SQLite database in WAL mode, written by a single writer thread
+//! that commits whatever is waiting in one transaction (group commit), read through a small
+//! pool of read-only connections.
+//!
+//! Why a dedicated thread: SQLite allows one writer at a time and its calls block, so the
+//! writer lives off the async runtime, and batching the appends of concurrent requests into
+//! one fsync is what makes durable ingest fast (one fsync costs 0.1–0.2 ms here, whether it
+//! covers one event or ten thousand).
+
+use crate::sql::{compile, path_expr};
+use crate::{
+    AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, Page, Store, StoreError, StoredEvent,
+};
+use herald_core::cursor::Cursor;
+use herald_core::filter::parse_path;
+use herald_core::PreparedEvent;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Settings of the SQLite store (the `[store]` section of the config).
+#[derive(Clone)]
+pub struct SqliteOptions {
+    /// Where `herald.db` lives.
+    pub data_dir: PathBuf,
+    /// Maintain the FTS5 full-text index.
+    pub fulltext: bool,
+    /// `data.`/`context.` paths that get an index, e.g. `data.country`.
+    pub indexed_paths: Vec<String>,
+    /// Write requests that may wait for the writer before appends are refused.
+    pub queue_capacity: usize,
+    /// Most events committed in one transaction.
+    pub max_commit_events: usize,
+    /// Read-only connections for queries.
+    pub read_connections: usize,
+    /// Page cache per connection, in MiB.
+    pub cache_mib: usize,
+    /// fsync at every commit (`synchronous=FULL`). Turning it off keeps data safe from a
+    /// process crash but not from a power loss.
+    pub fsync: bool,
+    pub on_commit: Option<CommitObserver>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            data_dir: PathBuf::from("herald-data"),
+            fulltext: true,
+            indexed_paths: Vec::new(),
+            queue_capacity: 4096,
+            max_commit_events: 50_000,
+            read_connections: 4,
+            cache_mib: 256,
+            fsync: true,
+            on_commit: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("data_dir", &self.data_dir)
+            .field("fulltext", &self.fulltext)
+            .field("indexed_paths", &self.indexed_paths)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    seq           INTEGER PRIMARY KEY,
+    time          INTEGER NOT NULL,
+    recorded      INTEGER NOT NULL,
+    type          TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    subject       TEXT,
+    severity      INTEGER NOT NULL,
+    actor         TEXT,
+    tenant        TEXT,
+    correlationid TEXT,
+    causationid   TEXT,
+    visibility    INTEGER NOT NULL,
+    dkey          INTEGER NOT NULL,
+    chash         INTEGER NOT NULL,
+    body          TEXT NOT NULL
+);
+CREATE INDEX events_time ON events(time);
+CREATE INDEX events_type_time ON events(type, time);
+CREATE INDEX events_dkey ON events(dkey);
+CREATE INDEX events_tenant_time ON events(tenant, time) WHERE tenant IS NOT NULL;
+CREATE INDEX events_actor_time ON events(actor, time) WHERE actor IS NOT NULL;
+CREATE INDEX events_subject_time ON events(subject, time) WHERE subject IS NOT NULL;
+CREATE INDEX events_correlation ON events(correlationid, time) WHERE correlationid IS NOT NULL;
+CREATE INDEX events_causation ON events(causationid) WHERE causationid IS NOT NULL;
+CREATE VIRTUAL TABLE events_fts USING fts5(text, content='', contentless_delete=1, tokenize='unicode61');
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#];
+
+struct WriteJob {
+    events: Vec<PreparedEvent>,
+    reply: oneshot::Sender<Result<Vec<AppendOutcome>, StoreError>>,
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    tx: RwLock<Option<SyncSender<WriteJob>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    queued: Arc<AtomicUsize>,
+    readers: Arc<ReadPool>,
+    fulltext: bool,
+}
+
+struct ReadPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+fn configure(conn: &Connection, opts: &SqliteOptions) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "cache_size", -((opts.cache_mib * 1024) as i64))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `DATA_DIR/herald.db`, migrates it, creates the configured
+    /// path indexes, and starts the writer thread.
+    pub fn open(opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            StoreError::Database(format!("cannot create data directory {}: {e}", opts.data_dir.display()))
+        })?;
+        let path = opts.data_dir.join("herald.db");
+        let conn = Connection::open(&path)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
+        }
+        conn.pragma_update(None, "synchronous", if opts.fsync { "FULL" } else { "NORMAL" })?;
+        // Larger checkpoints: fewer writer stalls under sustained ingest.
+        conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+        configure(&conn, &opts)?;
+        migrate(&conn)?;
+        sync_path_indexes(&conn, &opts.indexed_paths)?;
+        conn.execute_batch("PRAGMA optimize=0x10002")?;
+        let next_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| r.get(0))?;
+
+        let mut readers = Vec::with_capacity(opts.read_connections);
+        for _ in 0..opts.read_connections.max(1) {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            configure(&r, &opts)?;
+            r.pragma_update(None, "query_only", true)?;
+            readers.push(r);
+        }
+
+        let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = Writer {
+            conn,
+            rx,
+            next_seq: next_seq as u64,
+            queued: queued.clone(),
+            fulltext: opts.fulltext,
+            max_commit_events: opts.max_commit_events.max(1),
+            on_commit: opts.on_commit.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("herald-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            tx: RwLock::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            queued,
+            readers: Arc::new(ReadPool {
+                permits: Semaphore::new(readers.len()),
+                conns: Mutex::new(readers),
+            }),
+            fulltext: opts.fulltext,
+        })
+    }
+
+    /// Runs `f` on a read connection on the blocking thread pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let permit = pool.permits.acquire().await.map_err(|_| StoreError::Closed)?;
+        let pool2 = pool.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let conn = pool2
+                .conns
+                .lock()
+                .map_err(|_| StoreError::Closed)?
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            let out = f(&conn);
+            if let Ok(mut g) = pool2.conns.lock() {
+                g.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?;
+        drop(permit);
+        res
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {version}, newer than this Herald ({}); upgrade Herald",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The index name for a path: stable, SQL-safe.
+fn path_index_name(path: &str) -> String {
+    format!("events_path_{:016x}", xxhash_path(path))
+}
+
+fn xxhash_path(path: &str) -> u64 {
+    // FNV-1a: tiny, stable, and only used to name indexes.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in path.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Creates an index for each configured path and drops the ones no longer configured.
+fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreError> {
+    let mut wanted = Vec::new();
+    for p in paths {
+        let (root, rest) = p
+            .split_once('.')
+            .filter(|(root, _)| matches!(*root, "data" | "context"))
+            .ok_or_else(|| StoreError::Database(format!("indexed path `{p}` must start with data. or context.")))?;
+        let segs = parse_path(rest)
+            .ok_or_else(|| StoreError::Database(format!("indexed path `{p}` has an invalid segment")))?;
+        let name = path_index_name(p);
+        let expr = path_expr(root, &segs);
+        conn.execute_batch(&format!("CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"))?;
+        wanted.push(name);
+    }
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_path_%'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for name in existing {
+        if !wanted.contains(&name) {
+            conn.execute_batch(&format!("DROP INDEX {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+struct Writer {
+    conn: Connection,
+    rx: Receiver<WriteJob>,
+    next_seq: u64,
+    queued: Arc<AtomicUsize>,
+    fulltext: bool,
+    max_commit_events: usize,
+    on_commit: Option<CommitObserver>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // recv() fails once every sender is gone and the queue is empty: that is shutdown.
+        while let Ok(first) = self.rx.recv() {
+            let started = Instant::now();
+            let mut n = first.events.len();
+            let mut jobs = vec![first];
+            while n < self.max_commit_events {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        n += job.events.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
+            let seq_before = self.next_seq;
+            match self.write(&jobs) {
+                Ok(outcomes) => {
+                    if let Some(cb) = &self.on_commit {
+                        cb(CommitInfo {
+                            events: n,
+                            requests: jobs.len(),
+                            duration: started.elapsed(),
+                        });
+                    }
+                    for (job, out) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(out));
+                    }
+                }
+                Err(e) => {
+                    // Nothing of this batch is committed: give the seqs back, fail every job.
+                    self.next_seq = seq_before;
+                    tracing::error!(error = %e, events = n, "commit failed; the batch was not stored");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
+            tracing::warn!(error = %e, "PRAGMA optimize at shutdown failed");
+        }
+    }
+
+    fn write(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<Vec<AppendOutcome>>> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut all = Vec::with_capacity(jobs.len());
+        {
+            let mut lookup = tx.prepare_cached("SELECT seq, chash, source, id FROM events WHERE dkey = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
+                 correlationid, causationid, visibility, dkey, chash, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?;
+            let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+            for job in jobs {
+                let mut outs = Vec::with_capacity(job.events.len());
+                for ev in &job.events {
+                    let mut found = None;
+                    let mut rows = lookup.query(params![ev.dedup_key])?;
+                    while let Some(r) = rows.next()? {
+                        let source: String = r.get(2)?;
+                        let id: String = r.get(3)?;
+                        if source == ev.source && id == ev.id {
+                            let seq: i64 = r.get(0)?;
+                            let chash: i64 = r.get(1)?;
+                            found = Some(if chash == ev.content_hash {
+                                AppendOutcome::Duplicate(seq as u64)
+                            } else {
+                                AppendOutcome::Conflict(seq as u64)
+                            });
+                            break;
+                        }
+                    }
+                    drop(rows);
+                    if let Some(o) = found {
+                        outs.push(o);
+                        continue;
+                    }
+                    let seq = self.next_seq;
+                    let body = ev.body_with_seq(seq);
+                    insert.execute(params![
+                        seq as i64,
+                        ev.time_us,
+                        ev.recorded_us,
+                        ev.ty,
+                        ev.source,
+                        ev.id,
+                        ev.subject,
+                        ev.severity.rank(),
+                        ev.actor,
+                        ev.tenant,
+                        ev.correlationid,
+                        ev.causationid,
+                        ev.visibility.rank(),
+                        ev.dedup_key,
+                        ev.content_hash,
+                        body,
+                    ])?;
+                    if self.fulltext {
+                        fts.execute(params![seq as i64, ev.search_text()])?;
+                    }
+                    self.next_seq += 1;
+                    outs.push(AppendOutcome::Stored(seq));
+                }
+                all.push(outs);
+            }
+        }
+        tx.commit()?;
+        Ok(all)
+    }
+}
+
+fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get::<_, i64>(0)? as u64,
+        time_us: r.get(1)?,
+        body: r.get(2)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn append(&self, events: Vec<PreparedEvent>) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (reply, rx) = oneshot::channel();
+            {
+                let guard = self.tx.read().map_err(|_| StoreError::Closed)?;
+                let tx = guard.as_ref().ok_or(StoreError::Closed)?;
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                match tx.try_send(WriteJob { events, reply }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        return Err(StoreError::Overloaded);
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        return Err(StoreError::Closed);
+                    }
+                }
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn query(&self, q: EventQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
+        let fulltext = self.fulltext;
+        Box::pin(self.read(move |conn| {
+            let w = compile(&q.filter, q.since_us, q.until_us, q.cursor, fulltext);
+            let limit = q.limit.max(1);
+            let sql = format!(
+                "SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
+                w.sql,
+                limit + 1
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut events: Vec<StoredEvent> = stmt
+                .query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?
+                .collect::<Result<_, _>>()?;
+            let next = if events.len() > limit {
+                events.truncate(limit);
+                events.last().map(|e| Cursor {
+                    time_us: e.time_us,
+                    seq: e.seq,
+                })
+            } else {
+                None
+            };
+            Ok(Page { events, next })
+        }))
+    }
+
+    fn get_by_seq(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+        Box::pin(self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq, time, body FROM events WHERE seq = ?1")?
+                .query_row(params![i64::try_from(seq).unwrap_or(-1)], row_to_event)
+                .optional()?)
+        }))
+    }
+
+    fn get_by_id<'a>(&'a self, source: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
+        let key = herald_core::event::dedup_key(source, id);
+        let (source, id) = (source.to_owned(), id.to_owned());
+        Box::pin(self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq, time, body FROM events WHERE dkey = ?1 AND source = ?2 AND id = ?3")?
+                .query_row(params![key, source, id], row_to_event)
+                .optional()?)
+        }))
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Dropping the only sender lets the writer drain the queue and exit.
+            if let Ok(mut g) = self.tx.write() {
+                g.take();
+            }
+            let handle = self.writer.lock().ok().and_then(|mut g| g.take());
+            if let Some(h) = handle {
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
+        })
+    }
+}
+
+/// The database file inside a data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("herald.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn contract() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            indexed_paths: vec!["data.country".into()],
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        crate::contract::run_all(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn contract_without_fulltext_or_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            fulltext: false,
+            fsync: false,
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        crate::contract::run_all(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_keeps_events_and_continues_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(opts.clone()).expect("open");
+        let out = store
+            .append(vec![crate::contract::event(r#"{"id":"1","source":"/s","type":"a"}"#)])
+            .await
+            .expect("append");
+        store.close().await;
+        assert!(store.append(vec![crate::contract::event(r#"{"id":"9","source":"/s","type":"a"}"#)]).await.is_err());
+        let store = SqliteStore::open(opts).expect("reopen");
+        let out2 = store
+            .append(vec![crate::contract::event(r#"{"id":"2","source":"/s","type":"a"}"#)])
+            .await
+            .expect("append");
+        assert_eq!((out[0], out2[0]), (AppendOutcome::Stored(1), AppendOutcome::Stored(2)));
+        store.close().await;
+    }
+
+    #[test]
+    fn queries_use_the_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            indexed_paths: vec!["data.org".into()],
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        let conn = store.readers.conns.lock().unwrap().pop().unwrap();
+        let plan = |filter: &str| {
+            let f = herald_core::Filter::parse(filter, 0).unwrap();
+            let w = compile(&f, Some(0), None, None, true);
+            let sql = format!("EXPLAIN QUERY PLAN SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let rows: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            rows.join("; ")
+        };
+        assert!(plan("type:import.completed").contains("events_type_time"), "{}", plan("type:import.completed"));
+        assert!(plan("data.org:org-1").contains("events_path_"), "{}", plan("data.org:org-1"));
+        assert!(plan("tenant:acme").contains("events_tenant_time"), "{}", plan("tenant:acme"));
+        assert!(!plan("type:a").contains("TEMP B-TREE"), "no sort for an indexed type listing: {}", plan("type:a"));
+    }
+}
