@@ -44,7 +44,10 @@ mod tests {
 
     #[test]
     fn roundtrip_and_garbage() {
-        let c = Cursor { time_us: -5, seq: 42 };
+        let c = Cursor {
+            time_us: -5,
+            seq: 42,
+        };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
         assert_eq!(Cursor::decode("not a cursor"), None);
         assert_eq!(Cursor::decode(""), None);

@@ -85,7 +85,10 @@ impl PreparedEvent {
             t.push_str(part);
             t.push(' ');
         }
-        for r in [&self.data_range, &self.context_range].into_iter().flatten() {
+        for r in [&self.data_range, &self.context_range]
+            .into_iter()
+            .flatten()
+        {
             t.push_str(&self.body_tail[r.clone()]);
             t.push(' ');
         }
@@ -164,8 +167,9 @@ fn is_type_name(s: &str) -> bool {
             let b = seg.as_bytes();
             !b.is_empty()
                 && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+                && b.iter().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-'
+                })
         })
 }
 
@@ -193,10 +197,14 @@ pub fn is_extension_name(s: &str) -> bool {
 /// Checks a principal (`user:42`, `group:moderators`, `tenant:acme`).
 pub fn validate_principal(p: &str, max: usize) -> Result<(), String> {
     let Some((kind, name)) = p.split_once(':') else {
-        return Err(format!("principal `{p}` must look like user:ID, group:NAME or tenant:NAME"));
+        return Err(format!(
+            "principal `{p}` must look like user:ID, group:NAME or tenant:NAME"
+        ));
     };
     if !matches!(kind, "user" | "group" | "tenant") {
-        return Err(format!("principal kind `{kind}` must be user, group or tenant"));
+        return Err(format!(
+            "principal kind `{kind}` must be user, group or tenant"
+        ));
     }
     if name.is_empty() || p.len() > max || p.chars().any(|c| c.is_control() || c == ',') {
         return Err(format!(
@@ -258,7 +266,11 @@ fn known(name: &str) -> Option<Known> {
 
 /// Validates one event given as JSON text. `pointer` is the JSON pointer of the event in
 /// the request (`""` for a single event, `/3` for the fourth of an array).
-pub fn prepare_json(raw: &str, pointer: &str, ctx: &mut PrepareCtx) -> Result<PreparedEvent, Rejection> {
+pub fn prepare_json(
+    raw: &str,
+    pointer: &str,
+    ctx: &mut PrepareCtx,
+) -> Result<PreparedEvent, Rejection> {
     if raw.len() > ctx.limits.max_event_bytes {
         return Err(reject(
             pointer,
@@ -324,7 +336,12 @@ pub fn prepare_binary(
     }
     let is_json = content_type
         .map(|ct| {
-            let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let ct = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             ct == "application/json" || ct.ends_with("+json") || ct == "text/json"
         })
         .unwrap_or(false);
@@ -338,8 +355,13 @@ pub fn prepare_binary(
         if is_json {
             let text = std::str::from_utf8(body)
                 .map_err(|_| reject("", "data", "body is declared JSON but is not UTF-8"))?;
-            let raw: Box<RawValue> = serde_json::from_str(text)
-                .map_err(|e| reject("", "data", format!("body is declared JSON but is not valid: {e}")))?;
+            let raw: Box<RawValue> = serde_json::from_str(text).map_err(|e| {
+                reject(
+                    "",
+                    "data",
+                    format!("body is declared JSON but is not valid: {e}"),
+                )
+            })?;
             tokens.push(("data".to_owned(), raw));
         } else if let Ok(text) = std::str::from_utf8(body) {
             let raw = RawValue::from_string(serde_json::to_string(text).unwrap_or_default())
@@ -391,26 +413,47 @@ enum ContextValue<'a> {
 fn parse_str<'a>(raw: &'a RawValue, pointer: &str, member: &str) -> Result<Str<'a>, Rejection> {
     let token = raw.get();
     if !token.starts_with('"') {
-        return Err(reject(pointer, member, format!("{member} must be a string")));
+        return Err(reject(
+            pointer,
+            member,
+            format!("{member} must be a string"),
+        ));
     }
     let value: Cow<'a, str> = serde_json::from_str(token)
         .map_err(|e| reject(pointer, member, format!("{member}: {e}")))?;
     Ok(Str { value, token })
 }
 
-fn check_len(s: &Str, max: usize, pointer: &str, member: &str, allow_empty: bool) -> Result<(), Rejection> {
+fn check_len(
+    s: &Str,
+    max: usize,
+    pointer: &str,
+    member: &str,
+    allow_empty: bool,
+) -> Result<(), Rejection> {
     if s.value.is_empty() && !allow_empty {
-        return Err(reject(pointer, member, format!("{member} must not be empty")));
+        return Err(reject(
+            pointer,
+            member,
+            format!("{member} must not be empty"),
+        ));
     }
     if s.value.len() > max {
         return Err(reject(
             pointer,
             member,
-            format!("{member} is {} bytes, more than the limit of {max}", s.value.len()),
+            format!(
+                "{member} is {} bytes, more than the limit of {max}",
+                s.value.len()
+            ),
         ));
     }
     if s.value.chars().any(|c| c.is_control()) {
-        return Err(reject(pointer, member, format!("{member} must not contain control characters")));
+        return Err(reject(
+            pointer,
+            member,
+            format!("{member} must not contain control characters"),
+        ));
     }
     Ok(())
 }
@@ -429,7 +472,11 @@ impl<'a> Builder<'a> {
         if let Some(k) = k {
             let bit = 1u32 << (k as u32);
             if self.seen & bit != 0 && k != Known::Ignored {
-                return Err(reject(pointer, &name, format!("attribute `{name}` appears twice")));
+                return Err(reject(
+                    pointer,
+                    &name,
+                    format!("attribute `{name}` appears twice"),
+                ));
             }
             self.seen |= bit;
         }
@@ -446,7 +493,11 @@ impl<'a> Builder<'a> {
                 ));
             }
             if self.extensions.iter().any(|(n, _)| *n == name) {
-                return Err(reject(pointer, &name, format!("attribute `{name}` appears twice")));
+                return Err(reject(
+                    pointer,
+                    &name,
+                    format!("attribute `{name}` appears twice"),
+                ));
             }
             if self.extensions.len() >= limits.max_extensions {
                 return Err(reject(
@@ -456,7 +507,12 @@ impl<'a> Builder<'a> {
                 ));
             }
             let first = value.get().as_bytes().first().copied().unwrap_or(b' ');
-            if !(first == b'"' || first == b'-' || first.is_ascii_digit() || first == b't' || first == b'f') {
+            if !(first == b'"'
+                || first == b'-'
+                || first.is_ascii_digit()
+                || first == b't'
+                || first == b'f')
+            {
                 return Err(reject(
                     pointer,
                     &name,
@@ -467,7 +523,10 @@ impl<'a> Builder<'a> {
                 return Err(reject(
                     pointer,
                     &name,
-                    format!("extension `{name}` is longer than {} bytes", limits.max_string_len),
+                    format!(
+                        "extension `{name}` is longer than {} bytes",
+                        limits.max_string_len
+                    ),
                 ));
             }
             self.extensions.push((name, value));
@@ -496,7 +555,11 @@ impl<'a> Builder<'a> {
                 let s = parse_str(value, pointer, m)?;
                 check_len(&s, limits.max_string_len, pointer, m, false)?;
                 if s.value.chars().any(char::is_whitespace) {
-                    return Err(reject(pointer, m, "source must be a URI-reference without spaces"));
+                    return Err(reject(
+                        pointer,
+                        m,
+                        "source must be a URI-reference without spaces",
+                    ));
                 }
                 self.source = Some(s);
             }
@@ -511,7 +574,10 @@ impl<'a> Builder<'a> {
                     reject(
                         pointer,
                         m,
-                        format!("time `{}` is not an RFC 3339 timestamp such as 2026-11-01T12:00:00Z", s.value),
+                        format!(
+                            "time `{}` is not an RFC 3339 timestamp such as 2026-11-01T12:00:00Z",
+                            s.value
+                        ),
                     )
                 })?;
                 self.time = Some((s, us));
@@ -530,7 +596,11 @@ impl<'a> Builder<'a> {
                 let s = parse_str(value, pointer, m)?;
                 check_len(&s, limits.max_string_len, pointer, m, false)?;
                 if s.value.chars().any(char::is_whitespace) {
-                    return Err(reject(pointer, m, "dataschema must be a URI without spaces"));
+                    return Err(reject(
+                        pointer,
+                        m,
+                        "dataschema must be a URI without spaces",
+                    ));
                 }
                 self.dataschema = Some(s);
             }
@@ -564,7 +634,10 @@ impl<'a> Builder<'a> {
                     reject(
                         pointer,
                         m,
-                        format!("visibility `{}` is not one of public, internal, private", s.value),
+                        format!(
+                            "visibility `{}` is not one of public, internal, private",
+                            s.value
+                        ),
                     )
                 })?);
             }
@@ -579,11 +652,19 @@ impl<'a> Builder<'a> {
                         .collect()
                 } else {
                     serde_json::from_str(value.get()).map_err(|_| {
-                        reject(pointer, m, "readers must be an array of principals (or a comma-separated string)")
+                        reject(
+                            pointer,
+                            m,
+                            "readers must be an array of principals (or a comma-separated string)",
+                        )
                     })?
                 };
                 if list.len() > limits.max_readers {
-                    return Err(reject(pointer, m, format!("more than {} readers", limits.max_readers)));
+                    return Err(reject(
+                        pointer,
+                        m,
+                        format!("more than {} readers", limits.max_readers),
+                    ));
                 }
                 for (i, p) in list.iter().enumerate() {
                     validate_principal(p, limits.max_name_len)
@@ -601,7 +682,9 @@ impl<'a> Builder<'a> {
                     let decoded: Box<RawValue> = serde_json::from_str(&s.value)
                         .ok()
                         .filter(|r: &Box<RawValue>| r.get().trim_start().starts_with('{'))
-                        .ok_or_else(|| reject(pointer, m, "context string must hold a JSON object"))?;
+                        .ok_or_else(|| {
+                            reject(pointer, m, "context string must hold a JSON object")
+                        })?;
                     self.context = Some(ContextValue::Decoded(decoded));
                 } else {
                     return Err(reject(pointer, m, "context must be a JSON object"));
@@ -610,9 +693,9 @@ impl<'a> Builder<'a> {
             Known::Data => self.data = Some(value),
             Known::DataBase64 => {
                 let s = parse_str(value, pointer, m)?;
-                STANDARD
-                    .decode(s.value.as_bytes())
-                    .map_err(|e| reject(pointer, m, format!("data_base64 is not valid base64: {e}")))?;
+                STANDARD.decode(s.value.as_bytes()).map_err(|e| {
+                    reject(pointer, m, format!("data_base64 is not valid base64: {e}"))
+                })?;
                 self.data_base64 = Some(value);
             }
         }
@@ -622,14 +705,24 @@ impl<'a> Builder<'a> {
     fn finish(self, pointer: &str, ctx: &mut PrepareCtx) -> Result<PreparedEvent, Rejection> {
         let limits = ctx.limits;
         if self.specversion.is_none() && ctx.require_specversion {
-            return Err(reject(pointer, "specversion", "specversion is required in CloudEvents mode"));
+            return Err(reject(
+                pointer,
+                "specversion",
+                "specversion is required in CloudEvents mode",
+            ));
         }
         let source = self
             .source
             .ok_or_else(|| reject(pointer, "source", "source is required"))?;
-        let ty = self.ty.ok_or_else(|| reject(pointer, "type", "type is required"))?;
+        let ty = self
+            .ty
+            .ok_or_else(|| reject(pointer, "type", "type is required"))?;
         if self.data.is_some() && self.data_base64.is_some() {
-            return Err(reject(pointer, "data_base64", "an event has either data or data_base64, not both"));
+            return Err(reject(
+                pointer,
+                "data_base64",
+                "an event has either data or data_base64, not both",
+            ));
         }
 
         let mut out = String::with_capacity(512);
@@ -693,7 +786,11 @@ impl<'a> Builder<'a> {
             out.push_str(",\"context\":");
             let start = out.len();
             append_minified(raw, &mut out, limits.max_depth).map_err(|TooDeep| {
-                reject(pointer, "context", format!("context nests deeper than {} levels", limits.max_depth))
+                reject(
+                    pointer,
+                    "context",
+                    format!("context nests deeper than {} levels", limits.max_depth),
+                )
             })?;
             context_range = Some(start..out.len());
         }
@@ -705,7 +802,11 @@ impl<'a> Builder<'a> {
             out.push_str(",\"data\":");
             let start = out.len();
             append_minified(d.get(), &mut out, limits.max_depth).map_err(|TooDeep| {
-                reject(pointer, "data", format!("data nests deeper than {} levels", limits.max_depth))
+                reject(
+                    pointer,
+                    "data",
+                    format!("data nests deeper than {} levels", limits.max_depth),
+                )
             })?;
             data_range = Some(start..out.len());
         } else if let Some(d) = self.data_base64 {
@@ -803,42 +904,67 @@ mod tests {
     fn canonical_form() {
         check(
             r#"{"type":"import.completed","source":"/importer","id":"a1","data": {"n" : [1, 2]},"tenant":"acme","x1":true}"#,
-            expect![[r#"ok {"seq":7,"specversion":"1.0","id":"a1","source":"/importer","type":"import.completed","severity":"info","tenant":"acme","visibility":"internal","x1":true,"data":{"n":[1,2]},"time":"1970-01-01T00:00:01.000000Z","recordedtime":"1970-01-01T00:00:01.000000Z"}"#]],
+            expect![[
+                r#"ok {"seq":7,"specversion":"1.0","id":"a1","source":"/importer","type":"import.completed","severity":"info","tenant":"acme","visibility":"internal","x1":true,"data":{"n":[1,2]},"time":"1970-01-01T00:00:01.000000Z","recordedtime":"1970-01-01T00:00:01.000000Z"}"#
+            ]],
         );
         check(
             r#"{"type":"a","source":"/s","time":"2026-11-01T00:00:00Z","context":"{\"path\":\"/x\"}","readers":"user:1, group:g","seq":5,"recordedtime":"x"}"#,
-            expect![[r#"ok {"seq":7,"specversion":"1.0","id":"gen-1","source":"/s","type":"a","time":"2026-11-01T00:00:00Z","severity":"info","visibility":"internal","readers":["user:1","group:g"],"context":{"path":"/x"},"recordedtime":"1970-01-01T00:00:01.000000Z"}"#]],
+            expect![[
+                r#"ok {"seq":7,"specversion":"1.0","id":"gen-1","source":"/s","type":"a","time":"2026-11-01T00:00:00Z","severity":"info","visibility":"internal","readers":["user:1","group:g"],"context":{"path":"/x"},"recordedtime":"1970-01-01T00:00:01.000000Z"}"#
+            ]],
         );
     }
 
     #[test]
     fn rejections() {
-        check(r#"{"source":"/s"}"#, expect![[r#"rejected /0/type: type is required"#]]);
+        check(
+            r#"{"source":"/s"}"#,
+            expect![[r#"rejected /0/type: type is required"#]],
+        );
         check(
             r#"{"type":"Import.Done","source":"/s"}"#,
-            expect![[r#"rejected /0/type: type `Import.Done` is not a dotted lowercase name such as `import.completed` (segments of a-z, 0-9, `_`, `-`, each starting with a letter or digit)"#]],
+            expect![[
+                r#"rejected /0/type: type `Import.Done` is not a dotted lowercase name such as `import.completed` (segments of a-z, 0-9, `_`, `-`, each starting with a letter or digit)"#
+            ]],
         );
         check(
             r#"{"type":"a..b","source":"/s"}"#,
-            expect![[r#"rejected /0/type: type `a..b` is not a dotted lowercase name such as `import.completed` (segments of a-z, 0-9, `_`, `-`, each starting with a letter or digit)"#]],
+            expect![[
+                r#"rejected /0/type: type `a..b` is not a dotted lowercase name such as `import.completed` (segments of a-z, 0-9, `_`, `-`, each starting with a letter or digit)"#
+            ]],
         );
-        check(r#"{"type":"a","source":""}"#, expect![[r#"rejected /0/source: source must not be empty"#]]);
-        check(r#"{"type":"a","source":5}"#, expect![[r#"rejected /0/source: source must be a string"#]]);
+        check(
+            r#"{"type":"a","source":""}"#,
+            expect![[r#"rejected /0/source: source must not be empty"#]],
+        );
+        check(
+            r#"{"type":"a","source":5}"#,
+            expect![[r#"rejected /0/source: source must be a string"#]],
+        );
         check(
             r#"{"type":"a","source":"/s","time":"yesterday"}"#,
-            expect![[r#"rejected /0/time: time `yesterday` is not an RFC 3339 timestamp such as 2026-11-01T12:00:00Z"#]],
+            expect![[
+                r#"rejected /0/time: time `yesterday` is not an RFC 3339 timestamp such as 2026-11-01T12:00:00Z"#
+            ]],
         );
         check(
             r#"{"type":"a","source":"/s","severity":"fatal"}"#,
-            expect![[r#"rejected /0/severity: severity `fatal` is not one of debug, info, notice, warning, error, critical"#]],
+            expect![[
+                r#"rejected /0/severity: severity `fatal` is not one of debug, info, notice, warning, error, critical"#
+            ]],
         );
         check(
             r#"{"type":"a","source":"/s","My-Ext":1}"#,
-            expect![[r#"rejected /0/My-Ext: attribute name `My-Ext` is not valid: CloudEvents attribute names are lowercase letters and digits (at most 64)"#]],
+            expect![[
+                r#"rejected /0/My-Ext: attribute name `My-Ext` is not valid: CloudEvents attribute names are lowercase letters and digits (at most 64)"#
+            ]],
         );
         check(
             r#"{"type":"a","source":"/s","ext":{"a":1}}"#,
-            expect![[r#"rejected /0/ext: extension `ext` must be a string, a number or a boolean"#]],
+            expect![[
+                r#"rejected /0/ext: extension `ext` must be a string, a number or a boolean"#
+            ]],
         );
         check(
             r#"{"type":"a","source":"/s","data":[[[[[1]]]]]}"#,
@@ -850,20 +976,30 @@ mod tests {
         );
         check(
             r#"{"type":"a","source":"/s","readers":["admin"]}"#,
-            expect![[r#"rejected /0/readers/0: principal `admin` must look like user:ID, group:NAME or tenant:NAME"#]],
+            expect![[
+                r#"rejected /0/readers/0: principal `admin` must look like user:ID, group:NAME or tenant:NAME"#
+            ]],
         );
         check(
             r#"{"type":"a","source":"/s","specversion":"0.3"}"#,
             expect![[r#"rejected /0/specversion: specversion `0.3` is not supported; use 1.0"#]],
         );
-        check(r#"[1]"#, expect![[r#"rejected /0: event must be a JSON object"#]]);
         check(
-            &format!(r#"{{"type":"a","source":"/s","data":"{}"}}"#, "x".repeat(3000)),
+            r#"[1]"#,
+            expect![[r#"rejected /0: event must be a JSON object"#]],
+        );
+        check(
+            &format!(
+                r#"{{"type":"a","source":"/s","data":"{}"}}"#,
+                "x".repeat(3000)
+            ),
             expect![[r#"rejected /0: event is 3036 bytes, more than the limit of 2048 bytes"#]],
         );
         check(
             r#"{"type":"a","source":"/s","data_base64":"***"}"#,
-            expect![[r#"rejected /0/data_base64: data_base64 is not valid base64: Invalid symbol 42, offset 0."#]],
+            expect![[
+                r#"rejected /0/data_base64: data_base64 is not valid base64: Invalid symbol 42, offset 0."#
+            ]],
         );
     }
 
@@ -890,15 +1026,40 @@ mod tests {
             new_id: &mut new_id,
         };
         let attrs = [
-            HeaderAttr { name: "specversion", value: "1.0" },
-            HeaderAttr { name: "id", value: "b1" },
-            HeaderAttr { name: "source", value: "/bin" },
-            HeaderAttr { name: "type", value: "x.y" },
+            HeaderAttr {
+                name: "specversion",
+                value: "1.0",
+            },
+            HeaderAttr {
+                name: "id",
+                value: "b1",
+            },
+            HeaderAttr {
+                name: "source",
+                value: "/bin",
+            },
+            HeaderAttr {
+                name: "type",
+                value: "x.y",
+            },
         ];
-        let ev = prepare_binary(&attrs, Some("application/json"), br#"{"k": "v"}"#, &mut ctx).unwrap();
-        assert!(ev.body_tail.contains(r#""datacontenttype":"application/json""#));
+        let ev =
+            prepare_binary(&attrs, Some("application/json"), br#"{"k": "v"}"#, &mut ctx).unwrap();
+        assert!(ev
+            .body_tail
+            .contains(r#""datacontenttype":"application/json""#));
         assert!(ev.body_tail.contains(r#""data":{"k":"v"}"#));
-        let ev = prepare_binary(&attrs, Some("application/octet-stream"), &[0xff, 0], &mut ctx).unwrap();
-        assert!(ev.body_tail.contains(r#""data_base64":"/wA=""#), "{}", ev.body_tail);
+        let ev = prepare_binary(
+            &attrs,
+            Some("application/octet-stream"),
+            &[0xff, 0],
+            &mut ctx,
+        )
+        .unwrap();
+        assert!(
+            ev.body_tail.contains(r#""data_base64":"/wA=""#),
+            "{}",
+            ev.body_tail
+        );
     }
 }

@@ -133,7 +133,8 @@ pub fn parse_path(path: &str) -> Option<Vec<String>> {
     let ok = segs.iter().all(|s| {
         !s.is_empty()
             && s.len() <= 128
-            && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
     });
     (ok && segs.len() <= 16).then_some(segs)
 }
@@ -199,7 +200,11 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (in `{}` at offset {})", self.message, self.term, self.offset)
+        write!(
+            f,
+            "{} (in `{}` at offset {})",
+            self.message, self.term, self.offset
+        )
     }
 }
 
@@ -240,7 +245,9 @@ impl Filter {
 
     /// True when the filter has no full-text term (every term maps to a column or a path).
     pub fn has_text(&self) -> bool {
-        self.terms.iter().any(|t| matches!(t.kind, TermKind::Text(_)))
+        self.terms
+            .iter()
+            .any(|t| matches!(t.kind, TermKind::Text(_)))
     }
 }
 
@@ -429,7 +436,9 @@ fn parse_cond(field: &Field, rest: &str, now: Micros) -> Result<Cond, String> {
     let values = split_values(vtext)?;
     if let Some(op) = op {
         let [v] = values.as_slice() else {
-            return Err(format!("a comparison takes one value, not a list (in `{name}`)"));
+            return Err(format!(
+                "a comparison takes one value, not a list (in `{name}`)"
+            ));
         };
         if v.prefix {
             return Err("a comparison cannot use a `*` prefix".to_owned());
@@ -457,12 +466,16 @@ fn parse_cond(field: &Field, rest: &str, now: Micros) -> Result<Cond, String> {
                     return Err(format!("`{name}` does not take a `*` prefix"));
                 }
                 Field::Type if !v.text.is_empty() => {
-                    let lowered_ok = v
-                        .text
-                        .bytes()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'));
+                    let lowered_ok = v.text.bytes().all(|c| {
+                        c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || matches!(c, b'.' | b'_' | b'-')
+                    });
                     if !lowered_ok {
-                        return Err(format!("type pattern `{}*` can only contain a-z, 0-9, `.`, `_`, `-`", v.text));
+                        return Err(format!(
+                            "type pattern `{}*` can only contain a-z, 0-9, `.`, `_`, `-`",
+                            v.text
+                        ));
                     }
                 }
                 _ => {}
@@ -489,7 +502,11 @@ fn parse_cond(field: &Field, rest: &str, now: Micros) -> Result<Cond, String> {
 fn json_value(v: &RawValue) -> Value {
     if !v.quoted {
         if let Ok(n) = v.text.parse::<f64>() {
-            if n.is_finite() && v.text.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'e' | b'E' | b'+')) {
+            if n.is_finite()
+                && v.text
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'e' | b'E' | b'+'))
+            {
                 return Value::Num(n);
             }
         }
@@ -510,11 +527,12 @@ fn typed_value(field: &Field, v: &RawValue, now: Micros) -> Result<Value, String
                 v.text
             )
         }),
-        Field::Visibility => v
-            .text
-            .parse()
-            .map(Value::Visibility)
-            .map_err(|_| format!("`{}` is not a visibility; use public, internal or private", v.text)),
+        Field::Visibility => v.text.parse().map(Value::Visibility).map_err(|_| {
+            format!(
+                "`{}` is not a visibility; use public, internal or private",
+                v.text
+            )
+        }),
         Field::Seq => v
             .text
             .parse()
@@ -603,7 +621,9 @@ mod tests {
     fn product_example() {
         check(
             r#"type:import.* severity:>=error tenant:acme data.country:fr,be -source:/test "timeout""#,
-            expect![[r#"(type in "import."*) (severity >= error) (tenant in "acme") (data.country in "fr" "be") (not (source in "/test")) (text "timeout")"#]],
+            expect![[
+                r#"(type in "import."*) (severity >= error) (tenant in "acme") (data.country in "fr" "be") (not (source in "/test")) (text "timeout")"#
+            ]],
         );
     }
 
@@ -611,37 +631,116 @@ mod tests {
     fn fields_and_values() {
         check("", expect![[r#""#]]);
         check("type:a.b,c", expect![[r#"(type in "a.b" "c")"#]]);
-        check("severity:error,critical", expect![[r#"(severity in error critical)"#]]);
+        check(
+            "severity:error,critical",
+            expect![[r#"(severity in error critical)"#]],
+        );
         check("visibility:public", expect![[r#"(visibility in public)"#]]);
-        check("time:>24h time:<=1h", expect![[r#"(time > @999913600000000) (time <= @999996400000000)"#]]);
+        check(
+            "time:>24h time:<=1h",
+            expect![[r#"(time > @999913600000000) (time <= @999996400000000)"#]],
+        );
         check("time:>=2026-11-01", expect!["(time >= @1793491200000000)"]);
         check("seq:>100 seq:5", expect![[r#"(seq > #100) (seq in #5)"#]]);
-        check("data.n:>10 data.n:<=2.5e3", expect![[r#"(data.n > 10) (data.n <= 2500)"#]]);
-        check(r#"data.code:"10",10"#, expect![[r#"(data.code in "10" 10)"#]]);
-        check("data.ok:true context.user.id:u-1", expect![[r#"(data.ok in true) (context.user.id in "u-1")"#]]);
+        check(
+            "data.n:>10 data.n:<=2.5e3",
+            expect![[r#"(data.n > 10) (data.n <= 2500)"#]],
+        );
+        check(
+            r#"data.code:"10",10"#,
+            expect![[r#"(data.code in "10" 10)"#]],
+        );
+        check(
+            "data.ok:true context.user.id:u-1",
+            expect![[r#"(data.ok in true) (context.user.id in "u-1")"#]],
+        );
         check("subject:*", expect![[r#"(exists subject)"#]]);
         check("-data.x:*", expect![[r#"(not (exists data.x))"#]]);
-        check(r#"subject:"a b",c* actor:user:42"#, expect![[r#"(subject in "a b" "c"*) (actor in "user:42")"#]]);
-        check(r#"correlationid:run-1 causationid:e1 id:x"#, expect![[r#"(correlationid in "run-1") (causationid in "e1") (id in "x")"#]]);
-        check("timeout -debug \"disk full\"", expect![[r#"(text "timeout") (not (text "debug")) (text "disk full")"#]]);
+        check(
+            r#"subject:"a b",c* actor:user:42"#,
+            expect![[r#"(subject in "a b" "c"*) (actor in "user:42")"#]],
+        );
+        check(
+            r#"correlationid:run-1 causationid:e1 id:x"#,
+            expect![[r#"(correlationid in "run-1") (causationid in "e1") (id in "x")"#]],
+        );
+        check(
+            "timeout -debug \"disk full\"",
+            expect![[r#"(text "timeout") (not (text "debug")) (text "disk full")"#]],
+        );
         check(r#"  "say \"hi\""  "#, expect![[r#"(text "say \"hi\"")"#]]);
         check("- -", expect![[r#"(text "-") (text "-")"#]]);
     }
 
     #[test]
     fn errors_point_at_the_term() {
-        check("type:a foo:bar", expect![[r#"error at 7: unknown field `foo`; fields are type, source, subject, id, severity, actor, tenant, correlationid, causationid, visibility, time, seq, data.PATH and context.PATH (quote the term to search for it as text) [foo:bar]"#]]);
-        check("severity:>=fatal", expect![[r#"error at 0: `fatal` is not a severity; use debug, info, notice, warning, error or critical [severity:>=fatal]"#]]);
-        check("type:", expect![[r#"error at 0: missing value after `type:` [type:]"#]]);
-        check("type:Import", expect![[r#"error at 0: type `Import` is not a dotted lowercase name such as `import.completed` (segments of a-z, 0-9, `_`, `-`, each starting with a letter or digit) [type:Import]"#]]);
-        check("tenant:>a", expect![[r#"error at 0: `tenant` cannot be compared with >; comparisons work on severity, time, seq, data.PATH and context.PATH [tenant:>a]"#]]);
-        check("time:yesterday", expect![[r#"error at 0: time takes a comparison such as time:>24h or time:<=2026-11-01 [time:yesterday]"#]]);
-        check("time:>yesterday", expect![[r#"error at 0: `yesterday` is not a time: use a duration back from now (30m, 24h, 7d), a date (2026-11-01) or an RFC 3339 timestamp [time:>yesterday]"#]]);
-        check(r#"subject:"abc"#, expect![[r#"error at 0: unterminated quote [subject:"abc]"#]]);
-        check("subject:a,,b", expect![[r#"error at 0: empty value [subject:a,,b]"#]]);
-        check("subject:a*b", expect![[r#"error at 0: `*` is only allowed at the end of a value [subject:a*b]"#]]);
-        check("data.a..b:1", expect![[r#"error at 0: `data.a..b` is not a valid path: use segments of letters, digits, `_` and `-` separated by dots [data.a..b:1]"#]]);
-        check("seq:>=x", expect![[r#"error at 0: `x` is not a sequence number [seq:>=x]"#]]);
-        check("severity:>error,critical", expect![[r#"error at 0: a comparison takes one value, not a list (in `severity`) [severity:>error,critical]"#]]);
+        check(
+            "type:a foo:bar",
+            expect![[
+                r#"error at 7: unknown field `foo`; fields are type, source, subject, id, severity, actor, tenant, correlationid, causationid, visibility, time, seq, data.PATH and context.PATH (quote the term to search for it as text) [foo:bar]"#
+            ]],
+        );
+        check(
+            "severity:>=fatal",
+            expect![[
+                r#"error at 0: `fatal` is not a severity; use debug, info, notice, warning, error or critical [severity:>=fatal]"#
+            ]],
+        );
+        check(
+            "type:",
+            expect![[r#"error at 0: missing value after `type:` [type:]"#]],
+        );
+        check(
+            "type:Import",
+            expect![[
+                r#"error at 0: type `Import` is not a dotted lowercase name such as `import.completed` (segments of a-z, 0-9, `_`, `-`, each starting with a letter or digit) [type:Import]"#
+            ]],
+        );
+        check(
+            "tenant:>a",
+            expect![[
+                r#"error at 0: `tenant` cannot be compared with >; comparisons work on severity, time, seq, data.PATH and context.PATH [tenant:>a]"#
+            ]],
+        );
+        check(
+            "time:yesterday",
+            expect![[
+                r#"error at 0: time takes a comparison such as time:>24h or time:<=2026-11-01 [time:yesterday]"#
+            ]],
+        );
+        check(
+            "time:>yesterday",
+            expect![[
+                r#"error at 0: `yesterday` is not a time: use a duration back from now (30m, 24h, 7d), a date (2026-11-01) or an RFC 3339 timestamp [time:>yesterday]"#
+            ]],
+        );
+        check(
+            r#"subject:"abc"#,
+            expect![[r#"error at 0: unterminated quote [subject:"abc]"#]],
+        );
+        check(
+            "subject:a,,b",
+            expect![[r#"error at 0: empty value [subject:a,,b]"#]],
+        );
+        check(
+            "subject:a*b",
+            expect![[r#"error at 0: `*` is only allowed at the end of a value [subject:a*b]"#]],
+        );
+        check(
+            "data.a..b:1",
+            expect![[
+                r#"error at 0: `data.a..b` is not a valid path: use segments of letters, digits, `_` and `-` separated by dots [data.a..b:1]"#
+            ]],
+        );
+        check(
+            "seq:>=x",
+            expect![[r#"error at 0: `x` is not a sequence number [seq:>=x]"#]],
+        );
+        check(
+            "severity:>error,critical",
+            expect![[
+                r#"error at 0: a comparison takes one value, not a list (in `severity`) [severity:>error,critical]"#
+            ]],
+        );
     }
 }

@@ -57,7 +57,9 @@ pub async fn run_all(store: &dyn Store) {
 }
 
 async fn append_get_and_duplicates(store: &dyn Store) {
-    let a = event(r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:00Z","data":{"x":1}}"#);
+    let a = event(
+        r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:00Z","data":{"x":1}}"#,
+    );
     let b = event(r#"{"id":"b","source":"/c","type":"t.two","time":"2026-10-01T00:00:01Z"}"#);
     let out = store.append(vec![a.clone(), b]).await.expect("append");
     let (AppendOutcome::Stored(sa), AppendOutcome::Stored(sb)) = (out[0], out[1]) else {
@@ -65,22 +67,46 @@ async fn append_get_and_duplicates(store: &dyn Store) {
     };
     assert!(sb > sa, "seq must increase within a batch");
 
-    let got = store.get_by_seq(sa).await.expect("get").expect("event a by seq");
-    assert!(got.body.starts_with(&format!("{{\"seq\":{sa},")), "body starts with its seq: {}", got.body);
-    let by_id = store.get_by_id("/c", "a").await.expect("get").expect("event a by id");
+    let got = store
+        .get_by_seq(sa)
+        .await
+        .expect("get")
+        .expect("event a by seq");
+    assert!(
+        got.body.starts_with(&format!("{{\"seq\":{sa},")),
+        "body starts with its seq: {}",
+        got.body
+    );
+    let by_id = store
+        .get_by_id("/c", "a")
+        .await
+        .expect("get")
+        .expect("event a by id");
     assert_eq!(by_id, got);
-    assert!(store.get_by_id("/other", "a").await.expect("get").is_none(), "ids are scoped by source");
+    assert!(
+        store.get_by_id("/other", "a").await.expect("get").is_none(),
+        "ids are scoped by source"
+    );
     assert!(store.get_by_seq(999_999).await.expect("get").is_none());
 
     // The same event again (even reformatted) is a duplicate; other content is a conflict;
     // a repeat inside one batch is a duplicate of the first.
-    let again = event(r#"{"source":"/c","id":"a","type":"t.one","time":"2026-10-01T00:00:00Z","data":{ "x" : 1 }}"#);
-    let changed = event(r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:00Z","data":{"x":2}}"#);
+    let again = event(
+        r#"{"source":"/c","id":"a","type":"t.one","time":"2026-10-01T00:00:00Z","data":{ "x" : 1 }}"#,
+    );
+    let changed = event(
+        r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:00Z","data":{"x":2}}"#,
+    );
     let c = event(r#"{"id":"c","source":"/c","type":"t.one","time":"2026-10-01T00:00:02Z"}"#);
-    let out = store.append(vec![again, changed, c.clone(), c]).await.expect("append");
+    let out = store
+        .append(vec![again, changed, c.clone(), c])
+        .await
+        .expect("append");
     assert_eq!(out[0], AppendOutcome::Duplicate(sa));
     assert_eq!(out[1], AppendOutcome::Conflict(sa));
-    let AppendOutcome::Stored(sc) = out[2] else { panic!("c must be stored: {out:?}") };
+    let AppendOutcome::Stored(sc) = out[2] else {
+        panic!("c must be stored: {out:?}")
+    };
     assert_eq!(out[3], AppendOutcome::Duplicate(sc));
 }
 
@@ -92,7 +118,10 @@ async fn filters(store: &dyn Store) {
         r#"{"id":"f4","source":"/web","type":"product.edited","time":"2026-10-31T13:00:00Z","tenant":"acme","severity":"warning","visibility":"public","subject":"p-2","data":{"country":"de","rows":50}}"#,
         r#"{"id":"f5","source":"/web","type":"importer.note","time":"2026-10-20T13:00:00Z","severity":"debug"}"#,
     ];
-    store.append(evs.iter().map(|e| event(e)).collect()).await.expect("append");
+    store
+        .append(evs.iter().map(|e| event(e)).collect())
+        .await
+        .expect("append");
     let cases: &[(&str, &[&str])] = &[
         ("type:import.*", &["f3", "f2", "f1"]),
         ("type:import.failed", &["f3", "f2"]),
@@ -115,7 +144,10 @@ async fn filters(store: &dyn Store) {
         ("timeout", &["f2"]),
         ("\"disk timeout\" severity:error", &["f2"]),
         ("-timeout type:import.failed", &["f3"]),
-        ("time:>=2026-10-31T11:00:00Z time:<2026-10-31T13:00:00Z", &["f3", "f2"]),
+        (
+            "time:>=2026-10-31T11:00:00Z time:<2026-10-31T13:00:00Z",
+            &["f3", "f2"],
+        ),
         ("id:f4,f5", &["f4", "f5"]),
     ];
     for (filter, want) in cases {
@@ -131,7 +163,10 @@ async fn paging_is_stable_under_inserts(store: &dyn Store) {
         ))
     };
     // Several events share a time: ties are broken by seq.
-    store.append((0..25).map(|i| mk(i, i / 3)).collect()).await.expect("append");
+    store
+        .append((0..25).map(|i| mk(i, i / 3)).collect())
+        .await
+        .expect("append");
     let filter = Filter::parse("source:/pager", NOW_US).expect("filter");
     let mut seen = Vec::new();
     let mut cursor = None;
@@ -148,7 +183,10 @@ async fn paging_is_stable_under_inserts(store: &dyn Store) {
             .expect("query");
         seen.extend(ids(&page));
         // Newer events arrive between pages; they sort before the cursor and must not show up.
-        store.append(vec![mk(100 + round, 59)]).await.expect("append");
+        store
+            .append(vec![mk(100 + round, 59)])
+            .await
+            .expect("append");
         round += 1;
         match page.next {
             Some(c) => cursor = Some(c),
@@ -156,5 +194,8 @@ async fn paging_is_stable_under_inserts(store: &dyn Store) {
         }
     }
     let expected: Vec<String> = (0..25).rev().map(|i| format!("p{i}")).collect();
-    assert_eq!(seen, expected, "keyset paging must visit every event once, newest first");
+    assert_eq!(
+        seen, expected,
+        "keyset paging must visit every event once, newest first"
+    );
 }

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod contract;
-pub mod sqlite;
 mod sql;
+pub mod sqlite;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -105,7 +105,10 @@ pub type CommitObserver = Arc<dyn Fn(CommitInfo) + Send + Sync>;
 pub trait Store: Send + Sync + 'static {
     /// Appends events durably; resolves after the commit is on disk, one outcome per event
     /// in order.
-    fn append(&self, events: Vec<PreparedEvent>) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>>;
+    fn append(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>>;
 
     /// Lists events matching the query, newest first.
     fn query(&self, q: EventQuery) -> BoxFuture<'_, Result<Page, StoreError>>;
@@ -114,7 +117,11 @@ pub trait Store: Send + Sync + 'static {
     fn get_by_seq(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>>;
 
     /// One event by its producer identity.
-    fn get_by_id<'a>(&'a self, source: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
+    fn get_by_id<'a>(
+        &'a self,
+        source: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
 
     /// Write requests waiting for the writer.
     fn queue_depth(&self) -> usize;

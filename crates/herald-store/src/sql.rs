@@ -142,7 +142,8 @@ pub fn compile(
         match &term.kind {
             TermKind::Text(text) => {
                 if fulltext {
-                    w.sql.push_str("seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ");
+                    w.sql
+                        .push_str("seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ");
                     w.param(SqlValue::Text(fts_phrase(text)));
                     w.sql.push(')');
                 } else {
@@ -156,7 +157,11 @@ pub fn compile(
                 match cond {
                     Cond::Exists => {
                         if let Field::Data(p) | Field::Context(p) = field {
-                            let root = if matches!(field, Field::Data(_)) { "data" } else { "context" };
+                            let root = if matches!(field, Field::Data(_)) {
+                                "data"
+                            } else {
+                                "context"
+                            };
                             // json_type tells a JSON null (present) from a missing member.
                             let expr = path_expr(root, p).replacen("json_extract", "json_type", 1);
                             let _ = write!(w.sql, "{expr} IS NOT NULL");

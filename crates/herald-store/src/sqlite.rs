@@ -9,7 +9,8 @@
 
 use crate::sql::{compile, path_expr};
 use crate::{
-    AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, Page, Store, StoreError, StoredEvent,
+    AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, Page, Store, StoreError,
+    StoredEvent,
 };
 use herald_core::cursor::Cursor;
 use herald_core::filter::parse_path;
@@ -135,28 +136,44 @@ impl SqliteStore {
     /// path indexes, and starts the writer thread.
     pub fn open(opts: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
-            StoreError::Database(format!("cannot create data directory {}: {e}", opts.data_dir.display()))
+            StoreError::Database(format!(
+                "cannot create data directory {}: {e}",
+                opts.data_dir.display()
+            ))
         })?;
         let path = opts.data_dir.join("herald.db");
         let conn = Connection::open(&path)?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Database(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
+            return Err(StoreError::Database(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                path.display()
+            )));
         }
-        conn.pragma_update(None, "synchronous", if opts.fsync { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if opts.fsync { "FULL" } else { "NORMAL" },
+        )?;
         // Larger checkpoints: fewer writer stalls under sustained ingest.
         conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
         configure(&conn, &opts)?;
         migrate(&conn)?;
         sync_path_indexes(&conn, &opts.indexed_paths)?;
         conn.execute_batch("PRAGMA optimize=0x10002")?;
-        let next_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| r.get(0))?;
+        let next_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| {
+                r.get(0)
+            })?;
 
         let mut readers = Vec::with_capacity(opts.read_connections);
         for _ in 0..opts.read_connections.max(1) {
             let r = Connection::open_with_flags(
                 &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
             )?;
             configure(&r, &opts)?;
             r.pragma_update(None, "query_only", true)?;
@@ -196,7 +213,11 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
-        let permit = pool.permits.acquire().await.map_err(|_| StoreError::Closed)?;
+        let permit = pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let pool2 = pool.clone();
         let res = tokio::task::spawn_blocking(move || {
             let conn = pool2
@@ -258,16 +279,25 @@ fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreErr
         let (root, rest) = p
             .split_once('.')
             .filter(|(root, _)| matches!(*root, "data" | "context"))
-            .ok_or_else(|| StoreError::Database(format!("indexed path `{p}` must start with data. or context.")))?;
-        let segs = parse_path(rest)
-            .ok_or_else(|| StoreError::Database(format!("indexed path `{p}` has an invalid segment")))?;
+            .ok_or_else(|| {
+                StoreError::Database(format!(
+                    "indexed path `{p}` must start with data. or context."
+                ))
+            })?;
+        let segs = parse_path(rest).ok_or_else(|| {
+            StoreError::Database(format!("indexed path `{p}` has an invalid segment"))
+        })?;
         let name = path_index_name(p);
         let expr = path_expr(root, &segs);
-        conn.execute_batch(&format!("CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"))?;
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"
+        ))?;
         wanted.push(name);
     }
     let existing: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_path_%'")?
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_path_%'",
+        )?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for name in existing {
@@ -335,16 +365,20 @@ impl Writer {
     }
 
     fn write(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<Vec<AppendOutcome>>> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut all = Vec::with_capacity(jobs.len());
         {
-            let mut lookup = tx.prepare_cached("SELECT seq, chash, source, id FROM events WHERE dkey = ?1")?;
+            let mut lookup =
+                tx.prepare_cached("SELECT seq, chash, source, id FROM events WHERE dkey = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
                  correlationid, causationid, visibility, dkey, chash, body) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
-            let mut fts = tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+            let mut fts =
+                tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
             for job in jobs {
                 let mut outs = Vec::with_capacity(job.events.len());
                 for ev in &job.events {
@@ -412,7 +446,10 @@ fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
 }
 
 impl Store for SqliteStore {
-    fn append(&self, events: Vec<PreparedEvent>) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
+    fn append(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
         Box::pin(async move {
             if events.is_empty() {
                 return Ok(Vec::new());
@@ -474,7 +511,11 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn get_by_id<'a>(&'a self, source: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
+    fn get_by_id<'a>(
+        &'a self,
+        source: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
         let key = herald_core::event::dedup_key(source, id);
         let (source, id) = (source.to_owned(), id.to_owned());
         Box::pin(self.read(move |conn| {
@@ -548,17 +589,29 @@ mod tests {
         };
         let store = SqliteStore::open(opts.clone()).expect("open");
         let out = store
-            .append(vec![crate::contract::event(r#"{"id":"1","source":"/s","type":"a"}"#)])
+            .append(vec![crate::contract::event(
+                r#"{"id":"1","source":"/s","type":"a"}"#,
+            )])
             .await
             .expect("append");
         store.close().await;
-        assert!(store.append(vec![crate::contract::event(r#"{"id":"9","source":"/s","type":"a"}"#)]).await.is_err());
+        assert!(store
+            .append(vec![crate::contract::event(
+                r#"{"id":"9","source":"/s","type":"a"}"#
+            )])
+            .await
+            .is_err());
         let store = SqliteStore::open(opts).expect("reopen");
         let out2 = store
-            .append(vec![crate::contract::event(r#"{"id":"2","source":"/s","type":"a"}"#)])
+            .append(vec![crate::contract::event(
+                r#"{"id":"2","source":"/s","type":"a"}"#,
+            )])
             .await
             .expect("append");
-        assert_eq!((out[0], out2[0]), (AppendOutcome::Stored(1), AppendOutcome::Stored(2)));
+        assert_eq!(
+            (out[0], out2[0]),
+            (AppendOutcome::Stored(1), AppendOutcome::Stored(2))
+        );
         store.close().await;
     }
 
@@ -578,15 +631,33 @@ mod tests {
             let sql = format!("EXPLAIN QUERY PLAN SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
             let mut stmt = conn.prepare(&sql).unwrap();
             let rows: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| r.get::<_, String>(3))
+                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| {
+                    r.get::<_, String>(3)
+                })
                 .unwrap()
                 .map(Result::unwrap)
                 .collect();
             rows.join("; ")
         };
-        assert!(plan("type:import.completed").contains("events_type_time"), "{}", plan("type:import.completed"));
-        assert!(plan("data.org:org-1").contains("events_path_"), "{}", plan("data.org:org-1"));
-        assert!(plan("tenant:acme").contains("events_tenant_time"), "{}", plan("tenant:acme"));
-        assert!(!plan("type:a").contains("TEMP B-TREE"), "no sort for an indexed type listing: {}", plan("type:a"));
+        assert!(
+            plan("type:import.completed").contains("events_type_time"),
+            "{}",
+            plan("type:import.completed")
+        );
+        assert!(
+            plan("data.org:org-1").contains("events_path_"),
+            "{}",
+            plan("data.org:org-1")
+        );
+        assert!(
+            plan("tenant:acme").contains("events_tenant_time"),
+            "{}",
+            plan("tenant:acme")
+        );
+        assert!(
+            !plan("type:a").contains("TEMP B-TREE"),
+            "no sort for an indexed type listing: {}",
+            plan("type:a")
+        );
     }
 }

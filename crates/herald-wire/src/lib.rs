@@ -12,7 +12,9 @@ use std::str::FromStr;
 
 /// How serious an event is. The order of the variants is the order of comparisons in
 /// filters (`severity:>=warning`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -85,7 +87,11 @@ pub enum Visibility {
 }
 
 impl Visibility {
-    pub const ALL: [Visibility; 3] = [Visibility::Public, Visibility::Internal, Visibility::Private];
+    pub const ALL: [Visibility; 3] = [
+        Visibility::Public,
+        Visibility::Internal,
+        Visibility::Private,
+    ];
 
     pub fn rank(self) -> u8 {
         self as u8
@@ -283,8 +289,14 @@ mod tests {
     fn event_roundtrip_keeps_extensions() {
         let json = r#"{"specversion":"1.0","id":"1","source":"/a","type":"x.y","myext":"v","data":{"k":1}}"#;
         let ev: Event = serde_json::from_str(json).unwrap();
-        assert_eq!(ev.extensions.get("myext").and_then(|v| v.as_str()), Some("v"));
+        assert_eq!(
+            ev.extensions.get("myext").and_then(|v| v.as_str()),
+            Some("v")
+        );
         let back: serde_json::Value = serde_json::to_value(&ev).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(json).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
     }
 }

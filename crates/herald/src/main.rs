@@ -1,1 +1,118 @@
-fn main() {}
+//! The `herald` binary: the CLI definition plus the glue that loads configuration, starts
+//! the server, and drives a server over HTTP for the client commands.
+//!
+//! It exists as a thin layer on purpose (logic lives in the library crates); it is the only
+//! place that reads config files and environment variables, installs the TLS crypto provider,
+//! and maps outcomes to exit codes: 0 success, 1 failure, 2 usage error (clap).
+
+mod bench;
+mod client;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted event tracking: store, query, watch and act on events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Remote {
+    /// Base URL of the Herald server.
+    #[arg(
+        long,
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:8470",
+        global = true
+    )]
+    url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on the embedded database.
+    Serve {
+        /// Address to listen on (default from config: 127.0.0.1:8470).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (default from config: ./herald-data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Configuration file (default: ./herald.toml if it exists).
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Send one event (for cron jobs and shell scripts).
+    Emit(client::EmitArgs),
+    /// List events matching a filter, newest first.
+    Query(client::QueryArgs),
+    /// Import events from an NDJSON file (batched, resumable, with progress).
+    Import(client::ImportArgs),
+    /// Export events matching a filter as NDJSON.
+    Export(client::ExportArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Benchmarks against this machine's baseline.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the commented default configuration.
+    Default,
+    /// Print the effective configuration (defaults, file, environment) as JSON.
+    Show {
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for every TLS client in the process (reqwest uses rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            data,
+            config,
+        } => serve::run(config, listen, data),
+        Command::Emit(a) => client::runtime().and_then(|rt| rt.block_on(client::emit(a))),
+        Command::Query(a) => client::runtime().and_then(|rt| rt.block_on(client::query(a))),
+        Command::Import(a) => client::runtime().and_then(|rt| rt.block_on(client::import(a))),
+        Command::Export(a) => client::runtime().and_then(|rt| rt.block_on(client::export(a))),
+        Command::Config { command } => match command {
+            ConfigCommand::Default => {
+                print!("{}", herald_server::config::DEFAULT_TOML);
+                Ok(())
+            }
+            ConfigCommand::Show { config } => config::load(config.as_deref()).and_then(|c| {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+                Ok(())
+            }),
+        },
+        Command::Bench { command } => bench::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

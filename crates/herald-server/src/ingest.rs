@@ -1,0 +1,442 @@
+//! `POST /v1/events`: from request body to durable store, one result per event.
+//!
+//! The content modes (plain JSON object or array, NDJSON, CloudEvents structured, batched and
+//! binary) only differ in how the body is split into events; each event then goes through the
+//! same validation in `herald-core`, and all valid events of the request go to the store in
+//! one append, which resolves after the commit is on disk. A bad event is reported in its
+//! result and never blocks the others.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::event::{now_text, prepare_binary, prepare_json, HeaderAttr, PrepareCtx};
+use herald_core::{PreparedEvent, Rejection};
+use herald_store::AppendOutcome;
+use herald_wire::{IngestResponse, IngestResult, IngestStatus};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How the body carries events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `application/json`: one object or an array.
+    Json,
+    /// `application/x-ndjson`: one event per line.
+    Ndjson,
+    /// `application/cloudevents+json`: one structured event.
+    Structured,
+    /// `application/cloudevents-batch+json`: an array of structured events.
+    Batch,
+    /// `ce-*` headers with the body as data.
+    Binary,
+}
+
+pub const ACCEPTED_TYPES: &str = "application/json, application/x-ndjson, application/cloudevents+json, application/cloudevents-batch+json, or CloudEvents binary mode (ce-* headers)";
+
+fn mode(headers: &HeaderMap) -> Result<Mode, ApiError> {
+    if headers.contains_key("ce-specversion") {
+        return Ok(Mode::Binary);
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match ct.as_deref() {
+        Some("application/json") | Some("text/json") => Ok(Mode::Json),
+        Some("application/x-ndjson")
+        | Some("application/ndjson")
+        | Some("application/jsonl")
+        | Some("application/x-jsonlines") => Ok(Mode::Ndjson),
+        Some("application/cloudevents+json") => Ok(Mode::Structured),
+        Some("application/cloudevents-batch+json") => Ok(Mode::Batch),
+        Some(other) => Err(ApiError::UnsupportedMediaType(format!(
+            "content type `{other}` is not accepted; use {ACCEPTED_TYPES}"
+        ))),
+        None => Err(ApiError::UnsupportedMediaType(format!(
+            "a Content-Type is required; use {ACCEPTED_TYPES}"
+        ))),
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads the body up to the configured limit (413 beyond), checking Content-Length first so
+/// that an honest oversized request is refused before it is read.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(ApiError::TooLarge(format!(
+                "the body is {len} bytes, more than the limit of {max} bytes"
+            )));
+        }
+    }
+    if let Some(enc) = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !enc.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content encoding `{enc}` is not supported; send the body uncompressed"
+            )));
+        }
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        // The only error besides a broken connection is the length limit.
+        let msg = e.to_string();
+        if msg.contains("length limit") {
+            ApiError::TooLarge(format!("the body is more than the limit of {max} bytes"))
+        } else {
+            ApiError::BadRequest(format!("cannot read the body: {msg}"))
+        }
+    })
+}
+
+/// Decodes `%XX` escapes (CloudEvents HTTP binding encodes header values this way).
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One entry per event of the request: prepared, or rejected.
+type Parsed = Vec<Result<PreparedEvent, Rejection>>;
+
+fn too_many(n: usize, max: usize) -> ApiError {
+    ApiError::TooLarge(format!(
+        "the request has {n} events, more than the limit of {max}"
+    ))
+}
+
+fn split_and_prepare(
+    mode: Mode,
+    headers: &HeaderMap,
+    body: &[u8],
+    ctx: &mut PrepareCtx,
+) -> Result<Parsed, ApiError> {
+    let max_batch = ctx.limits.max_batch_len;
+    match mode {
+        Mode::Binary => {
+            let mut owned: Vec<(String, String)> = Vec::new();
+            for (name, value) in headers {
+                if let Some(attr) = name.as_str().strip_prefix("ce-") {
+                    let v = value.to_str().map_err(|_| {
+                        ApiError::BadRequest(format!("header {name} is not visible ASCII"))
+                    })?;
+                    owned.push((attr.to_owned(), percent_decode(v)));
+                }
+            }
+            let attrs: Vec<HeaderAttr> = owned
+                .iter()
+                .map(|(n, v)| HeaderAttr { name: n, value: v })
+                .collect();
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            Ok(vec![prepare_binary(&attrs, ct, body, ctx)])
+        }
+        Mode::Ndjson => {
+            let text = std::str::from_utf8(body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
+            let lines: Vec<&str> = text
+                .split('\n')
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty())
+                .collect();
+            if lines.len() > max_batch {
+                return Err(too_many(lines.len(), max_batch));
+            }
+            let mut out = Vec::with_capacity(lines.len());
+            for (i, line) in lines.iter().enumerate() {
+                out.push(prepare_json(line, &format!("/{i}"), ctx));
+            }
+            Ok(out)
+        }
+        Mode::Json | Mode::Structured | Mode::Batch => {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+            let is_array = first == Some(b'[');
+            match (mode, is_array) {
+                (Mode::Structured, true) => {
+                    return Err(ApiError::BadRequest(
+                        "application/cloudevents+json carries one event; send arrays as application/cloudevents-batch+json".into(),
+                    ))
+                }
+                (Mode::Batch, false) => {
+                    return Err(ApiError::BadRequest(
+                        "application/cloudevents-batch+json must be a JSON array of events".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if is_array {
+                let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::BadRequest(format!("the body is not a valid JSON array: {e}"))
+                })?;
+                if items.len() > max_batch {
+                    return Err(too_many(items.len(), max_batch));
+                }
+                let mut out = Vec::with_capacity(items.len());
+                for (i, raw) in items.iter().enumerate() {
+                    out.push(prepare_json(raw.get(), &format!("/{i}"), ctx));
+                }
+                Ok(out)
+            } else if first == Some(b'{') {
+                let text = std::str::from_utf8(body)
+                    .map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
+                // Check that the whole body is one JSON value before reporting per event.
+                let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
+                    ApiError::BadRequest(format!("the body is not valid JSON: {e}"))
+                })?;
+                Ok(vec![prepare_json(raw.get(), "", ctx)])
+            } else {
+                Err(ApiError::BadRequest(
+                    "the body must be a JSON object or an array of objects".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Validates every event of the body against the limits, with "now" read once per request.
+fn prepare_all(
+    mode: Mode,
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &herald_core::Limits,
+) -> Result<Parsed, ApiError> {
+    let now_us = now_micros();
+    let now = now_text(now_us);
+    let mut new_id = || uuid::Uuid::now_v7().to_string();
+    let mut ctx = PrepareCtx {
+        limits,
+        now_us,
+        now_text: &now,
+        require_specversion: matches!(mode, Mode::Structured | Mode::Batch | Mode::Binary),
+        new_id: &mut new_id,
+    };
+    split_and_prepare(mode, headers, body, &mut ctx)
+}
+
+/// A low-cardinality label for a rejection: the attribute it concerns.
+fn reason_label(pointer: &str) -> String {
+    // "/type" for a single event, "/3/type" inside a batch, "/3" for the whole event.
+    let mut segs = pointer.split('/').skip(1);
+    let member = match segs.next() {
+        Some(s) if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) => segs.next(),
+        other => other,
+    };
+    let known = [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "dataschema",
+        "severity",
+        "actor",
+        "tenant",
+        "causationid",
+        "correlationid",
+        "visibility",
+        "readers",
+        "context",
+        "data",
+        "data_base64",
+    ];
+    match member {
+        None | Some("") => "event".to_owned(),
+        Some(m) if known.contains(&m) => m.to_owned(),
+        Some(_) => "extension".to_owned(),
+    }
+}
+
+/// `POST /v1/events`
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(
+        description = "One event, a JSON array, NDJSON, CloudEvents structured or batched, or binary mode (ce-* headers, body as data).",
+        content(
+            (herald_wire::Event = "application/json"),
+            (Vec<herald_wire::Event> = "application/cloudevents-batch+json"),
+            (herald_wire::Event = "application/cloudevents+json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Every event is stored (or was already stored); all are on disk", body = IngestResponse),
+        (status = 207, description = "Mixed results; see each result", body = IngestResponse),
+        (status = 400, description = "Malformed body", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Every event conflicts with a stored one", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or batch too large", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported content type", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every event was rejected", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Write queue full or shutting down; retry after Retry-After", body = herald_wire::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn ingest(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mode = mode(&headers)?;
+    let body = read_body(&headers, body, st.limits.max_body_bytes).await?;
+    let parsed = prepare_all(mode, &headers, &body, &st.limits)?;
+    drop(body);
+    if parsed.is_empty() {
+        return Err(ApiError::BadRequest("the request holds no events".into()));
+    }
+    let m = &st.metrics;
+    m.received.inc_by(parsed.len() as u64);
+
+    let mut results: Vec<IngestResult> = Vec::with_capacity(parsed.len());
+    let mut to_store = Vec::with_capacity(parsed.len());
+    for (index, p) in parsed.into_iter().enumerate() {
+        match p {
+            Ok(ev) => {
+                results.push(IngestResult {
+                    index,
+                    status: IngestStatus::Stored,
+                    seq: None,
+                    id: Some(ev.id.clone()),
+                    reason: None,
+                    pointer: None,
+                });
+                to_store.push(ev);
+            }
+            Err(r) => {
+                m.rejected
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: reason_label(&r.pointer),
+                    })
+                    .inc();
+                results.push(IngestResult {
+                    index,
+                    status: IngestStatus::Rejected,
+                    seq: None,
+                    id: None,
+                    reason: Some(r.reason),
+                    pointer: Some(r.pointer),
+                });
+            }
+        }
+    }
+    if !to_store.is_empty() {
+        let outcomes = st.store.append(to_store).await?;
+        let mut it = outcomes.into_iter();
+        for r in results
+            .iter_mut()
+            .filter(|r| r.status == IngestStatus::Stored)
+        {
+            match it.next() {
+                Some(AppendOutcome::Stored(seq)) => r.seq = Some(seq),
+                Some(AppendOutcome::Duplicate(seq)) => {
+                    r.status = IngestStatus::Duplicate;
+                    r.seq = Some(seq);
+                }
+                Some(AppendOutcome::Conflict(seq)) => {
+                    r.status = IngestStatus::Conflict;
+                    r.seq = Some(seq);
+                    r.reason = Some(
+                        "an event with this source and id is stored with different content".into(),
+                    );
+                }
+                None => {
+                    return Err(ApiError::Internal(
+                        "the store returned fewer outcomes than events".into(),
+                    ))
+                }
+            }
+        }
+    }
+    let mut resp = IngestResponse {
+        results: Vec::new(),
+        ..IngestResponse::default()
+    };
+    for r in &results {
+        match r.status {
+            IngestStatus::Stored => resp.stored += 1,
+            IngestStatus::Duplicate => resp.duplicates += 1,
+            IngestStatus::Conflict => resp.conflicts += 1,
+            IngestStatus::Rejected => resp.rejected += 1,
+        }
+    }
+    m.stored.inc_by(resp.stored as u64);
+    m.duplicates.inc_by(resp.duplicates as u64);
+    m.conflicts.inc_by(resp.conflicts as u64);
+    let total = results.len();
+    if resp.rejected == total {
+        return Err(ApiError::Unprocessable(results));
+    }
+    if resp.conflicts == total {
+        return Err(ApiError::Conflict(results));
+    }
+    let status = if resp.stored + resp.duplicates == total {
+        StatusCode::CREATED
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    resp.results = results;
+    Ok((status, axum::Json(resp)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%C3%A9"), "a bé");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn reason_labels_are_bounded() {
+        assert_eq!(reason_label("/3/type"), "type");
+        assert_eq!(reason_label("/3"), "event");
+        assert_eq!(reason_label(""), "event");
+        assert_eq!(reason_label("/type"), "type");
+        assert_eq!(reason_label("/0/myext"), "extension");
+        assert_eq!(reason_label("/0/readers/2"), "readers");
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics: declared in one place, low-cardinality labels only.
+//!
+//! It exists so that every counter the ingest path, the store writer and the HTTP layer
+//! update is registered once with its help text, and `/metrics` renders them all.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub received: Counter,
+    pub stored: Counter,
+    pub duplicates: Counter,
+    pub conflicts: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    pub queue_depth: Gauge,
+    pub commit_events: Histogram,
+    pub commit_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let received = Counter::default();
+        let stored = Counter::default();
+        let duplicates = Counter::default();
+        let conflicts = Counter::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
+        );
+        let queue_depth = Gauge::default();
+        let commit_events = Histogram::new(exponential_buckets(1.0, 4.0, 10));
+        let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "herald_events_received",
+            "Events received by ingest requests",
+            received.clone(),
+        );
+        registry.register(
+            "herald_events_stored",
+            "Events committed to the store",
+            stored.clone(),
+        );
+        registry.register(
+            "herald_events_duplicate",
+            "Events already stored with the same content",
+            duplicates.clone(),
+        );
+        registry.register(
+            "herald_events_conflict",
+            "Events whose source and id are stored with other content",
+            conflicts.clone(),
+        );
+        registry.register(
+            "herald_events_rejected",
+            "Events rejected by validation, by attribute",
+            rejected.clone(),
+        );
+        registry.register(
+            "herald_http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        registry.register(
+            "herald_ingest_queue_depth",
+            "Write requests waiting for the store writer",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "herald_store_commit_events",
+            "Events per store commit (group commit batch size)",
+            commit_events.clone(),
+        );
+        registry.register(
+            "herald_store_commit_duration_seconds",
+            "Time to write and fsync one commit",
+            commit_duration.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            received,
+            stored,
+            duplicates,
+            conflicts,
+            rejected,
+            http_duration,
+            queue_depth,
+            commit_events,
+            commit_duration,
+        })
+    }
+
+    /// The store's commit observer, feeding the commit histograms.
+    pub fn commit_observer(self: &Arc<Self>) -> herald_store::CommitObserver {
+        let m = self.clone();
+        Arc::new(move |info: herald_store::CommitInfo| {
+            m.commit_events.observe(info.events as f64);
+            m.commit_duration.observe(info.duration.as_secs_f64());
+        })
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Middleware recording the latency of every request by route template.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let res = next.run(req).await;
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: res.status().as_u16(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    res
+}

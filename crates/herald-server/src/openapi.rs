@@ -1,0 +1,43 @@
+//! The OpenAPI document, assembled from the handlers' `#[utoipa::path]` annotations and the
+//! wire types' schemas, so that it cannot drift from the code.
+
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Self-hosted event tracking: ingest CloudEvents, query them with one filter language, watch and act on them."
+    ),
+    paths(
+        crate::ingest::ingest,
+        crate::query::list_events,
+        crate::query::get_event,
+        crate::ops::healthz,
+        crate::ops::readyz,
+        crate::ops::metrics,
+        crate::ops::openapi,
+    ),
+    components(schemas(
+        herald_wire::Event,
+        herald_wire::EventPage,
+        herald_wire::IngestResponse,
+        herald_wire::IngestResult,
+        herald_wire::IngestStatus,
+        herald_wire::Problem,
+        herald_wire::Severity,
+        herald_wire::Visibility,
+    )),
+    tags(
+        (name = "events", description = "Ingest and query events"),
+        (name = "ops", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
+}
