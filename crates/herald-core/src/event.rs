@@ -48,8 +48,12 @@ pub struct PreparedEvent {
     pub recorded_us: Micros,
     /// Hash of (`source`, `id`): the duplicate-detection key.
     pub dedup_key: i64,
-    /// Hash of the producer-supplied content: equal for a true duplicate.
+    /// Hash of the producer-supplied content except `time`: equal for a true duplicate.
     pub content_hash: i64,
+    /// Whether the producer gave a `time`. A duplicate must have the same content hash and,
+    /// when it gives a time, the stored time; so a retry without `time` and a re-import of an
+    /// export (which carries the server-defaulted time) are both recognised as duplicates.
+    pub time_given: bool,
     /// The canonical JSON without its opening `{`; the store prepends `{"seq":N,`.
     pub body_tail: String,
     /// Where `data` (minified JSON) sits in `body_tail`, for full-text indexing.
@@ -743,9 +747,6 @@ impl<'a> Builder<'a> {
         };
         push_member(&mut out, "source", source.token);
         push_member(&mut out, "type", ty.token);
-        if let Some((t, _)) = &self.time {
-            push_member(&mut out, "time", t.token);
-        }
         for (name, v) in [
             ("subject", &self.subject),
             ("datacontenttype", &self.datacontenttype),
@@ -812,10 +813,14 @@ impl<'a> Builder<'a> {
         } else if let Some(d) = self.data_base64 {
             push_member(&mut out, "data_base64", d.get());
         }
-        // Everything so far is the producer's content; defaults below are not hashed.
+        // Everything so far is the producer's content except its time; what follows is not
+        // hashed.
         let content_hash = xxhash_rust::xxh3::xxh3_64(out.as_bytes()) as i64;
         let time_us = match &self.time {
-            Some((_, us)) => *us,
+            Some((t, us)) => {
+                push_member(&mut out, "time", t.token);
+                *us
+            }
             None => {
                 out.push_str(",\"time\":\"");
                 out.push_str(ctx.now_text);
@@ -843,6 +848,7 @@ impl<'a> Builder<'a> {
             time_us,
             recorded_us: ctx.now_us,
             content_hash,
+            time_given: self.time.is_some(),
             body_tail: out,
             data_range,
             context_range,
@@ -910,9 +916,7 @@ mod tests {
         );
         check(
             r#"{"type":"a","source":"/s","time":"2026-11-01T00:00:00Z","context":"{\"path\":\"/x\"}","readers":"user:1, group:g","seq":5,"recordedtime":"x"}"#,
-            expect![[
-                r#"ok {"seq":7,"specversion":"1.0","id":"gen-1","source":"/s","type":"a","time":"2026-11-01T00:00:00Z","severity":"info","visibility":"internal","readers":["user:1","group:g"],"context":{"path":"/x"},"recordedtime":"1970-01-01T00:00:01.000000Z"}"#
-            ]],
+            expect![[r#"ok {"seq":7,"specversion":"1.0","id":"gen-1","source":"/s","type":"a","severity":"info","visibility":"internal","readers":["user:1","group:g"],"context":{"path":"/x"},"time":"2026-11-01T00:00:00Z","recordedtime":"1970-01-01T00:00:01.000000Z"}"#]],
         );
     }
 

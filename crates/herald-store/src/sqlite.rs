@@ -371,7 +371,7 @@ impl Writer {
         let mut all = Vec::with_capacity(jobs.len());
         {
             let mut lookup =
-                tx.prepare_cached("SELECT seq, chash, source, id FROM events WHERE dkey = ?1")?;
+                tx.prepare_cached("SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
                  correlationid, causationid, visibility, dkey, chash, body) \
@@ -390,7 +390,9 @@ impl Writer {
                         if source == ev.source && id == ev.id {
                             let seq: i64 = r.get(0)?;
                             let chash: i64 = r.get(1)?;
-                            found = Some(if chash == ev.content_hash {
+                            let time: i64 = r.get(4)?;
+                            let same = chash == ev.content_hash && (!ev.time_given || time == ev.time_us);
+                            found = Some(if same {
                                 AppendOutcome::Duplicate(seq as u64)
                             } else {
                                 AppendOutcome::Conflict(seq as u64)

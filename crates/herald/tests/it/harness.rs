@@ -1,0 +1,205 @@
+//! Test servers and helpers.
+
+use herald_server::metrics::Metrics;
+use herald_server::{AppState, Config};
+use herald_store::{SqliteOptions, SqliteStore};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+/// An HTTP client for tests (installs the process's TLS crypto provider once).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The application served in-process on a random loopback port with its own data directory.
+pub struct TestServer {
+    pub url: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::default();
+        cfg.store.data_dir = dir.path().to_owned();
+        cfg.store.indexed_paths = vec!["data.country".into()];
+        adjust(&mut cfg);
+        let metrics = Metrics::new();
+        let s = &cfg.store;
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: s.data_dir.clone(),
+            fulltext: s.fulltext,
+            indexed_paths: s.indexed_paths.clone(),
+            queue_capacity: s.queue_capacity,
+            max_commit_events: s.max_commit_events,
+            read_connections: s.read_connections,
+            cache_mib: 16,
+            fsync: s.fsync,
+            on_commit: Some(metrics.commit_observer()),
+        })
+        .expect("open store");
+        let state = AppState::new(Arc::new(store), cfg.limits.clone(), cfg.query.clone(), metrics);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            herald_server::serve(listener, state, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+        TestServer {
+            url,
+            client: http_client(),
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// POSTs a body with a content type; returns status, headers and JSON body.
+    pub async fn post(&self, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, reqwest::header::HeaderMap, Value) {
+        let res = self
+            .client
+            .post(format!("{}/v1/events", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post_json(&self, v: &Value) -> (u16, Value) {
+        let (s, _, b) = self.post("application/json", v.to_string()).await;
+        (s, b)
+    }
+
+    /// GETs a path; returns status and JSON body.
+    pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(format!("{}{path_and_query}", self.url))
+            .send()
+            .await
+            .expect("get");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Lists ids matching a filter (all pages).
+    pub async fn ids(&self, filter: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let mut url = reqwest::Url::parse(&format!("{}/v1/events", self.url)).expect("url");
+            url.query_pairs_mut().append_pair("filter", filter).append_pair("limit", "1000");
+            if !cursor.is_empty() {
+                url.query_pairs_mut().append_pair("cursor", &cursor);
+            }
+            let res = self.client.get(url).send().await.expect("list");
+            assert_eq!(res.status().as_u16(), 200);
+            let v: Value = res.json().await.expect("json");
+            for e in v["events"].as_array().expect("events") {
+                out.push(e["id"].as_str().expect("id").to_owned());
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        out
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The real `herald` binary serving a data directory.
+pub struct BinServer {
+    pub url: String,
+    pub child: Child,
+}
+
+pub fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+impl BinServer {
+    /// Starts `herald serve` on a random port and waits until it prints where it listens.
+    pub fn start(data: &Path) -> BinServer {
+        let mut child = Command::new(herald_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("HERALD_SERVER__LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read banner");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in banner: {line:?}"))
+            .to_owned();
+        BinServer { url, child }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the herald CLI with arguments; returns (success, stdout, stderr).
+pub fn cli(args: &[&str], url: &str) -> (bool, String, String) {
+    let out = Command::new(herald_bin())
+        .args(args)
+        .env("HERALD_URL", url)
+        .output()
+        .expect("run herald");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,204 @@
+//! Ingest over HTTP: every content mode, every status code, duplicates, conflicts, limits.
+
+use crate::harness::TestServer;
+use serde_json::{json, Value};
+
+fn statuses(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().expect("status").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_content_mode_stores_events() {
+    let s = TestServer::start().await;
+    // Plain JSON: one object, then an array.
+    let (st, b) = s.post_json(&json!({"type":"a.one","source":"/m","id":"1","data":{"k":1}})).await;
+    assert_eq!((st, statuses(&b)), (201, vec!["stored".to_owned()]), "{b}");
+    let (st, b) = s
+        .post_json(&json!([{"type":"a.two","source":"/m","id":"2"},{"type":"a.two","source":"/m","id":"3"}]))
+        .await;
+    assert_eq!((st, b["stored"].as_u64()), (201, Some(2)), "{b}");
+    // NDJSON, with a blank line and CRLF.
+    let nd = "{\"type\":\"a.nd\",\"source\":\"/m\",\"id\":\"4\"}\r\n\n{\"type\":\"a.nd\",\"source\":\"/m\",\"id\":\"5\"}\n";
+    let (st, _, b) = s.post("application/x-ndjson", nd).await;
+    assert_eq!((st, b["stored"].as_u64()), (201, Some(2)), "{b}");
+    // CloudEvents structured and batched (specversion required there).
+    let (st, _, b) = s
+        .post("application/cloudevents+json", json!({"specversion":"1.0","type":"a.ce","source":"/m","id":"6"}).to_string())
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, _, b) = s
+        .post("application/cloudevents+json", json!({"type":"a.ce","source":"/m","id":"6b"}).to_string())
+        .await;
+    assert_eq!((st, b["results"][0]["pointer"].as_str()), (422, Some("/specversion")), "{b}");
+    let (st, _, b) = s
+        .post(
+            "application/cloudevents-batch+json; charset=utf-8",
+            json!([{"specversion":"1.0","type":"a.ce","source":"/m","id":"7"}]).to_string(),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    // Binary mode: attributes in headers (percent-encoded), body as data.
+    let res = s
+        .client
+        .post(format!("{}/v1/events", s.url))
+        .header("ce-specversion", "1.0")
+        .header("ce-type", "a.bin")
+        .header("ce-source", "/m")
+        .header("ce-id", "8")
+        .header("ce-subject", "caf%C3%A9")
+        .header("ce-tenant", "acme")
+        .header("content-type", "application/json")
+        .body(r#"{"x": [1, 2]}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status().as_u16(), 201);
+    let (st, ev) = s.get("/v1/events/8?source=/m").await;
+    assert_eq!(st, 200);
+    assert_eq!(ev["subject"], "café");
+    assert_eq!(ev["tenant"], "acme");
+    assert_eq!(ev["data"], json!({"x":[1,2]}));
+    assert_eq!(ev["datacontenttype"], "application/json");
+    assert_eq!(s.ids("source:/m").await.len(), 8);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_batches_duplicates_and_conflicts() {
+    let s = TestServer::start().await;
+    let ev = json!({"type":"d.x","source":"/d","id":"same","data":{"v":1}});
+    let (st, b) = s.post_json(&json!([ev, {"type":"Bad Type","source":"/d"}, ev])).await;
+    assert_eq!(st, 207, "{b}");
+    assert_eq!(statuses(&b), ["stored", "rejected", "duplicate"]);
+    assert_eq!(b["results"][1]["pointer"], "/1/type");
+    assert_eq!(b["results"][0]["seq"], b["results"][2]["seq"]);
+    // The same event later: 201 duplicate, not stored twice.
+    let (st, b) = s.post_json(&ev).await;
+    assert_eq!((st, statuses(&b)), (201, vec!["duplicate".to_owned()]));
+    // Different content under the same identity: 409 problem.
+    let (st, b) = s.post_json(&json!({"type":"d.x","source":"/d","id":"same","data":{"v":2}})).await;
+    assert_eq!(st, 409, "{b}");
+    assert_eq!(b["results"][0]["status"], "conflict");
+    // Every event invalid: 422 with one result each.
+    let (st, b) = s.post_json(&json!([{"source":"/d"}, {"type":"x","source":"/d","time":"nope"}])).await;
+    assert_eq!(st, 422, "{b}");
+    assert_eq!(b["results"][0]["pointer"], "/0/type");
+    assert_eq!(b["results"][1]["pointer"], "/1/time");
+    assert_eq!(s.ids("source:/d").await, ["same"]);
+    // Rejections are counted by attribute in /metrics.
+    let metrics = s.client.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"herald_events_rejected_total{reason="type"} 2"#), "{metrics}");
+    assert!(metrics.contains("herald_events_duplicate_total 2"), "{metrics}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_problems() {
+    let s = TestServer::start_with(|c| {
+        c.limits.max_body_bytes = 10_000;
+        c.limits.max_batch_len = 5;
+        c.limits.max_event_bytes = 1_000;
+        c.limits.max_depth = 3;
+    })
+    .await;
+    let (st, h, b) = s.post("application/json", "{\"type\": ").await;
+    assert_eq!(st, 400, "{b}");
+    assert_eq!(h["content-type"], "application/problem+json");
+    assert!(b["detail"].as_str().unwrap().contains("not valid JSON"), "{b}");
+    let (st, _, b) = s.post("application/json", "42").await;
+    assert_eq!(st, 400, "{b}");
+    let (st, _, b) = s.post("text/csv", "a,b").await;
+    assert_eq!(st, 415, "{b}");
+    let (st, _, b) = s.post("application/json", "[]").await;
+    assert_eq!(st, 400, "{b}");
+    let big = format!("[{}]", vec![r#"{"type":"a","source":"/s"}"#; 600].join(","));
+    let (st, _, b) = s.post("application/json", big).await;
+    assert_eq!(st, 413, "{b}");
+    let six = format!("[{}]", vec![r#"{"type":"a","source":"/s"}"#; 6].join(","));
+    let (st, _, b) = s.post("application/json", six).await;
+    assert_eq!(st, 413, "{b}");
+    assert!(b["detail"].as_str().unwrap().contains("6 events"), "{b}");
+    // Per-event limits reject that event only.
+    let (st, b) = s
+        .post_json(&json!([
+            {"type":"a","source":"/s","data":"x".repeat(2000)},
+            {"type":"a","source":"/s","data":[[[[1]]]]},
+            {"type":"a","source":"/s","id":"ok"}
+        ]))
+        .await;
+    assert_eq!(st, 207, "{b}");
+    assert_eq!(statuses(&b), ["rejected", "rejected", "stored"]);
+    assert!(b["results"][0]["reason"].as_str().unwrap().contains("more than the limit"));
+    assert_eq!(b["results"][1]["pointer"], "/1/data");
+    // A body without Content-Length that streams past the limit is cut off with 413.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b' '; 1000])).collect();
+    let stream = futures_util::stream::iter(chunks);
+    let res = s
+        .client
+        .post(format!("{}/v1/events", s.url))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    // Unknown routes and bad lookups are problems too.
+    let (st, _) = s.get("/v2/nothing").await;
+    assert_eq!(st, 404);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let s = TestServer::start_with(|c| c.store.queue_capacity = 1).await;
+    let mut tasks = Vec::new();
+    for t in 0..48 {
+        let client = s.client.clone();
+        let url = format!("{}/v1/events", s.url);
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<Value> = (0..500)
+                .map(|i| json!({"type":"q.x","source":"/q","id":format!("{t}-{i}"),"data":{"pad":"y".repeat(200)}}))
+                .collect();
+            let res = client.post(url).json(&batch).send().await.unwrap();
+            let status = res.status().as_u16();
+            let retry = res.headers().get("retry-after").is_some();
+            let body: Value = res.json().await.unwrap();
+            (status, retry, body["stored"].as_u64().unwrap_or(0))
+        }));
+    }
+    let mut stored = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (status, retry, n) = t.await.unwrap();
+        match status {
+            201 => stored += n,
+            503 => {
+                assert!(retry, "503 must carry Retry-After");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(refused > 0, "a queue of one request must overflow under 48 concurrent batches");
+    assert_eq!(s.ids("source:/q").await.len() as u64, stored);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_health_and_readiness() {
+    let s = TestServer::start().await;
+    let (st, doc) = s.get("/openapi.json").await;
+    assert_eq!(st, 200);
+    for path in ["/v1/events", "/v1/events/{key}", "/healthz", "/readyz", "/metrics"] {
+        assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
+    }
+    assert!(doc["components"]["schemas"]["IngestResponse"].is_object());
+    assert_eq!(s.get("/healthz").await.0, 200);
+    assert_eq!(s.get("/readyz").await.0, 200);
+    s.stop().await;
+}

@@ -1,0 +1,11 @@
+//! Herald's integration tests: one test binary driving real servers over HTTP.
+//!
+//! `harness` starts the application in-process on `127.0.0.1:0` (fast, many per run) or the
+//! real `herald` binary (for the CLI and for crash tests that kill the process).
+
+mod cli;
+mod crash;
+mod harness;
+mod ingest;
+mod query;
+mod sdk;
