@@ -683,9 +683,9 @@ impl<'a> Builder<'a> {
                 } else if t.starts_with('"') {
                     // The documented string form for strict CloudEvents consumers.
                     let s = parse_str(value, pointer, m)?;
-                    let decoded: Box<RawValue> = serde_json::from_str(&s.value)
+                    let decoded: Box<RawValue> = serde_json::from_str::<Box<RawValue>>(&s.value)
                         .ok()
-                        .filter(|r: &Box<RawValue>| r.get().trim_start().starts_with('{'))
+                        .filter(|r| r.get().trim_start().starts_with('{'))
                         .ok_or_else(|| {
                             reject(pointer, m, "context string must hold a JSON object")
                         })?;
@@ -916,7 +916,9 @@ mod tests {
         );
         check(
             r#"{"type":"a","source":"/s","time":"2026-11-01T00:00:00Z","context":"{\"path\":\"/x\"}","readers":"user:1, group:g","seq":5,"recordedtime":"x"}"#,
-            expect![[r#"ok {"seq":7,"specversion":"1.0","id":"gen-1","source":"/s","type":"a","severity":"info","visibility":"internal","readers":["user:1","group:g"],"context":{"path":"/x"},"time":"2026-11-01T00:00:00Z","recordedtime":"1970-01-01T00:00:01.000000Z"}"#]],
+            expect![[
+                r#"ok {"seq":7,"specversion":"1.0","id":"gen-1","source":"/s","type":"a","severity":"info","visibility":"internal","readers":["user:1","group:g"],"context":{"path":"/x"},"time":"2026-11-01T00:00:00Z","recordedtime":"1970-01-01T00:00:01.000000Z"}"#
+            ]],
         );
     }
 

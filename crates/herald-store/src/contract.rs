@@ -97,21 +97,31 @@ async fn append_get_and_duplicates(store: &dyn Store) {
     let changed = event(
         r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:00Z","data":{"x":2}}"#,
     );
-    let other_time = event(r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:09Z","data":{"x":1}}"#);
+    let other_time = event(
+        r#"{"id":"a","source":"/c","type":"t.one","time":"2026-10-01T00:00:09Z","data":{"x":1}}"#,
+    );
     let no_time = event(r#"{"id":"a","source":"/c","type":"t.one","data":{"x":1}}"#);
     let c = event(r#"{"id":"c","source":"/c","type":"t.one","time":"2026-10-01T00:00:02Z"}"#);
     let out = store
         .append(vec![again, changed, other_time, no_time, c.clone(), c])
         .await
         .expect("append");
-    assert_eq!(out[0], AppendOutcome::Duplicate(sa), "same content, reformatted");
+    assert_eq!(
+        out[0],
+        AppendOutcome::Duplicate(sa),
+        "same content, reformatted"
+    );
     assert_eq!(out[1], AppendOutcome::Conflict(sa), "other data");
     assert_eq!(out[2], AppendOutcome::Conflict(sa), "other time");
     assert_eq!(out[3], AppendOutcome::Duplicate(sa), "a retry without time");
     let AppendOutcome::Stored(sc) = out[4] else {
         panic!("c must be stored: {out:?}")
     };
-    assert_eq!(out[5], AppendOutcome::Duplicate(sc), "a repeat within one batch");
+    assert_eq!(
+        out[5],
+        AppendOutcome::Duplicate(sc),
+        "a repeat within one batch"
+    );
 
     // An event stored without a time, exported and imported again, is a duplicate.
     let d = event(r#"{"id":"d","source":"/c","type":"t.one"}"#);
@@ -120,7 +130,11 @@ async fn append_get_and_duplicates(store: &dyn Store) {
     };
     let exported = store.get_by_seq(sd).await.expect("get").expect("d").body;
     let out = store.append(vec![event(&exported)]).await.expect("append");
-    assert_eq!(out[0], AppendOutcome::Duplicate(sd), "re-import of an export");
+    assert_eq!(
+        out[0],
+        AppendOutcome::Duplicate(sd),
+        "re-import of an export"
+    );
 }
 
 async fn filters(store: &dyn Store) {

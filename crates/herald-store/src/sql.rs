@@ -107,14 +107,16 @@ impl Where {
     }
 }
 
-/// Compiles the listing conditions. `fulltext` says whether the FTS5 index is maintained;
-/// without it, text terms scan the bodies (`LIKE`) within the other bounds.
+/// Compiles the listing conditions. `fts_watermark` is `Some(seq)` when the FTS5 index is
+/// maintained and holds every event up to `seq`: text terms use the index up to there and
+/// scan the bodies (`LIKE`) after it. Without it, text terms scan the bodies within the other
+/// bounds.
 pub fn compile(
     filter: &Filter,
     since_us: Option<i64>,
     until_us: Option<i64>,
     cursor: Option<Cursor>,
-    fulltext: bool,
+    fts_watermark: Option<u64>,
 ) -> Where {
     let mut w = Where::default();
     if let Some(s) = since_us {
@@ -141,11 +143,16 @@ pub fn compile(
         w.sql.push('(');
         match &term.kind {
             TermKind::Text(text) => {
-                if fulltext {
-                    w.sql
-                        .push_str("seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ");
+                if let Some(wm) = fts_watermark {
+                    w.sql.push_str(
+                        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
+                    );
                     w.param(SqlValue::Text(fts_phrase(text)));
-                    w.sql.push(')');
+                    w.sql.push_str(") OR (seq > ");
+                    w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
+                    w.sql.push_str(" AND body LIKE ");
+                    w.param(SqlValue::Text(like_pattern(text)));
+                    w.sql.push_str(" ESCAPE '\\')");
                 } else {
                     w.sql.push_str("body LIKE ");
                     w.param(SqlValue::Text(like_pattern(text)));
@@ -238,7 +245,13 @@ mod tests {
 
     fn check(filter: &str, expect: Expect) {
         let f = Filter::parse(filter, 1_000_000_000).unwrap();
-        let w = compile(&f, Some(5), None, Some(Cursor { time_us: 9, seq: 3 }), true);
+        let w = compile(
+            &f,
+            Some(5),
+            None,
+            Some(Cursor { time_us: 9, seq: 3 }),
+            Some(77),
+        );
         let params: Vec<String> = w.params.iter().map(|p| format!("{p:?}")).collect();
         expect.assert_eq(&format!("{}\n{}", w.sql, params.join(" ")));
     }
@@ -248,14 +261,14 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND (seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?))
-                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time out\"")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\'))
+                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time out\"") Integer(77) Text("%time out%")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ?) AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND (seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?))
-                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"'quote\"")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ?) AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\'))
+                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"'quote\"") Integer(77) Text("%'quote%")"#]],
         );
     }
 }

@@ -17,8 +17,8 @@ use herald_core::filter::parse_path;
 use herald_core::PreparedEvent;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
@@ -100,9 +100,17 @@ CREATE INDEX events_actor_time ON events(actor, time) WHERE actor IS NOT NULL;
 CREATE INDEX events_subject_time ON events(subject, time) WHERE subject IS NOT NULL;
 CREATE INDEX events_correlation ON events(correlationid, time) WHERE correlationid IS NOT NULL;
 CREATE INDEX events_causation ON events(causationid) WHERE causationid IS NOT NULL;
-CREATE VIRTUAL TABLE events_fts USING fts5(text, content='', contentless_delete=1, tokenize='unicode61');
+
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#];
+
+/// The full-text index lives in its own database file (`fts.db`), written by its own thread:
+/// SQLite allows one writer per file, so indexing text in parallel with the event writer
+/// uses the second core instead of lengthening every commit.
+const FTS_SCHEMA: &str = "
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(text, content='', contentless_delete=1, tokenize='unicode61');
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
 
 struct WriteJob {
     events: Vec<PreparedEvent>,
@@ -116,6 +124,9 @@ pub struct SqliteStore {
     queued: Arc<AtomicUsize>,
     readers: Arc<ReadPool>,
     fulltext: bool,
+    fts_watermark: Arc<AtomicU64>,
+    fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
 }
 
 struct ReadPool {
@@ -156,8 +167,9 @@ impl SqliteStore {
             "synchronous",
             if opts.fsync { "FULL" } else { "NORMAL" },
         )?;
-        // Larger checkpoints: fewer writer stalls under sustained ingest.
-        conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+        // Checkpoints run on their own thread (see `checkpointer`); the writer checkpoints
+        // inline only if the WAL grows past this many pages (~400 MiB), as a safety net.
+        conn.pragma_update(None, "wal_autocheckpoint", 100_000)?;
         configure(&conn, &opts)?;
         migrate(&conn)?;
         sync_path_indexes(&conn, &opts.indexed_paths)?;
@@ -166,6 +178,19 @@ impl SqliteStore {
             conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| {
                 r.get(0)
             })?;
+        let fts_path = opts.data_dir.join("fts.db");
+        let fts_conn = Connection::open(&fts_path)?;
+        fts_conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+        fts_conn.pragma_update(None, "synchronous", "NORMAL")?;
+        fts_conn.execute_batch(FTS_SCHEMA)?;
+        // The index can always be rebuilt from the events, so it need not be fsynced; after a
+        // crash the events past its watermark are indexed again here.
+        let fts_seq = if opts.fulltext {
+            catch_up_fulltext(&conn, &fts_conn)?
+        } else {
+            fts_seq(&fts_conn)?
+        };
+        let fts_watermark = Arc::new(AtomicU64::new(fts_seq));
 
         let mut readers = Vec::with_capacity(opts.read_connections);
         for _ in 0..opts.read_connections.max(1) {
@@ -176,6 +201,10 @@ impl SqliteStore {
                     | OpenFlags::SQLITE_OPEN_URI,
             )?;
             configure(&r, &opts)?;
+            r.execute(
+                "ATTACH DATABASE ?1 AS fts",
+                params![fts_path.to_string_lossy()],
+            )?;
             r.pragma_update(None, "query_only", true)?;
             readers.push(r);
         }
@@ -187,14 +216,48 @@ impl SqliteStore {
             rx,
             next_seq: next_seq as u64,
             queued: queued.clone(),
-            fulltext: opts.fulltext,
             max_commit_events: opts.max_commit_events.max(1),
             on_commit: opts.on_commit.clone(),
+            fts_batch: Vec::new(),
+            fts_tx: None,
+        };
+        let mut writer = writer;
+        let fts_thread = if opts.fulltext {
+            let (ftx, frx) = sync_channel(64);
+            writer.fts_tx = Some(ftx);
+            let indexer = FtsIndexer {
+                conn: fts_conn,
+                rx: frx,
+                pending: Vec::new(),
+                watermark: fts_watermark.clone(),
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("herald-fulltext".into())
+                    .spawn(move || indexer.run())
+                    .map_err(|e| {
+                        StoreError::Database(format!("cannot start the full-text thread: {e}"))
+                    })?,
+            )
+        } else {
+            None
         };
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let stop_checkpointer = Arc::new(AtomicBool::new(false));
+        let checkpointer = {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            let stop = stop_checkpointer.clone();
+            std::thread::Builder::new()
+                .name("herald-checkpoint".into())
+                .spawn(move || checkpointer(conn, stop))
+                .map_err(|e| {
+                    StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
+                })?
+        };
         Ok(SqliteStore {
             tx: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
@@ -204,6 +267,9 @@ impl SqliteStore {
                 conns: Mutex::new(readers),
             }),
             fulltext: opts.fulltext,
+            fts_watermark,
+            fts_thread: Mutex::new(fts_thread),
+            checkpointer: Mutex::new(Some((stop_checkpointer, checkpointer))),
         })
     }
 
@@ -308,14 +374,93 @@ fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreErr
     Ok(())
 }
 
+/// The highest seq whose text is in the FTS index.
+fn fts_seq(conn: &Connection) -> Result<u64, StoreError> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'fts_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Indexes the text of events stored after the FTS watermark (after a crash, or when full
+/// text was turned on again). Returns the new watermark.
+fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreError> {
+    let from = fts_seq(fts)?;
+    let limits = herald_core::Limits {
+        max_event_bytes: usize::MAX,
+        max_depth: usize::MAX,
+        ..herald_core::Limits::default()
+    };
+    let mut last = from;
+    let tx = fts.unchecked_transaction()?;
+    {
+        let mut rows = conn.prepare("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let mut ins = tx.prepare("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut it = rows.query(params![from as i64])?;
+        let mut n = 0u64;
+        while let Some(r) = it.next()? {
+            let seq: i64 = r.get(0)?;
+            let body: String = r.get(1)?;
+            let mut no_id = String::new;
+            let mut ctx = herald_core::event::PrepareCtx {
+                limits: &limits,
+                now_us: 0,
+                now_text: "",
+                require_specversion: false,
+                new_id: &mut no_id,
+            };
+            // A stored body is a valid event; preparing it again yields the same search text.
+            if let Ok(ev) = herald_core::event::prepare_json(&body, "", &mut ctx) {
+                ins.execute(params![seq, ev.search_text()])?;
+            }
+            last = seq as u64;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(
+                events = n,
+                "indexed the text of events stored after the last full-text flush"
+            );
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![last.to_string()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(last)
+}
+
+/// Copies committed WAL frames into the database file in the background (PASSIVE: never
+/// blocks the writer or readers), so that the writer does not stall on checkpoints.
+fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
+    let mut failing = false;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(_) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "background checkpoint failed; retrying");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
 struct Writer {
     conn: Connection,
     rx: Receiver<WriteJob>,
     next_seq: u64,
     queued: Arc<AtomicUsize>,
-    fulltext: bool,
     max_commit_events: usize,
     on_commit: Option<CommitObserver>,
+    /// Search texts of the batch being written, handed to the full-text thread on commit.
+    fts_batch: Vec<(u64, String)>,
+    fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
 }
 
 impl Writer {
@@ -336,6 +481,7 @@ impl Writer {
             }
             self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
             let seq_before = self.next_seq;
+            self.fts_batch.clear();
             match self.write(&jobs) {
                 Ok(outcomes) => {
                     if let Some(cb) = &self.on_commit {
@@ -348,6 +494,16 @@ impl Writer {
                     for (job, out) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(out));
                     }
+                    if let Some(tx) = &self.fts_tx {
+                        // Bounded: if text indexing falls behind, the writer waits here, the
+                        // ingest queue fills, and ingest answers 503 rather than growing memory.
+                        if !self.fts_batch.is_empty()
+                            && tx.send(std::mem::take(&mut self.fts_batch)).is_err()
+                        {
+                            tracing::error!("the full-text thread stopped; text search scans events until restart");
+                            self.fts_tx = None;
+                        }
+                    }
                 }
                 Err(e) => {
                     // Nothing of this batch is committed: give the seqs back, fail every job.
@@ -359,26 +515,102 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
-            tracing::warn!(error = %e, "PRAGMA optimize at shutdown failed");
+        self.fts_tx = None;
+        if let Err(e) = self
+            .conn
+            .execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);")
+        {
+            tracing::warn!(error = %e, "final optimize and checkpoint failed");
         }
     }
+}
 
+/// Full-text rows are written in batches of at least this many events, or after
+/// [`FTS_MAX_DELAY`], whichever comes first: large FTS5 transactions make fewer segments to
+/// merge. Queries scan the not-yet-indexed tail, so results stay exact meanwhile.
+const FTS_BATCH: usize = 20_000;
+const FTS_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The full-text thread: owns `fts.db`, indexes what the writer committed.
+struct FtsIndexer {
+    conn: Connection,
+    rx: Receiver<Vec<(u64, String)>>,
+    pending: Vec<(u64, String)>,
+    /// Every event with `seq <=` this is in the index (shared with readers).
+    watermark: Arc<AtomicU64>,
+}
+
+impl FtsIndexer {
+    fn run(mut self) {
+        let mut flushed_at = Instant::now();
+        loop {
+            match self.rx.recv_timeout(FTS_MAX_DELAY) {
+                Ok(batch) => self.pending.extend(batch),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.pending.len() >= FTS_BATCH
+                || (!self.pending.is_empty() && flushed_at.elapsed() >= FTS_MAX_DELAY)
+            {
+                self.flush();
+                flushed_at = Instant::now();
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes pending rows in one transaction and advances the watermark.
+    fn flush(&mut self) {
+        let Some(last) = self.pending.last().map(|(seq, _)| *seq) else {
+            return;
+        };
+        let res = (|| -> rusqlite::Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut ins =
+                    tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+                for (seq, text) in &self.pending {
+                    ins.execute(params![*seq as i64, text])?;
+                }
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![last.to_string()],
+                )?;
+            }
+            tx.commit()
+        })();
+        match res {
+            Ok(()) => {
+                self.pending.clear();
+                self.watermark.store(last, Ordering::Release);
+            }
+            // The events are stored; only their text index lags. Queries still find them by
+            // scanning the tail, and the next flush (or the next start) retries.
+            Err(e) => {
+                tracing::warn!(error = %e, pending = self.pending.len(), "full-text indexing failed; will retry")
+            }
+        }
+    }
+}
+
+impl Writer {
     fn write(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<Vec<AppendOutcome>>> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut all = Vec::with_capacity(jobs.len());
         {
-            let mut lookup =
-                tx.prepare_cached("SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1")?;
+            let mut lookup = tx.prepare_cached(
+                "SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1",
+            )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
                  correlationid, causationid, visibility, dkey, chash, body) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
-            let mut fts =
-                tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+
             for job in jobs {
                 let mut outs = Vec::with_capacity(job.events.len());
                 for ev in &job.events {
@@ -391,7 +623,8 @@ impl Writer {
                             let seq: i64 = r.get(0)?;
                             let chash: i64 = r.get(1)?;
                             let time: i64 = r.get(4)?;
-                            let same = chash == ev.content_hash && (!ev.time_given || time == ev.time_us);
+                            let same =
+                                chash == ev.content_hash && (!ev.time_given || time == ev.time_us);
                             found = Some(if same {
                                 AppendOutcome::Duplicate(seq as u64)
                             } else {
@@ -425,8 +658,8 @@ impl Writer {
                         ev.content_hash,
                         body,
                     ])?;
-                    if self.fulltext {
-                        fts.execute(params![seq as i64, ev.search_text()])?;
+                    if self.fts_tx.is_some() {
+                        self.fts_batch.push((seq, ev.search_text()));
                     }
                     self.next_seq += 1;
                     outs.push(AppendOutcome::Stored(seq));
@@ -478,9 +711,13 @@ impl Store for SqliteStore {
     }
 
     fn query(&self, q: EventQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
-        let fulltext = self.fulltext;
+        // Read the watermark before the query's snapshot: the snapshot then holds at least
+        // the FTS rows up to it, and the tail after it is scanned.
+        let fts = self
+            .fulltext
+            .then(|| self.fts_watermark.load(Ordering::Acquire));
         Box::pin(self.read(move |conn| {
-            let w = compile(&q.filter, q.since_us, q.until_us, q.cursor, fulltext);
+            let w = compile(&q.filter, q.since_us, q.until_us, q.cursor, fts);
             let limit = q.limit.max(1);
             let sql = format!(
                 "SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
@@ -540,6 +777,16 @@ impl Store for SqliteStore {
             }
             let handle = self.writer.lock().ok().and_then(|mut g| g.take());
             if let Some(h) = handle {
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
+            // The writer dropped its sender: the full-text thread flushes and exits.
+            let fts = self.fts_thread.lock().ok().and_then(|mut g| g.take());
+            if let Some(h) = fts {
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
+            let cp = self.checkpointer.lock().ok().and_then(|mut g| g.take());
+            if let Some((stop, h)) = cp {
+                stop.store(true, Ordering::Release);
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
             }
         })
@@ -617,6 +864,61 @@ mod tests {
         store.close().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fulltext_index_catches_up_and_is_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = |fulltext| SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            fulltext,
+            ..SqliteOptions::default()
+        };
+        async fn texts(store: &SqliteStore, word: &str) -> usize {
+            let q = EventQuery {
+                filter: herald_core::Filter::parse(word, 0).unwrap(),
+                limit: 10,
+                ..EventQuery::default()
+            };
+            store.query(q).await.unwrap().events.len()
+        }
+        // Stored without full text, then reopened with it: the gap is indexed at start.
+        let store = SqliteStore::open(opts(false)).expect("open");
+        let ev = |id: &str, word: &str| {
+            crate::contract::event(&format!(
+                r#"{{"id":"{id}","source":"/s","type":"a","data":{{"msg":"{word}"}}}}"#
+            ))
+        };
+        store
+            .append(vec![ev("1", "kettle"), ev("2", "teapot")])
+            .await
+            .unwrap();
+        store.close().await;
+        let store = SqliteStore::open(opts(true)).expect("reopen");
+        assert_eq!(
+            store.fts_watermark.load(Ordering::Acquire),
+            2,
+            "catch-up indexed both events"
+        );
+        assert_eq!(texts(&store, "kettle").await, 1);
+        // New events are found at once (tail scan), then through the index after a flush.
+        store.append(vec![ev("3", "kettle")]).await.unwrap();
+        assert_eq!(texts(&store, "kettle").await, 2);
+        for _ in 0..50 {
+            if store.fts_watermark.load(Ordering::Acquire) == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(
+            store.fts_watermark.load(Ordering::Acquire),
+            3,
+            "idle writer flushes the index"
+        );
+        assert_eq!(texts(&store, "kettle").await, 2);
+        assert_eq!(texts(&store, "KETTLE").await, 2, "case-insensitive");
+        assert_eq!(texts(&store, "-kettle").await, 1);
+        store.close().await;
+    }
+
     #[test]
     fn queries_use_the_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -629,7 +931,7 @@ mod tests {
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let plan = |filter: &str| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let w = compile(&f, Some(0), None, None, true);
+            let w = compile(&f, Some(0), None, None, Some(0));
             let sql = format!("EXPLAIN QUERY PLAN SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
             let mut stmt = conn.prepare(&sql).unwrap();
             let rows: Vec<String> = stmt

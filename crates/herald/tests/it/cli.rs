@@ -9,12 +9,27 @@ fn emit_query_import_export_roundtrip() {
     let server = BinServer::start(&dir.path().join("data"));
     let url = server.url.clone();
 
-    let (ok, out, err) = cli(&["emit", "backup.completed", "--data", r#"{"size":42}"#, "--severity", "notice", "--subject", "db1"], &url);
+    let (ok, out, err) = cli(
+        &[
+            "emit",
+            "backup.completed",
+            "--data",
+            r#"{"size":42}"#,
+            "--severity",
+            "notice",
+            "--subject",
+            "db1",
+        ],
+        &url,
+    );
     assert!(ok, "{err}");
     assert!(out.starts_with("stored seq="), "{out}");
     let (ok, _, err) = cli(&["emit", "Bad", "--data", "{}"], &url);
     assert!(!ok);
-    assert!(err.contains("422") && err.contains("dotted lowercase"), "{err}");
+    assert!(
+        err.contains("422") && err.contains("dotted lowercase"),
+        "{err}"
+    );
     let (ok, _, err) = cli(&["emit", "x.y", "--data", "{not json"], &url);
     assert!(!ok && err.contains("--data"), "{err}");
 
@@ -26,7 +41,11 @@ fn emit_query_import_export_roundtrip() {
             if i == 1234 {
                 writeln!(f, r#"{{"type":"INVALID","source":"/imp","id":"bad"}}"#).unwrap();
             } else {
-                writeln!(f, r#"{{"type":"imp.row","source":"/imp","id":"r{i}","data":{{"i":{i}}}}}"#).unwrap();
+                writeln!(
+                    f,
+                    r#"{{"type":"imp.row","source":"/imp","id":"r{i}","data":{{"i":{i}}}}}"#
+                )
+                .unwrap();
             }
             if i == 10 {
                 writeln!(f).unwrap();
@@ -36,13 +55,27 @@ fn emit_query_import_export_roundtrip() {
     let path = file.to_str().unwrap();
     let (ok, out, err) = cli(&["import", path, "--quiet"], &url);
     assert!(ok, "{err}");
-    assert!(out.contains("2499 stored, 0 duplicates, 0 conflicts, 1 rejected"), "{out}");
+    assert!(
+        out.contains("2499 stored, 0 duplicates, 0 conflicts, 1 rejected"),
+        "{out}"
+    );
     let rejects = std::fs::read_to_string(format!("{path}.rejected.ndjson")).unwrap();
-    assert!(rejects.contains("\"line\":1236") && rejects.contains("/type"), "{rejects}");
-    assert!(!std::path::Path::new(&format!("{path}.herald-import")).exists(), "state removed when done");
+    assert!(
+        rejects.contains("\"line\":1236") && rejects.contains("/type"),
+        "{rejects}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("{path}.herald-import")).exists(),
+        "state removed when done"
+    );
 
     // Resume: pretend an earlier run stopped after the first 1000 lines (11 with the blank).
-    let offset: usize = std::fs::read_to_string(&file).unwrap().lines().take(1001).map(|l| l.len() + 1).sum();
+    let offset: usize = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .take(1001)
+        .map(|l| l.len() + 1)
+        .sum();
     std::fs::write(
         format!("{path}.herald-import"),
         format!(r#"{{"offset":{offset},"line":1001,"stored":1000,"duplicates":0,"conflicts":0,"rejected":0}}"#),
@@ -63,7 +96,10 @@ fn emit_query_import_export_roundtrip() {
     assert!(!ok && err.contains("unknown field"), "{err}");
 
     let export = dir.path().join("out.ndjson");
-    let (ok, _, err) = cli(&["export", "source:/imp", "-o", export.to_str().unwrap()], &url);
+    let (ok, _, err) = cli(
+        &["export", "source:/imp", "-o", export.to_str().unwrap()],
+        &url,
+    );
     assert!(ok, "{err}");
     assert!(err.contains("exported 2499 events"), "{err}");
     // The export imports again as duplicates only: seq and recordedtime are ignored on input.

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 async fn load(url: String, worker: usize, acked: Arc<Mutex<Vec<String>>>) {
     let _ = crate::harness::http_client();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     for n in 0.. {
         // Batch sizes vary so that commits group different numbers of requests.
         let size = 1 + (n * 37 + worker * 11) % 150;
@@ -18,9 +21,16 @@ async fn load(url: String, worker: usize, acked: Arc<Mutex<Vec<String>>>) {
             .iter()
             .map(|id| json!({"type":"crash.test","source":"/crash","id":id,"data":{"pad":"z".repeat(300)}}))
             .collect();
-        match client.post(format!("{url}/v1/events")).json(&batch).send().await {
+        match client
+            .post(format!("{url}/v1/events"))
+            .json(&batch)
+            .send()
+            .await
+        {
             Ok(res) if res.status().as_u16() == 201 => acked.lock().unwrap().extend(ids),
-            Ok(res) if res.status().as_u16() == 503 => tokio::time::sleep(Duration::from_millis(5)).await,
+            Ok(res) if res.status().as_u16() == 503 => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
             _ => return, // the server is gone
         }
     }
@@ -42,7 +52,10 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
             let _ = t.await;
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(!acked.is_empty(), "round {round}: the load acknowledged nothing before the kill");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: the load acknowledged nothing before the kill"
+        );
         total_acked.extend(acked);
     }
     // The database opens cleanly and holds every acknowledged event.
@@ -52,7 +65,9 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
     let mut cursor: Option<String> = None;
     loop {
         let mut url = reqwest::Url::parse(&format!("{}/v1/events", server.url)).unwrap();
-        url.query_pairs_mut().append_pair("filter", "source:/crash").append_pair("limit", "1000");
+        url.query_pairs_mut()
+            .append_pair("filter", "source:/crash")
+            .append_pair("limit", "1000");
         if let Some(c) = &cursor {
             url.query_pairs_mut().append_pair("cursor", c);
         }
@@ -66,6 +81,14 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
         }
     }
     let lost: Vec<&String> = total_acked.difference(&stored).take(5).collect();
-    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {lost:?}", total_acked.difference(&stored).count());
-    eprintln!("kill -9 test: {} acknowledged, {} stored (unacknowledged may or may not be there)", total_acked.len(), stored.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {lost:?}",
+        total_acked.difference(&stored).count()
+    );
+    eprintln!(
+        "kill -9 test: {} acknowledged, {} stored (unacknowledged may or may not be there)",
+        total_acked.len(),
+        stored.len()
+    );
 }

@@ -49,8 +49,15 @@ impl TestServer {
             on_commit: Some(metrics.commit_observer()),
         })
         .expect("open store");
-        let state = AppState::new(Arc::new(store), cfg.limits.clone(), cfg.query.clone(), metrics);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let state = AppState::new(
+            Arc::new(store),
+            cfg.limits.clone(),
+            cfg.query.clone(),
+            metrics,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -70,7 +77,11 @@ impl TestServer {
     }
 
     /// POSTs a body with a content type; returns status, headers and JSON body.
-    pub async fn post(&self, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, reqwest::header::HeaderMap, Value) {
+    pub async fn post(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let res = self
             .client
             .post(format!("{}/v1/events", self.url))
@@ -82,7 +93,11 @@ impl TestServer {
         let status = res.status().as_u16();
         let headers = res.headers().clone();
         let text = res.text().await.expect("body");
-        (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post_json(&self, v: &Value) -> (u16, Value) {
@@ -100,7 +115,10 @@ impl TestServer {
             .expect("get");
         let status = res.status().as_u16();
         let text = res.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Lists ids matching a filter (all pages).
@@ -109,7 +127,9 @@ impl TestServer {
         let mut cursor = String::new();
         loop {
             let mut url = reqwest::Url::parse(&format!("{}/v1/events", self.url)).expect("url");
-            url.query_pairs_mut().append_pair("filter", filter).append_pair("limit", "1000");
+            url.query_pairs_mut()
+                .append_pair("filter", filter)
+                .append_pair("limit", "1000");
             if !cursor.is_empty() {
                 url.query_pairs_mut().append_pair("cursor", &cursor);
             }
@@ -160,7 +180,9 @@ impl BinServer {
             .expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read banner");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read banner");
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))

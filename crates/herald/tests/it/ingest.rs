@@ -16,7 +16,9 @@ fn statuses(body: &Value) -> Vec<String> {
 async fn each_content_mode_stores_events() {
     let s = TestServer::start().await;
     // Plain JSON: one object, then an array.
-    let (st, b) = s.post_json(&json!({"type":"a.one","source":"/m","id":"1","data":{"k":1}})).await;
+    let (st, b) = s
+        .post_json(&json!({"type":"a.one","source":"/m","id":"1","data":{"k":1}}))
+        .await;
     assert_eq!((st, statuses(&b)), (201, vec!["stored".to_owned()]), "{b}");
     let (st, b) = s
         .post_json(&json!([{"type":"a.two","source":"/m","id":"2"},{"type":"a.two","source":"/m","id":"3"}]))
@@ -28,13 +30,23 @@ async fn each_content_mode_stores_events() {
     assert_eq!((st, b["stored"].as_u64()), (201, Some(2)), "{b}");
     // CloudEvents structured and batched (specversion required there).
     let (st, _, b) = s
-        .post("application/cloudevents+json", json!({"specversion":"1.0","type":"a.ce","source":"/m","id":"6"}).to_string())
+        .post(
+            "application/cloudevents+json",
+            json!({"specversion":"1.0","type":"a.ce","source":"/m","id":"6"}).to_string(),
+        )
         .await;
     assert_eq!(st, 201, "{b}");
     let (st, _, b) = s
-        .post("application/cloudevents+json", json!({"type":"a.ce","source":"/m","id":"6b"}).to_string())
+        .post(
+            "application/cloudevents+json",
+            json!({"type":"a.ce","source":"/m","id":"6b"}).to_string(),
+        )
         .await;
-    assert_eq!((st, b["results"][0]["pointer"].as_str()), (422, Some("/specversion")), "{b}");
+    assert_eq!(
+        (st, b["results"][0]["pointer"].as_str()),
+        (422, Some("/specversion")),
+        "{b}"
+    );
     let (st, _, b) = s
         .post(
             "application/cloudevents-batch+json; charset=utf-8",
@@ -72,7 +84,9 @@ async fn each_content_mode_stores_events() {
 async fn mixed_batches_duplicates_and_conflicts() {
     let s = TestServer::start().await;
     let ev = json!({"type":"d.x","source":"/d","id":"same","data":{"v":1}});
-    let (st, b) = s.post_json(&json!([ev, {"type":"Bad Type","source":"/d"}, ev])).await;
+    let (st, b) = s
+        .post_json(&json!([ev, {"type":"Bad Type","source":"/d"}, ev]))
+        .await;
     assert_eq!(st, 207, "{b}");
     assert_eq!(statuses(&b), ["stored", "rejected", "duplicate"]);
     assert_eq!(b["results"][1]["pointer"], "/1/type");
@@ -81,19 +95,37 @@ async fn mixed_batches_duplicates_and_conflicts() {
     let (st, b) = s.post_json(&ev).await;
     assert_eq!((st, statuses(&b)), (201, vec!["duplicate".to_owned()]));
     // Different content under the same identity: 409 problem.
-    let (st, b) = s.post_json(&json!({"type":"d.x","source":"/d","id":"same","data":{"v":2}})).await;
+    let (st, b) = s
+        .post_json(&json!({"type":"d.x","source":"/d","id":"same","data":{"v":2}}))
+        .await;
     assert_eq!(st, 409, "{b}");
     assert_eq!(b["results"][0]["status"], "conflict");
     // Every event invalid: 422 with one result each.
-    let (st, b) = s.post_json(&json!([{"source":"/d"}, {"type":"x","source":"/d","time":"nope"}])).await;
+    let (st, b) = s
+        .post_json(&json!([{"source":"/d"}, {"type":"x","source":"/d","time":"nope"}]))
+        .await;
     assert_eq!(st, 422, "{b}");
     assert_eq!(b["results"][0]["pointer"], "/0/type");
     assert_eq!(b["results"][1]["pointer"], "/1/time");
     assert_eq!(s.ids("source:/d").await, ["same"]);
     // Rejections are counted by attribute in /metrics.
-    let metrics = s.client.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"herald_events_rejected_total{reason="type"} 2"#), "{metrics}");
-    assert!(metrics.contains("herald_events_duplicate_total 2"), "{metrics}");
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"herald_events_rejected_total{reason="type"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_events_duplicate_total 2"),
+        "{metrics}"
+    );
     s.stop().await;
 }
 
@@ -109,7 +141,10 @@ async fn malformed_and_oversized_requests_get_problems() {
     let (st, h, b) = s.post("application/json", "{\"type\": ").await;
     assert_eq!(st, 400, "{b}");
     assert_eq!(h["content-type"], "application/problem+json");
-    assert!(b["detail"].as_str().unwrap().contains("not valid JSON"), "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("not valid JSON"),
+        "{b}"
+    );
     let (st, _, b) = s.post("application/json", "42").await;
     assert_eq!(st, 400, "{b}");
     let (st, _, b) = s.post("text/csv", "a,b").await;
@@ -119,7 +154,7 @@ async fn malformed_and_oversized_requests_get_problems() {
     let big = format!("[{}]", vec![r#"{"type":"a","source":"/s"}"#; 600].join(","));
     let (st, _, b) = s.post("application/json", big).await;
     assert_eq!(st, 413, "{b}");
-    let six = format!("[{}]", vec![r#"{"type":"a","source":"/s"}"#; 6].join(","));
+    let six = format!("[{}]", [r#"{"type":"a","source":"/s"}"#; 6].join(","));
     let (st, _, b) = s.post("application/json", six).await;
     assert_eq!(st, 413, "{b}");
     assert!(b["detail"].as_str().unwrap().contains("6 events"), "{b}");
@@ -133,10 +168,14 @@ async fn malformed_and_oversized_requests_get_problems() {
         .await;
     assert_eq!(st, 207, "{b}");
     assert_eq!(statuses(&b), ["rejected", "rejected", "stored"]);
-    assert!(b["results"][0]["reason"].as_str().unwrap().contains("more than the limit"));
+    assert!(b["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("more than the limit"));
     assert_eq!(b["results"][1]["pointer"], "/1/data");
     // A body without Content-Length that streams past the limit is cut off with 413.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b' '; 1000])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b' '; 1000])).collect();
     let stream = futures_util::stream::iter(chunks);
     let res = s
         .client
@@ -184,7 +223,10 @@ async fn full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged(
             other => panic!("unexpected status {other}"),
         }
     }
-    assert!(refused > 0, "a queue of one request must overflow under 48 concurrent batches");
+    assert!(
+        refused > 0,
+        "a queue of one request must overflow under 48 concurrent batches"
+    );
     assert_eq!(s.ids("source:/q").await.len() as u64, stored);
     s.stop().await;
 }
@@ -194,7 +236,13 @@ async fn openapi_health_and_readiness() {
     let s = TestServer::start().await;
     let (st, doc) = s.get("/openapi.json").await;
     assert_eq!(st, 200);
-    for path in ["/v1/events", "/v1/events/{key}", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/v1/events",
+        "/v1/events/{key}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
     }
     assert!(doc["components"]["schemas"]["IngestResponse"].is_object());

@@ -25,15 +25,27 @@ async fn filters_bounds_and_errors() {
     );
     assert_eq!(s.ids("type:import.failed").await, ["e3", "e2"]);
     assert_eq!(s.ids("context.path:/p/1").await, ["e4"]);
-    let (st, b) = s.get("/v1/events?since=2026-10-31T11:30:00Z&until=2026-10-31T13:00:00Z").await;
+    let (st, b) = s
+        .get("/v1/events?since=2026-10-31T11:30:00Z&until=2026-10-31T13:00:00Z")
+        .await;
     assert_eq!(st, 200);
     assert_eq!(b["events"].as_array().unwrap().len(), 1);
     assert_eq!(b["events"][0]["id"], "e3");
 
     let (st, b) = s.get("/v1/events?filter=tenant:acme%20sevrity:error").await;
     assert_eq!(st, 400);
-    assert_eq!((b["offset"].as_u64(), b["term"].as_str()), (Some(12), Some("sevrity:error")), "{b}");
-    for bad in ["since=tomorrow", "limit=0", "limit=abc", "limit=100000", "cursor=zzz"] {
+    assert_eq!(
+        (b["offset"].as_u64(), b["term"].as_str()),
+        (Some(12), Some("sevrity:error")),
+        "{b}"
+    );
+    for bad in [
+        "since=tomorrow",
+        "limit=0",
+        "limit=abc",
+        "limit=100000",
+        "cursor=zzz",
+    ] {
         let (st, b) = s.get(&format!("/v1/events?{bad}")).await;
         assert_eq!(st, 400, "{bad}: {b}");
     }
@@ -54,13 +66,19 @@ async fn strict_cloudevents_and_ndjson_forms() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.headers()["content-type"], "application/cloudevents-batch+json");
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/cloudevents-batch+json"
+    );
     let arr: Vec<Value> = res.json().await.unwrap();
     assert_eq!(arr[0]["readers"], "user:1");
     assert_eq!(arr[0]["context"], r#"{"path":"/p/1"}"#);
     for (k, v) in arr[0].as_object().unwrap() {
         if !matches!(k.as_str(), "data") {
-            assert!(!v.is_object() && !v.is_array(), "attribute {k} must be primitive in strict form");
+            assert!(
+                !v.is_object() && !v.is_array(),
+                "attribute {k} must be primitive in strict form"
+            );
         }
     }
     let res = s
@@ -70,10 +88,18 @@ async fn strict_cloudevents_and_ndjson_forms() {
         .send()
         .await
         .unwrap();
-    let cursor = res.headers().get("herald-next-cursor").map(|v| v.to_str().unwrap().to_owned());
+    let cursor = res
+        .headers()
+        .get("herald-next-cursor")
+        .map(|v| v.to_str().unwrap().to_owned());
     let text = res.text().await.unwrap();
     assert_eq!(text.lines().count(), 3);
-    let (_, next) = s.get(&format!("/v1/events?limit=3&cursor={}", cursor.expect("more pages"))).await;
+    let (_, next) = s
+        .get(&format!(
+            "/v1/events?limit=3&cursor={}",
+            cursor.expect("more pages")
+        ))
+        .await;
     assert_eq!(next["events"][0]["id"], "e1");
     s.stop().await;
 }
@@ -97,12 +123,25 @@ async fn keyset_paging_is_stable_while_events_arrive() {
         }
     });
     let (_, page) = s.get("/v1/events?filter=id:old-*&limit=25").await;
-    let mut seen: Vec<String> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let mut seen: Vec<String> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
     while let Some(c) = cursor {
-        let (st, page) = s.get(&format!("/v1/events?filter=id:old-*&limit=25&cursor={c}")).await;
+        let (st, page) = s
+            .get(&format!("/v1/events?filter=id:old-*&limit=25&cursor={c}"))
+            .await;
         assert_eq!(st, 200);
-        seen.extend(page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
         cursor = page["next_cursor"].as_str().map(str::to_owned);
     }
     writer.await.unwrap();

@@ -22,10 +22,20 @@ fn python_cloudevents_sdk_accepts_herald() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/cloudevents_check.py");
-    let out = Command::new("python3").arg(script).arg(&server.url).output().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/cloudevents_check.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&server.url)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "SDK check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("values survive the round trip"), "{stdout}");
 }

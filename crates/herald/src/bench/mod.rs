@@ -1,0 +1,620 @@
+//! `herald bench`: load generators that measure Herald and, in the same run, the
+//! do-it-yourself baseline (a PostgreSQL table with a JSONB column and the indexes of
+//! `../shared/bench/`), so that figures are reported as ratios on the same machine and day.
+//!
+//! Herald runs in-process on its own runtime and a temporary data directory, with its default
+//! (durable) configuration; the load comes over loopback HTTP with keep-alive connections.
+//! A benchmark measures and prints; it never asserts a time.
+
+mod gen;
+mod pg;
+
+use anyhow::Context;
+use bytes::Bytes;
+use gen::{GenEvent, Generator};
+use hdrhistogram::Histogram;
+use herald_server::metrics::Metrics;
+use herald_server::{AppState, Config};
+use herald_store::{SqliteOptions, SqliteStore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Ingest throughput and latency for batches of 1000, 100 and 1 event.
+    Ingest(IngestArgs),
+    /// Query latency over a loaded data set (last 50 of a type, indexed data path, page 100).
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// PostgreSQL connection for the baseline (libpq key=value form).
+    #[arg(
+        long,
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        env = "HERALD_BENCH_PG"
+    )]
+    pg: String,
+    /// Skip the PostgreSQL baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Keep Herald's data in this directory instead of a temporary one.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Disable the full-text index (to measure its cost).
+    #[arg(long)]
+    no_fulltext: bool,
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Events per batched scenario.
+    #[arg(long, default_value_t = 300_000)]
+    events: usize,
+    /// Concurrent connections for the batch scenarios.
+    #[arg(long, default_value_t = 4)]
+    batch_connections: usize,
+    /// Concurrent keep-alive connections for single-event requests.
+    #[arg(long, default_value_t = 64)]
+    single_connections: usize,
+    /// How long the single-event scenario runs.
+    #[arg(long, default_value_t = 10)]
+    single_seconds: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// Events to load before querying.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Timed runs per query.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Ingest(a) => ingest(a),
+        BenchCommand::Query(a) => query(a),
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A Herald server on its own runtime, so that the load generator does not share one.
+struct Server {
+    url: String,
+    metrics: Arc<Metrics>,
+    rt: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start(common: &Common, indexed_paths: Vec<String>) -> anyhow::Result<Server> {
+        let (dir, path) = match &common.data {
+            Some(p) => (None, p.clone()),
+            None => {
+                let d = tempfile::Builder::new().prefix("herald-bench").tempdir()?;
+                let p = d.path().to_owned();
+                (Some(d), p)
+            }
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("herald-server")
+            .enable_all()
+            .build()?;
+        let cfg = Config::default();
+        let metrics = Metrics::new();
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: path,
+            fulltext: !common.no_fulltext,
+            indexed_paths,
+            queue_capacity: cfg.store.queue_capacity,
+            max_commit_events: cfg.store.max_commit_events,
+            read_connections: cfg.store.read_connections,
+            cache_mib: cfg.store.cache_mib,
+            fsync: true,
+            on_commit: Some(metrics.commit_observer()),
+        })?;
+        let state = AppState::new(Arc::new(store), cfg.limits, cfg.query, metrics.clone());
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = rt.spawn(async move {
+            let _ = herald_server::serve(listener, state, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Ok(Server {
+            url,
+            metrics,
+            rt: Some(rt),
+            stop: Some(tx),
+            done: Some(done),
+            _dir: dir,
+        })
+    }
+}
+
+impl Server {
+    /// (commits, events, seconds spent in commits) so far, from the store's metrics.
+    fn commit_totals(&self) -> (f64, f64, f64) {
+        let text = self.metrics.render();
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+        };
+        (
+            get("herald_store_commit_events_count "),
+            get("herald_store_commit_events_sum "),
+            get("herald_store_commit_duration_seconds_sum "),
+        )
+    }
+
+    /// Runs a load and prints how the writer grouped it.
+    fn measured<T>(&self, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let (c0, e0, s0) = self.commit_totals();
+        let t = Instant::now();
+        let out = f()?;
+        let wall = t.elapsed().as_secs_f64();
+        let (c1, e1, s1) = self.commit_totals();
+        let commits = (c1 - c0).max(1.0);
+        eprintln!(
+            "  {name}: {:.0} commits, {:.0} events/commit, {:.2} ms/commit, writer busy {:.0}% of the time",
+            commits,
+            (e1 - e0) / commits,
+            (s1 - s0) * 1000.0 / commits,
+            100.0 * (s1 - s0) / wall
+        );
+        Ok(out)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let (Some(rt), Some(done)) = (self.rt.take(), self.done.take()) {
+            let _ = rt.block_on(done);
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Latency and throughput of one scenario.
+pub struct Outcome {
+    pub events: usize,
+    pub requests: usize,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+    pub errors: usize,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+/// Sends `bodies` (each holding `per_body` events) over `connections` concurrent keep-alive
+/// connections, until all are sent or `deadline` passes.
+async fn http_load(
+    url: &str,
+    bodies: Arc<Vec<Bytes>>,
+    per_body: usize,
+    connections: usize,
+    deadline: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let hist = Arc::new(Mutex::new(new_hist()));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let content_type = if per_body == 1 {
+        "application/json"
+    } else {
+        "application/x-ndjson"
+    };
+    for _ in 0..connections {
+        let (client, bodies, next, hist, errors) = (
+            client.clone(),
+            bodies.clone(),
+            next.clone(),
+            hist.clone(),
+            errors.clone(),
+        );
+        let url = format!("{url}/v1/events");
+        tasks.push(tokio::spawn(async move {
+            let mut local = new_hist();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= bodies.len() || deadline.is_some_and(|d| started.elapsed() > d) {
+                    break;
+                }
+                let t = Instant::now();
+                let res = client
+                    .post(&url)
+                    .header("content-type", content_type)
+                    .body(bodies[i].clone())
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        let _ = r.bytes().await;
+                    }
+                    Ok(r) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        if errors.load(Ordering::Relaxed) < 3 {
+                            eprintln!(
+                                "  unexpected answer {status}: {}",
+                                &text[..text.len().min(300)]
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("  request failed: {e}");
+                        }
+                    }
+                }
+                let _ = local.record(t.elapsed().as_micros() as u64);
+            }
+            if let Ok(mut h) = hist.lock() {
+                let _ = h.add(&local);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed();
+    let sent = next.load(Ordering::Relaxed).min(bodies.len());
+    let hist = Arc::try_unwrap(hist)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .unwrap_or_else(new_hist);
+    let requests = hist.len() as usize;
+    Ok(Outcome {
+        events: requests.min(sent) * per_body,
+        requests,
+        elapsed,
+        latency_us: hist,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+fn gen_events(seed: u64, n: usize, start_us: i64, end_us: i64, label: &str) -> Vec<GenEvent> {
+    let t = Instant::now();
+    let mut g = Generator::new(seed, n, start_us, end_us);
+    let evs: Vec<GenEvent> = (0..n).map(|_| g.next_event()).collect();
+    let bytes: usize = evs.iter().map(|e| e.json.len()).sum();
+    eprintln!(
+        "generated {n} {label} events, {} bytes/event on average, in {:.1}s",
+        bytes / n.max(1),
+        t.elapsed().as_secs_f64()
+    );
+    evs
+}
+
+fn bodies(evs: &[GenEvent], per: usize) -> Vec<Bytes> {
+    evs.chunks(per)
+        .map(|c| {
+            let mut b = String::with_capacity(c.iter().map(|e| e.json.len() + 1).sum());
+            for e in c {
+                b.push_str(&e.json);
+                b.push('\n');
+            }
+            Bytes::from(b)
+        })
+        .collect()
+}
+
+fn print_row(name: &str, h: &Outcome, pg: Option<&Outcome>) {
+    let herald = format!(
+        "{:>10.0} ev/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+        h.rate(),
+        h.pct_ms(0.5),
+        h.pct_ms(0.99),
+        if h.errors > 0 {
+            format!("  ({} errors)", h.errors)
+        } else {
+            String::new()
+        }
+    );
+    match pg {
+        Some(p) => println!(
+            "{name:<26} herald {herald}   postgres {:>9.0} ev/s  p50 {:>7.2} ms  p99 {:>7.2} ms   ratio {:>5.1}x",
+            p.rate(),
+            p.pct_ms(0.5),
+            p.pct_ms(0.99),
+            h.rate() / p.rate()
+        ),
+        None => println!("{name:<26} herald {herald}"),
+    }
+}
+
+fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+    let now = now_us();
+    let day = 86_400_000_000;
+    let n = a.events.max(1000);
+    let single_n = 2_000_000usize.min(a.single_connections * 40_000);
+    // Distinct events per scenario, so nothing is a duplicate.
+    let ev1000 = gen_events(1, n, now - 30 * day, now, "batch-1000");
+    let ev100 = gen_events(2, n, now - 30 * day, now, "batch-100");
+    let ev1 = gen_events(3, single_n.min(n), now - 30 * day, now, "single");
+    let b1000 = Arc::new(bodies(&ev1000, 1000));
+    let b100 = Arc::new(bodies(&ev100, 100));
+    let b1: Arc<Vec<Bytes>> = Arc::new(ev1.iter().map(|e| Bytes::from(e.json.clone())).collect());
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    let server = Server::start(&a.common, vec!["data.org".into()])?;
+    println!(
+        "Herald: SQLite WAL synchronous=FULL (fsync per group commit), full-text {}, indexed path data.org; loopback HTTP/1.1",
+        if a.common.no_fulltext { "off" } else { "on" }
+    );
+    let url = server.url.clone();
+    let deadline = Some(Duration::from_secs(a.single_seconds));
+    let h1000 = server.measured("batch 1000", || {
+        client_rt.block_on(http_load(
+            &url,
+            b1000.clone(),
+            1000,
+            a.batch_connections,
+            None,
+        ))
+    })?;
+    let h100 = server.measured("batch 100", || {
+        client_rt.block_on(http_load(
+            &url,
+            b100.clone(),
+            100,
+            a.batch_connections * 4,
+            None,
+        ))
+    })?;
+    let h1 = server.measured("single", || {
+        client_rt.block_on(http_load(
+            &url,
+            b1.clone(),
+            1,
+            a.single_connections,
+            deadline,
+        ))
+    })?;
+    drop(server);
+
+    let (p1000, p100, p1) = if a.common.no_baseline {
+        (None, None, None)
+    } else {
+        let r = client_rt.block_on(async {
+            let pg = pg::Baseline::connect(&a.common.pg).await?;
+            pg.reset().await?;
+            let p1000 = pg
+                .insert_load(&ev1000, 1000, a.batch_connections, None)
+                .await?;
+            pg.reset().await?;
+            let p100 = pg
+                .insert_load(&ev100, 100, a.batch_connections * 4, None)
+                .await?;
+            pg.reset().await?;
+            let p1 = pg
+                .insert_load(&ev1, 1, a.single_connections, deadline)
+                .await?;
+            pg.drop_table().await?;
+            anyhow::Ok((p1000, p100, p1))
+        });
+        match r {
+            Ok((x, y, z)) => (Some(x), Some(y), Some(z)),
+            Err(e) => {
+                eprintln!("PostgreSQL baseline skipped: {e:#}");
+                (None, None, None)
+            }
+        }
+    };
+    println!("\ndurable ingest, {} events per batched scenario:", n);
+    print_row(
+        &format!("batch 1000 x{} conns", a.batch_connections),
+        &h1000,
+        p1000.as_ref(),
+    );
+    print_row(
+        &format!("batch 100 x{} conns", a.batch_connections * 4),
+        &h100,
+        p100.as_ref(),
+    );
+    print_row(
+        &format!("single x{} conns", a.single_connections),
+        &h1,
+        p1.as_ref(),
+    );
+    println!(
+        "single-event requests/s: herald {:.0}{}",
+        h1.requests as f64 / h1.elapsed.as_secs_f64(),
+        p1.as_ref()
+            .map(|p| format!(
+                ", postgres {:.0}",
+                p.requests as f64 / p.elapsed.as_secs_f64()
+            ))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+struct QueryStat {
+    name: &'static str,
+    hist: Histogram<u64>,
+    rows: usize,
+}
+
+async fn time_http(
+    client: &reqwest::Client,
+    url: &str,
+    runs: usize,
+) -> anyhow::Result<(Histogram<u64>, usize)> {
+    let mut hist = new_hist();
+    let mut rows = 0;
+    for i in 0..runs + 5 {
+        let t = Instant::now();
+        let res = client.get(url).send().await?;
+        anyhow::ensure!(res.status().is_success(), "{url}: {}", res.status());
+        let body = res.bytes().await?;
+        let el = t.elapsed();
+        if i >= 5 {
+            hist.record(el.as_micros() as u64)?;
+        } else if i == 0 {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            rows = v["events"].as_array().map(Vec::len).unwrap_or(0);
+        }
+    }
+    Ok((hist, rows))
+}
+
+fn query(a: QueryArgs) -> anyhow::Result<()> {
+    let now = now_us();
+    let day = 86_400_000_000;
+    let evs = gen_events(42, a.events, now - 30 * day, now, "30-day");
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let server = Server::start(&a.common, vec!["data.org".into()])?;
+    let url = server.url.clone();
+    eprintln!("loading Herald over HTTP (batches of 1000, 4 connections)...");
+    let load = client_rt.block_on(http_load(&url, Arc::new(bodies(&evs, 1000)), 1000, 4, None))?;
+    eprintln!(
+        "  {} events in {:.1}s = {:.0} ev/s",
+        load.events,
+        load.elapsed.as_secs_f64(),
+        load.rate()
+    );
+
+    let client = reqwest::Client::new();
+    let enc = |s: &str| -> String {
+        let mut u = reqwest::Url::parse("http://x/").expect("static URL");
+        u.query_pairs_mut().append_pair("filter", s);
+        u.query().unwrap_or_default().to_owned()
+    };
+    let herald: Vec<QueryStat> = client_rt.block_on(async {
+        let mut out = Vec::new();
+        let cases: [(&'static str, String); 3] = [
+            (
+                "Q1 last 50 of a type, 1d",
+                format!(
+                    "{url}/v1/events?{}&since=24h&limit=50",
+                    enc("type:import.completed")
+                ),
+            ),
+            (
+                "Q2 data.org (indexed), 7d",
+                format!(
+                    "{url}/v1/events?{}&since=7d&limit=50",
+                    enc("data.org:org-0150")
+                ),
+            ),
+            (
+                "Q2b largest org, 7d",
+                format!(
+                    "{url}/v1/events?{}&since=7d&limit=50",
+                    enc("data.org:org-0001")
+                ),
+            ),
+        ];
+        for (name, u) in cases {
+            let (hist, rows) = time_http(&client, &u, a.runs).await?;
+            out.push(QueryStat { name, hist, rows });
+        }
+        // Keyset page 100 (50 per page) of a filtered listing.
+        let base = format!("{url}/v1/events?{}&limit=50", enc("type:product.edited"));
+        let mut cursor = String::new();
+        for _ in 0..99 {
+            let u = if cursor.is_empty() {
+                base.clone()
+            } else {
+                format!("{base}&cursor={cursor}")
+            };
+            let v: serde_json::Value = client.get(&u).send().await?.json().await?;
+            cursor = v["next_cursor"]
+                .as_str()
+                .context("fewer than 100 pages")?
+                .to_owned();
+        }
+        let (hist, rows) = time_http(&client, &format!("{base}&cursor={cursor}"), a.runs).await?;
+        out.push(QueryStat {
+            name: "Q6 keyset page 100",
+            hist,
+            rows,
+        });
+        anyhow::Ok(out)
+    })?;
+    drop(server);
+
+    let baseline: Option<Vec<QueryStat>> = if a.common.no_baseline {
+        None
+    } else {
+        match client_rt.block_on(pg::query_baseline(&a.common.pg, &evs, now, a.runs)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("PostgreSQL baseline skipped: {e:#}");
+                None
+            }
+        }
+    };
+    println!("\nquery latency over {} events (Herald through HTTP incl. JSON; PostgreSQL through its protocol), {} runs:", a.events, a.runs);
+    for (i, h) in herald.iter().enumerate() {
+        let ms = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        let mut line = format!(
+            "{:<28} herald p50 {:>6.2} ms  p99 {:>6.2} ms  ({} rows)",
+            h.name,
+            ms(&h.hist, 0.5),
+            ms(&h.hist, 0.99),
+            h.rows
+        );
+        if let Some(p) = baseline.as_ref().and_then(|b| b.get(i)) {
+            line.push_str(&format!(
+                "   postgres p50 {:>6.2} ms  p99 {:>6.2} ms  ({} rows)   p50 ratio {:>5.1}x",
+                ms(&p.hist, 0.5),
+                ms(&p.hist, 0.99),
+                p.rows,
+                ms(&p.hist, 0.5) / ms(&h.hist, 0.5)
+            ));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
