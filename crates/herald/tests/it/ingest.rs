@@ -183,9 +183,14 @@ async fn malformed_and_oversized_requests_get_problems() {
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(stream))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 413);
+        .await;
+    // The server answers 413 as soon as the limit is passed and closes the connection; a
+    // client still writing may see the close (broken pipe) before it reads the answer.
+    match res {
+        Ok(r) => assert_eq!(r.status().as_u16(), 413),
+        Err(e) => assert!(e.is_request(), "unexpected error: {e}"),
+    }
+    assert_eq!(s.get("/healthz").await.0, 200, "the server survives");
     // Unknown routes and bad lookups are problems too.
     let (st, _) = s.get("/v2/nothing").await;
     assert_eq!(st, 404);
