@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod contract;
+mod log;
 mod sql;
 pub mod sqlite;
 

@@ -7,6 +7,7 @@
 //! one fsync is what makes durable ingest fast (one fsync costs 0.1–0.2 ms here, whether it
 //! covers one event or ten thousand).
 
+use crate::log::Log;
 use crate::sql::{compile, path_expr};
 use crate::{
     AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, Page, Store, StoreError,
@@ -125,6 +126,7 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     fulltext: bool,
     fts_watermark: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
 }
@@ -174,6 +176,13 @@ impl SqliteStore {
         migrate(&conn)?;
         sync_path_indexes(&conn, &opts.indexed_paths)?;
         conn.execute_batch("PRAGMA optimize=0x10002")?;
+        let mut log = Log::open(&opts.data_dir.join("events.log")).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot open the write-ahead log in {}: {e}",
+                opts.data_dir.display()
+            ))
+        })?;
+        replay_log(&conn, &mut log)?;
         let next_seq: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| {
                 r.get(0)
@@ -210,6 +219,11 @@ impl SqliteStore {
         }
 
         let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
+        let progress = Arc::new(Progress {
+            acked: AtomicU64::new(next_seq as u64 - 1),
+            commit_wanted: AtomicBool::new(false),
+            committed: tokio::sync::watch::Sender::new(next_seq as u64 - 1),
+        });
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             conn,
@@ -220,6 +234,11 @@ impl SqliteStore {
             on_commit: opts.on_commit.clone(),
             fts_batch: Vec::new(),
             fts_tx: None,
+            log,
+            progress: progress.clone(),
+            txn_started: None,
+            txn_events: 0,
+            failed: false,
         };
         let mut writer = writer;
         let fts_thread = if opts.fulltext {
@@ -268,16 +287,41 @@ impl SqliteStore {
             }),
             fulltext: opts.fulltext,
             fts_watermark,
+            progress,
             fts_thread: Mutex::new(fts_thread),
             checkpointer: Mutex::new(Some((stop_checkpointer, checkpointer))),
         })
     }
 
-    /// Runs `f` on a read connection on the blocking thread pool.
+    /// Read-your-writes: waits until every event acknowledged before this call is committed in
+    /// SQLite (asking the writer to commit its open transaction now if needed).
+    async fn visible(&self) -> Result<(), StoreError> {
+        let target = self.progress.acked.load(Ordering::Acquire);
+        let mut rx = self.progress.committed.subscribe();
+        if *rx.borrow() >= target {
+            return Ok(());
+        }
+        self.progress.commit_wanted.store(true, Ordering::Release);
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            rx.wait_for(|c| *c >= target),
+        )
+        .await
+        .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            _ => Err(StoreError::Database(
+                "the writer did not commit recent events in time".into(),
+            )),
+        }
+    }
+
+    /// Runs `f` on a read connection on the blocking thread pool, after [`Self::visible`].
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.visible().await?;
         let pool = self.readers.clone();
         let permit = pool
             .permits
@@ -451,6 +495,117 @@ fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
     }
 }
 
+/// The SQL that inserts one event (shared by the writer and log replay).
+const INSERT_EVENT: &str =
+    "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
+     correlationid, causationid, visibility, dkey, chash, body) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+fn insert_event(
+    conn: &Connection,
+    seq: u64,
+    ev: &PreparedEvent,
+    body: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(INSERT_EVENT)?.execute(params![
+        seq as i64,
+        ev.time_us,
+        ev.recorded_us,
+        ev.ty,
+        ev.source,
+        ev.id,
+        ev.subject,
+        ev.severity.rank(),
+        ev.actor,
+        ev.tenant,
+        ev.correlationid,
+        ev.causationid,
+        ev.visibility.rank(),
+        ev.dedup_key,
+        ev.content_hash,
+        body,
+    ])?;
+    Ok(())
+}
+
+/// Inserts the log's records that SQLite does not hold yet (after a crash, or after a failed
+/// index commit), commits, and empties the log. Returns the highest stored seq.
+fn replay_log(conn: &Connection, log: &mut Log) -> Result<u64, StoreError> {
+    let max_seq: i64 =
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    let records = log
+        .records()
+        .map_err(|e| StoreError::Database(format!("cannot read the write-ahead log: {e}")))?;
+    let limits = herald_core::Limits {
+        max_event_bytes: usize::MAX,
+        max_depth: usize::MAX,
+        ..herald_core::Limits::default()
+    };
+    let mut last = max_seq as u64;
+    let mut replayed = 0usize;
+    let tx = conn.unchecked_transaction()?;
+    for body in &records {
+        let seq = body
+            .strip_prefix("{\"seq\":")
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| StoreError::Database("a write-ahead log record has no seq".into()))?;
+        if seq <= last {
+            continue;
+        }
+        let recorded_us = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v["recordedtime"]
+                    .as_str()
+                    .and_then(herald_core::timespec::parse_rfc3339)
+            })
+            .unwrap_or(0);
+        let mut no_id = String::new;
+        let mut ctx = herald_core::event::PrepareCtx {
+            limits: &limits,
+            now_us: recorded_us,
+            now_text: "",
+            require_specversion: false,
+            new_id: &mut no_id,
+        };
+        let ev = herald_core::event::prepare_json(body, "", &mut ctx).map_err(|r| {
+            StoreError::Database(format!(
+                "a write-ahead log record does not parse: {}",
+                r.reason
+            ))
+        })?;
+        insert_event(&tx, seq, &ev, body)?;
+        last = seq;
+        replayed += 1;
+    }
+    tx.commit()?;
+    if replayed > 0 {
+        tracing::info!(
+            events = replayed,
+            "replayed acknowledged events from the write-ahead log"
+        );
+    }
+    log.truncate()
+        .map_err(|e| StoreError::Database(format!("cannot truncate the write-ahead log: {e}")))?;
+    Ok(last)
+}
+
+/// What the writer shares with readers: how far events are durable and visible.
+struct Progress {
+    /// Every event with `seq <=` this is durable (in the log or in SQLite).
+    acked: AtomicU64,
+    /// A reader waits for the writer to commit its open transaction.
+    commit_wanted: AtomicBool,
+    /// Every event with `seq <=` this is committed in SQLite (visible to readers).
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+/// The writer commits its SQLite transaction after this many events, or when it is this old,
+/// or when a reader needs to see what was acknowledged, whichever comes first.
+const TXN_MAX_EVENTS: usize = 100_000;
+const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
+
 struct Writer {
     conn: Connection,
     rx: Receiver<WriteJob>,
@@ -458,62 +613,44 @@ struct Writer {
     queued: Arc<AtomicUsize>,
     max_commit_events: usize,
     on_commit: Option<CommitObserver>,
-    /// Search texts of the batch being written, handed to the full-text thread on commit.
+    log: Log,
+    progress: Arc<Progress>,
+    /// When the open SQLite transaction began (`None`: no transaction open).
+    txn_started: Option<Instant>,
+    txn_events: usize,
+    /// Search texts of events in the open transaction, handed to the full-text thread after
+    /// the commit.
     fts_batch: Vec<(u64, String)>,
     fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
+    /// Set when the database failed and the log could not be replayed: refuse appends.
+    failed: bool,
 }
 
 impl Writer {
     fn run(mut self) {
-        // recv() fails once every sender is gone and the queue is empty: that is shutdown.
-        while let Ok(first) = self.rx.recv() {
-            let started = Instant::now();
-            let mut n = first.events.len();
-            let mut jobs = vec![first];
-            while n < self.max_commit_events {
-                match self.rx.try_recv() {
-                    Ok(job) => {
-                        n += job.events.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
+        loop {
+            // With a transaction open, wake up often enough to commit on time or on demand.
+            let next = if self.txn_started.is_some() {
+                self.rx.recv_timeout(std::time::Duration::from_millis(1))
+            } else {
+                self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match next {
+                Ok(first) => self.handle(first),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break, // every sender gone: shutdown
+            }
+            if let Some(started) = self.txn_started {
+                if self.txn_events >= TXN_MAX_EVENTS
+                    || started.elapsed() >= TXN_MAX_AGE
+                    || self.progress.commit_wanted.load(Ordering::Acquire)
+                {
+                    self.commit();
                 }
             }
-            self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-            let seq_before = self.next_seq;
-            self.fts_batch.clear();
-            match self.write(&jobs) {
-                Ok(outcomes) => {
-                    if let Some(cb) = &self.on_commit {
-                        cb(CommitInfo {
-                            events: n,
-                            requests: jobs.len(),
-                            duration: started.elapsed(),
-                        });
-                    }
-                    for (job, out) in jobs.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(out));
-                    }
-                    if let Some(tx) = &self.fts_tx {
-                        // Bounded: if text indexing falls behind, the writer waits here, the
-                        // ingest queue fills, and ingest answers 503 rather than growing memory.
-                        if !self.fts_batch.is_empty()
-                            && tx.send(std::mem::take(&mut self.fts_batch)).is_err()
-                        {
-                            tracing::error!("the full-text thread stopped; text search scans events until restart");
-                            self.fts_tx = None;
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Nothing of this batch is committed: give the seqs back, fail every job.
-                    self.next_seq = seq_before;
-                    tracing::error!(error = %e, events = n, "commit failed; the batch was not stored");
-                    for job in jobs {
-                        let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
-                    }
-                }
-            }
+        }
+        if self.txn_started.is_some() {
+            self.commit();
         }
         self.fts_tx = None;
         if let Err(e) = self
@@ -521,6 +658,134 @@ impl Writer {
             .execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);")
         {
             tracing::warn!(error = %e, "final optimize and checkpoint failed");
+        }
+    }
+
+    /// Writes one group of requests: SQLite inserts in the open transaction, then the log
+    /// append and fsync; answers each request once its events are durable.
+    fn handle(&mut self, first: WriteJob) {
+        let started = Instant::now();
+        let mut n = first.events.len();
+        let mut jobs = vec![first];
+        while n < self.max_commit_events {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    n += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
+        if self.failed {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Database(
+                    "the store failed earlier; restart Herald (acknowledged events are safe in the log)".into(),
+                )));
+            }
+            return;
+        }
+        if self.txn_started.is_none() {
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
+                }
+                return;
+            }
+            self.txn_started = Some(Instant::now());
+            self.txn_events = 0;
+        }
+        let seq_before = self.next_seq;
+        let fts_before = self.fts_batch.len();
+        let result = self
+            .conn
+            .execute_batch("SAVEPOINT batch")
+            .and_then(|_| self.write(&jobs))
+            .map_err(|e| e.to_string())
+            .and_then(|outs| {
+                self.log
+                    .sync()
+                    .map(|_| outs)
+                    .map_err(|e| format!("write-ahead log: {e}"))
+            });
+        match result {
+            Ok(outcomes) => {
+                let _ = self.conn.execute_batch("RELEASE batch");
+                let stored = (self.next_seq - seq_before) as usize;
+                self.txn_events += stored;
+                self.progress
+                    .acked
+                    .store(self.next_seq - 1, Ordering::Release);
+                if let Some(cb) = &self.on_commit {
+                    cb(CommitInfo {
+                        events: n,
+                        requests: jobs.len(),
+                        duration: started.elapsed(),
+                    });
+                }
+                for (job, out) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                // Nothing of this group is durable: undo its inserts and give the seqs back.
+                self.log.discard_unsynced();
+                let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+                self.next_seq = seq_before;
+                self.fts_batch.truncate(fts_before);
+                tracing::error!(error = %e, events = n, "write failed; the batch was not stored");
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Database(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Commits the open SQLite transaction, publishes what readers can now see, empties the
+    /// log, and hands the search texts to the full-text thread.
+    fn commit(&mut self) {
+        let started = self.txn_started.take();
+        let last = self.next_seq - 1;
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                if let Err(e) = self.log.truncate() {
+                    // Harmless: replay skips records SQLite already holds.
+                    tracing::warn!(error = %e, "cannot truncate the write-ahead log");
+                }
+                tracing::debug!(
+                    events = self.txn_events,
+                    ms = started.map(|s| s.elapsed().as_millis()).unwrap_or(0),
+                    "index transaction committed"
+                );
+            }
+            Err(e) => {
+                // Every event of this transaction is acknowledged and safe in the log: put
+                // them into SQLite again from there.
+                tracing::error!(error = %e, "index commit failed; replaying the write-ahead log");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.fts_batch.clear();
+                match replay_log(&self.conn, &mut self.log) {
+                    Ok(seq) => self.next_seq = seq + 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "replaying the write-ahead log failed; refusing writes until restart");
+                        self.failed = true;
+                        return;
+                    }
+                }
+            }
+        }
+        self.txn_events = 0;
+        self.progress.commit_wanted.store(false, Ordering::Release);
+        self.progress.committed.send_replace(last);
+        if let Some(tx) = &self.fts_tx {
+            // Bounded: if text indexing falls behind, the writer waits here, the ingest queue
+            // fills, and ingest answers 503 rather than growing memory.
+            if !self.fts_batch.is_empty() && tx.send(std::mem::take(&mut self.fts_batch)).is_err() {
+                tracing::error!(
+                    "the full-text thread stopped; text search scans events until restart"
+                );
+                self.fts_tx = None;
+            }
         }
     }
 }
@@ -596,78 +861,52 @@ impl FtsIndexer {
 }
 
 impl Writer {
+    /// Inserts the group's new events into the open transaction and buffers their log
+    /// records; finds duplicates and conflicts (the writer sees its own uncommitted rows).
     fn write(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<Vec<AppendOutcome>>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut all = Vec::with_capacity(jobs.len());
-        {
-            let mut lookup = tx.prepare_cached(
-                "SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
-                 correlationid, causationid, visibility, dkey, chash, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?;
-
-            for job in jobs {
-                let mut outs = Vec::with_capacity(job.events.len());
-                for ev in &job.events {
-                    let mut found = None;
-                    let mut rows = lookup.query(params![ev.dedup_key])?;
-                    while let Some(r) = rows.next()? {
-                        let source: String = r.get(2)?;
-                        let id: String = r.get(3)?;
-                        if source == ev.source && id == ev.id {
-                            let seq: i64 = r.get(0)?;
-                            let chash: i64 = r.get(1)?;
-                            let time: i64 = r.get(4)?;
-                            let same =
-                                chash == ev.content_hash && (!ev.time_given || time == ev.time_us);
-                            found = Some(if same {
-                                AppendOutcome::Duplicate(seq as u64)
-                            } else {
-                                AppendOutcome::Conflict(seq as u64)
-                            });
-                            break;
-                        }
+        let mut lookup = self
+            .conn
+            .prepare_cached("SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1")?;
+        for job in jobs {
+            let mut outs = Vec::with_capacity(job.events.len());
+            for ev in &job.events {
+                let mut found = None;
+                let mut rows = lookup.query(params![ev.dedup_key])?;
+                while let Some(r) = rows.next()? {
+                    let source: String = r.get(2)?;
+                    let id: String = r.get(3)?;
+                    if source == ev.source && id == ev.id {
+                        let seq: i64 = r.get(0)?;
+                        let chash: i64 = r.get(1)?;
+                        let time: i64 = r.get(4)?;
+                        let same =
+                            chash == ev.content_hash && (!ev.time_given || time == ev.time_us);
+                        found = Some(if same {
+                            AppendOutcome::Duplicate(seq as u64)
+                        } else {
+                            AppendOutcome::Conflict(seq as u64)
+                        });
+                        break;
                     }
-                    drop(rows);
-                    if let Some(o) = found {
-                        outs.push(o);
-                        continue;
-                    }
-                    let seq = self.next_seq;
-                    let body = ev.body_with_seq(seq);
-                    insert.execute(params![
-                        seq as i64,
-                        ev.time_us,
-                        ev.recorded_us,
-                        ev.ty,
-                        ev.source,
-                        ev.id,
-                        ev.subject,
-                        ev.severity.rank(),
-                        ev.actor,
-                        ev.tenant,
-                        ev.correlationid,
-                        ev.causationid,
-                        ev.visibility.rank(),
-                        ev.dedup_key,
-                        ev.content_hash,
-                        body,
-                    ])?;
-                    if self.fts_tx.is_some() {
-                        self.fts_batch.push((seq, ev.search_text()));
-                    }
-                    self.next_seq += 1;
-                    outs.push(AppendOutcome::Stored(seq));
                 }
-                all.push(outs);
+                drop(rows);
+                if let Some(o) = found {
+                    outs.push(o);
+                    continue;
+                }
+                let seq = self.next_seq;
+                let body = ev.body_with_seq(seq);
+                insert_event(&self.conn, seq, ev, &body)?;
+                self.log.push(&body);
+                if self.fts_tx.is_some() {
+                    self.fts_batch.push((seq, ev.search_text()));
+                }
+                self.next_seq += 1;
+                outs.push(AppendOutcome::Stored(seq));
             }
+            all.push(outs);
         }
-        tx.commit()?;
         Ok(all)
     }
 }

@@ -39,9 +39,11 @@ async fn load(url: String, worker: usize, acked: Arc<Mutex<Vec<String>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
     let mut total_acked = HashSet::new();
     for round in 0..3 {
-        let mut server = BinServer::start(dir.path());
+        let mut server = BinServer::start_logging(&data, Some(&log));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let tasks: Vec<_> = (0..8)
             .map(|w| tokio::spawn(load(server.url.clone(), w + round * 100, acked.clone())))
@@ -59,7 +61,7 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
         total_acked.extend(acked);
     }
     // The database opens cleanly and holds every acknowledged event.
-    let server = BinServer::start(dir.path());
+    let server = BinServer::start_logging(&data, Some(&log));
     let client = crate::harness::http_client();
     let mut stored = HashSet::new();
     let mut cursor: Option<String> = None;
@@ -85,6 +87,13 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
         lost.is_empty(),
         "{} acknowledged events lost, e.g. {lost:?}",
         total_acked.difference(&stored).count()
+    );
+    // Events acknowledged from the write-ahead log but not yet in SQLite's indexes when the
+    // process died were put back from the log at the next start.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("replayed acknowledged events from the write-ahead log"),
+        "no restart replayed the log, so the test did not exercise recovery:\n{log}"
     );
     eprintln!(
         "kill -9 test: {} acknowledged, {} stored (unacknowledged may or may not be there)",

@@ -170,12 +170,31 @@ pub fn herald_bin() -> PathBuf {
 impl BinServer {
     /// Starts `herald serve` on a random port and waits until it prints where it listens.
     pub fn start(data: &Path) -> BinServer {
+        Self::start_logging(data, None)
+    }
+
+    /// Starts the server with its log (level info) appended to `log` when given.
+    pub fn start_logging(data: &Path, log: Option<&Path>) -> BinServer {
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(herald_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
-            .env("HERALD_SERVER__LOG", "warn")
+            .env(
+                "HERALD_SERVER__LOG",
+                if log.is_some() { "info" } else { "warn" },
+            )
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
