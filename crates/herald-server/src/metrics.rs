@@ -93,12 +93,12 @@ impl Metrics {
         );
         registry.register(
             "herald_store_commit_events",
-            "Events per store commit (group commit batch size)",
+            "Events per group commit (one fsync of the write-ahead log)",
             commit_events.clone(),
         );
         registry.register(
             "herald_store_commit_duration_seconds",
-            "Time to write and fsync one commit",
+            "Time to write and fsync one group commit",
             commit_duration.clone(),
         );
         Arc::new(Metrics {

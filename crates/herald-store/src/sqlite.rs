@@ -1,6 +1,7 @@
-//! The embedded store: one SQLite database in WAL mode, written by a single writer thread
-//! that commits whatever is waiting in one transaction (group commit), read through a small
-//! pool of read-only connections.
+//! The embedded store: one SQLite database in WAL mode behind Herald's own write-ahead log,
+//! written by a single writer thread that acknowledges whatever is waiting with one log fsync
+//! (group commit) and commits SQLite in long transactions; read through a small pool of
+//! read-only connections. See ARCHITECTURE.md for the threads and their invariants.
 //!
 //! Why a dedicated thread: SQLite allows one writer at a time and its calls block, so the
 //! writer lives off the async runtime, and batching the appends of concurrent requests into
@@ -35,14 +36,15 @@ pub struct SqliteOptions {
     pub indexed_paths: Vec<String>,
     /// Write requests that may wait for the writer before appends are refused.
     pub queue_capacity: usize,
-    /// Most events committed in one transaction.
+    /// Most events acknowledged by one log fsync (one group of requests).
     pub max_commit_events: usize,
     /// Read-only connections for queries.
     pub read_connections: usize,
     /// Page cache per connection, in MiB.
     pub cache_mib: usize,
-    /// fsync at every commit (`synchronous=FULL`). Turning it off keeps data safe from a
-    /// process crash but not from a power loss.
+    /// fsync the write-ahead log before acknowledging, and SQLite commits
+    /// (`synchronous=FULL`). Turning it off keeps data safe from a process crash but not from
+    /// a power loss.
     pub fsync: bool,
     pub on_commit: Option<CommitObserver>,
 }
@@ -239,6 +241,7 @@ impl SqliteStore {
             txn_started: None,
             txn_events: 0,
             failed: false,
+            fsync: opts.fsync,
         };
         let mut writer = writer;
         let fts_thread = if opts.fulltext {
@@ -624,6 +627,8 @@ struct Writer {
     fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
     /// Set when the database failed and the log could not be replayed: refuse appends.
     failed: bool,
+    /// fsync the log before answering (see [`SqliteOptions::fsync`]).
+    fsync: bool,
 }
 
 impl Writer {
@@ -704,7 +709,7 @@ impl Writer {
             .map_err(|e| e.to_string())
             .and_then(|outs| {
                 self.log
-                    .sync()
+                    .sync(self.fsync)
                     .map(|_| outs)
                     .map_err(|e| format!("write-ahead log: {e}"))
             });
