@@ -100,6 +100,28 @@ impl PreparedEvent {
     }
 }
 
+/// The search text of a stored event (its canonical JSON), equal to
+/// [`PreparedEvent::search_text`] of the event it was made from. Used where only the stored
+/// body is at hand (text terms on events the full-text index does not hold yet).
+pub fn search_text_of(body: &str) -> Option<String> {
+    let members: std::collections::HashMap<&str, &RawValue> = serde_json::from_str(body).ok()?;
+    let mut t = String::with_capacity(body.len() / 2);
+    for name in ["type", "source", "subject", "actor", "tenant"] {
+        if let Some(raw) = members.get(name) {
+            let s: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+            t.push_str(&s);
+            t.push(' ');
+        }
+    }
+    for name in ["data", "context"] {
+        if let Some(raw) = members.get(name) {
+            t.push_str(raw.get());
+            t.push(' ');
+        }
+    }
+    Some(t)
+}
+
 /// Hash of (`source`, `id`) used to find duplicates. Stable across versions (xxh3).
 pub fn dedup_key(source: &str, id: &str) -> i64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();

@@ -12,6 +12,7 @@ pub mod event;
 pub mod filter;
 pub mod json;
 pub mod limits;
+pub mod matcher;
 pub mod timespec;
 
 pub use event::{PreparedEvent, Rejection};

@@ -4,9 +4,10 @@
 //! behaviour by the same code: each implementation's tests call [`run_all`] on a fresh store.
 //! Failures panic with a message naming the broken rule.
 
-use crate::{AppendOutcome, EventQuery, Store};
+use crate::{AppendOutcome, EventQuery, LiveEvent, ScanQuery, Store};
 use herald_core::event::{prepare_json, PrepareCtx};
 use herald_core::filter::Filter;
+use herald_core::matcher::matches;
 use herald_core::{Limits, PreparedEvent};
 
 /// "Now" for the contract's events: 2026-11-01T00:00:00Z.
@@ -54,6 +55,8 @@ pub async fn run_all(store: &dyn Store) {
     append_get_and_duplicates(store).await;
     filters(store).await;
     paging_is_stable_under_inserts(store).await;
+    live_and_scan(store).await;
+    memory_matcher_agrees_with_queries(store).await;
 }
 
 async fn append_get_and_duplicates(store: &dyn Store) {
@@ -224,5 +227,321 @@ async fn paging_is_stable_under_inserts(store: &dyn Store) {
     assert_eq!(
         seen, expected,
         "keyset paging must visit every event once, newest first"
+    );
+}
+
+async fn live_and_scan(store: &dyn Store) {
+    let before = store.seq_range().await.expect("seq_range");
+    let mut rx = store.subscribe();
+    let evs: Vec<_> = (0..5)
+        .map(|i| {
+            event(&format!(
+                r#"{{"id":"l{i}","source":"/live","type":"live.{}","time":"2026-10-20T00:00:0{i}Z"}}"#,
+                if i % 2 == 0 { "even" } else { "odd" }
+            ))
+        })
+        .collect();
+    let out = store.append(evs).await.expect("append");
+    let seqs: Vec<u64> = out
+        .iter()
+        .map(|o| match o {
+            AppendOutcome::Stored(s) => *s,
+            other => panic!("must be stored: {other:?}"),
+        })
+        .collect();
+    let batch = rx.recv().await.expect("a live batch after an append");
+    let live: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        live, seqs,
+        "the live batch holds the stored events in seq order"
+    );
+    let mut body = String::new();
+    batch[0].write_body(&mut body);
+    let stored = store
+        .get_by_seq(seqs[0])
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(
+        body, stored.body,
+        "live and stored bodies are the same bytes"
+    );
+
+    let after = store.seq_range().await.expect("seq_range");
+    assert_eq!(
+        after.last,
+        before.last + 5,
+        "last follows acknowledged appends"
+    );
+    assert!(after.oldest <= seqs[0]);
+
+    // Catch-up reads: oldest first, filtered, paged, and `scanned_to` tells where to go on.
+    let q = |filter: &str, after_seq: u64, limit: usize| ScanQuery {
+        filter: Filter::parse(filter, NOW_US).expect("filter"),
+        after_seq,
+        since_us: None,
+        limit,
+    };
+    let page = store
+        .scan(q("type:live.even", before.last, 2))
+        .await
+        .expect("scan");
+    let got: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+    assert_eq!(got, [seqs[0], seqs[2]]);
+    assert!(!page.done, "a full page is not the end");
+    assert_eq!(page.scanned_to, seqs[2]);
+    let page = store
+        .scan(q("type:live.even", page.scanned_to, 2))
+        .await
+        .expect("scan");
+    let got: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+    assert_eq!(got, [seqs[4]]);
+    assert!(page.done);
+    assert_eq!(
+        page.scanned_to, after.last,
+        "a last page scans up to the newest event"
+    );
+    let page = store.scan(q("", after.last, 10)).await.expect("scan");
+    assert!(page.events.is_empty() && page.done && page.scanned_to == after.last);
+}
+
+/// A tiny deterministic generator (xorshift), so the random cases are the same every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+const WORDS: &[&str] = &[
+    "timeout", "disk", "Full", "café", "retry", "import", "x_y", "42",
+];
+const TYPES: &[&str] = &[
+    "import.started",
+    "import.failed",
+    "importer.note",
+    "page.viewed",
+    "a.b.c",
+];
+const VALUES: &[&str] = &[
+    "1",
+    "2",
+    "2.5",
+    "-3",
+    "\"fr\"",
+    "\"be\"",
+    "\"12\"",
+    "\"\"",
+    "true",
+    "false",
+    "null",
+    "[1,2]",
+    "{\"k\":\"fr\"}",
+    "\"Fr\"",
+    "\"disk timeout\"",
+];
+
+fn random_event(rng: &mut Rng, i: usize) -> String {
+    let mut e = format!(
+        r#"{{"id":"r{i}","source":"{}","type":"{}","time":"2026-10-{:02}T{:02}:00:00Z","severity":"{}""#,
+        rng.pick(&["/importer", "/web", "/test", "https://x.org/a"]),
+        rng.pick(TYPES),
+        1 + rng.below(28),
+        rng.below(24),
+        rng.pick(&["debug", "info", "notice", "warning", "error", "critical"]),
+    );
+    for name in ["subject", "actor", "tenant", "correlationid", "causationid"] {
+        if rng.below(3) > 0 {
+            e.push_str(&format!(
+                r#","{name}":"{}""#,
+                rng.pick(&["p-1", "p-2", "user:1", "acme", "beta", "run-1"])
+            ));
+        }
+    }
+    if rng.below(2) == 0 {
+        e.push_str(&format!(
+            r#","visibility":"{}""#,
+            rng.pick(&["public", "internal", "private"])
+        ));
+    }
+    let mut data = Vec::new();
+    for key in ["country", "rows", "code", "flag", "nested"] {
+        if rng.below(3) > 0 {
+            data.push(format!(r#""{key}":{}"#, rng.pick(VALUES)));
+        }
+    }
+    if rng.below(2) == 0 {
+        data.push(format!(
+            r#""note":"{} {}""#,
+            rng.pick(WORDS),
+            rng.pick(WORDS)
+        ));
+    }
+    if rng.below(5) > 0 {
+        e.push_str(&format!(r#","data":{{{}}}"#, data.join(",")));
+    }
+    if rng.below(3) == 0 {
+        e.push_str(&format!(
+            r#","context":{{"path":"/{}","n":{}}}"#,
+            rng.pick(WORDS),
+            rng.below(5)
+        ));
+    }
+    e.push('}');
+    e
+}
+
+fn random_term(rng: &mut Rng) -> String {
+    let neg = if rng.below(4) == 0 { "-" } else { "" };
+    let body = match rng.below(14) {
+        0 => format!(
+            "type:{}",
+            rng.pick(&[
+                "import.*",
+                "import.failed",
+                "imp*",
+                "page.viewed,a.b.c",
+                "a.*"
+            ])
+        ),
+        1 => format!(
+            "source:{}",
+            rng.pick(&["/web", "/test,/importer", "https*", "/"])
+        ),
+        2 => format!(
+            "severity:{}",
+            rng.pick(&[">=error", "<info", "warning", ">notice", "debug,critical"])
+        ),
+        3 => format!(
+            "{}:{}",
+            rng.pick(&["subject", "actor", "tenant", "correlationid", "causationid"]),
+            rng.pick(&["p-1", "user:1", "acme,beta", "*", "p-*", "run-1"])
+        ),
+        4 => format!("visibility:{}", rng.pick(&["public", "private,internal"])),
+        5 => format!(
+            "time:{}",
+            rng.pick(&[">=2026-10-15", "<2026-10-10T12:00:00Z", ">2026-10-27"])
+        ),
+        6..=9 => format!(
+            "data.{}:{}",
+            rng.pick(&["country", "rows", "code", "flag", "nested", "nested.k", "missing"]),
+            rng.pick(&[
+                "fr",
+                "fr,be",
+                "1",
+                "2.5",
+                ">1",
+                "<=2",
+                ">=\"a\"",
+                "<\"z\"",
+                "\"12\"",
+                "12",
+                "true",
+                "*",
+                "f*",
+                "\"\"",
+                "\"[1,2]\"",
+                "-3",
+                ">-4"
+            ]),
+        ),
+        10 => format!(
+            "context.{}:{}",
+            rng.pick(&["path", "n"]),
+            rng.pick(&["/disk", "/c*", ">2", "*", "3"])
+        ),
+        11 => format!("seq:{}", rng.pick(&[">3", "<=10", "7"])),
+        12 => format!("\"{} {}\"", rng.pick(WORDS), rng.pick(WORDS)),
+        _ => rng.pick(WORDS).to_owned(),
+    };
+    format!("{neg}{body}")
+}
+
+/// The live stream evaluates filters in memory; a listing evaluates them in SQL. On random
+/// events and random filters both must select exactly the same events.
+async fn memory_matcher_agrees_with_queries(store: &dyn Store) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut prepared = Vec::new();
+    for i in 0..300 {
+        prepared.push(event(&random_event(&mut rng, i)));
+    }
+    let out = store.append(prepared.clone()).await.expect("append");
+    let live: Vec<LiveEvent> = prepared
+        .into_iter()
+        .zip(out)
+        .map(|(ev, o)| match o {
+            AppendOutcome::Stored(seq) => LiveEvent::new(seq, ev),
+            other => panic!("random event not stored: {other:?}"),
+        })
+        .collect();
+    let mut checked_nonempty = 0;
+    // Twice: right after the append (text terms scan events the full-text index does not
+    // hold yet) and once the index has caught up.
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        }
+        for _ in 0..400 {
+            let n = 1 + rng.below(3);
+            let text: Vec<String> = (0..n).map(|_| random_term(&mut rng)).collect();
+            let text = text.join(" ");
+            let filter = match Filter::parse(&text, NOW_US) {
+                Ok(f) => f,
+                Err(e) => panic!("generated filter `{text}` does not parse: {e}"),
+            };
+            let mut want: Vec<u64> = live
+                .iter()
+                .filter(|e| matches(&filter, e))
+                .map(|e| e.seq)
+                .collect();
+            want.sort_unstable();
+            let first = live[0].seq;
+            let last = live[live.len() - 1].seq;
+            let page = store
+                .query(EventQuery {
+                    filter: Filter::parse(&format!("{text} seq:>={first} seq:<={last}"), NOW_US)
+                        .expect("filter"),
+                    limit: 1000,
+                    ..EventQuery::default()
+                })
+                .await
+                .expect("query");
+            let mut got: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+            got.sort_unstable();
+            if !want.is_empty() && want.len() < live.len() {
+                checked_nonempty += 1;
+            }
+            if got != want {
+                let only_sql: Vec<&String> = got
+                    .iter()
+                    .filter(|s| !want.contains(s))
+                    .filter_map(|s| live.iter().find(|e| e.seq == *s))
+                    .map(|e| &e.event.body_tail)
+                    .collect();
+                let only_mem: Vec<&String> = want
+                    .iter()
+                    .filter(|s| !got.contains(s))
+                    .filter_map(|s| live.iter().find(|e| e.seq == *s))
+                    .map(|e| &e.event.body_tail)
+                    .collect();
+                panic!(
+                    "filter `{text}` (round {round}): SQL and memory disagree\nonly SQL: {only_sql:#?}\nonly memory: {only_mem:#?}"
+                );
+            }
+        }
+    }
+    assert!(
+        checked_nonempty > 200,
+        "the random filters must mostly select some but not all events ({checked_nonempty})"
     );
 }

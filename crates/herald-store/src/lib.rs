@@ -27,6 +27,7 @@ mod log;
 mod sql;
 pub mod sqlite;
 
+pub use herald_core::matcher::LiveEvent;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A boxed future, so that [`Store`] can be used as a trait object.
@@ -91,6 +92,41 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+/// Events as they are acknowledged, in `seq` order, one batch per group commit: what the
+/// live stream and (later) notification rules consume. Shared, never copied per subscriber.
+pub type LiveBatch = Arc<[herald_core::matcher::LiveEvent]>;
+
+/// A catch-up read for the live stream: events after a position, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ScanQuery {
+    pub filter: Filter,
+    /// Only events with `seq` greater than this.
+    pub after_seq: u64,
+    /// Only events whose `time` is at least this (microseconds since the epoch).
+    pub since_us: Option<i64>,
+    pub limit: usize,
+}
+
+/// A page of a catch-up read.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    pub events: Vec<StoredEvent>,
+    /// Every event up to this `seq` was examined: resume after it. At least `after_seq`.
+    pub scanned_to: u64,
+    /// True when the page reached the end of what is stored.
+    pub done: bool,
+}
+
+/// The positions a stream can resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    /// The oldest `seq` still stored (`last + 1` when nothing is stored). Resuming from an
+    /// older position would miss events that retention removed.
+    pub oldest: u64,
+    /// The newest acknowledged `seq` (0 when nothing was ever stored).
+    pub last: u64,
+}
+
 /// What the writer reports after each commit, for metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct CommitInfo {
@@ -123,6 +159,17 @@ pub trait Store: Send + Sync + 'static {
         source: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
+
+    /// Events acknowledged from now on, in `seq` order. A receiver that falls more than the
+    /// channel's capacity behind gets `Lagged` and must catch up with [`Store::scan`]; every
+    /// event published before this call is visible to a scan started after it.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LiveBatch>;
+
+    /// Events after a position, oldest first (the catch-up half of a stream).
+    fn scan(&self, q: ScanQuery) -> BoxFuture<'_, Result<ScanPage, StoreError>>;
+
+    /// The oldest stored and newest acknowledged positions.
+    fn seq_range(&self) -> BoxFuture<'_, Result<SeqRange, StoreError>>;
 
     /// Write requests waiting for the writer.
     fn queue_depth(&self) -> usize;

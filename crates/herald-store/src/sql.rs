@@ -80,6 +80,23 @@ fn fts_phrase(text: &str) -> String {
     format!("\"{}\"", text.replace('"', "\"\""))
 }
 
+/// Text terms on events the full-text index does not hold: a cheap `LIKE` on the body
+/// narrows the rows (every ASCII token of the phrase appears in the body, in any case), then
+/// `herald_text` (registered on every read connection, see [`crate::sqlite`]) decides
+/// exactly as the index and the live stream do.
+fn text_scan(w: &mut Where, text: &str) {
+    for tok in herald_core::matcher::tokens(text) {
+        if tok.is_ascii() {
+            w.sql.push_str("body LIKE ");
+            w.param(SqlValue::Text(like_pattern(&tok)));
+            w.sql.push_str(" ESCAPE '\\' AND ");
+        }
+    }
+    w.sql.push_str("herald_text(body, ");
+    w.param(SqlValue::Text(text.to_owned()));
+    w.sql.push(')');
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
 fn like_pattern(text: &str) -> String {
     let mut p = String::with_capacity(text.len() + 2);
@@ -150,13 +167,11 @@ pub fn compile(
                     w.param(SqlValue::Text(fts_phrase(text)));
                     w.sql.push_str(") OR (seq > ");
                     w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
-                    w.sql.push_str(" AND body LIKE ");
-                    w.param(SqlValue::Text(like_pattern(text)));
-                    w.sql.push_str(" ESCAPE '\\')");
+                    w.sql.push_str(" AND ");
+                    text_scan(&mut w, text);
+                    w.sql.push(')');
                 } else {
-                    w.sql.push_str("body LIKE ");
-                    w.param(SqlValue::Text(like_pattern(text)));
-                    w.sql.push_str(" ESCAPE '\\'");
+                    text_scan(&mut w, text);
                 }
             }
             TermKind::Field { field, cond } => {
@@ -179,6 +194,20 @@ pub fn compile(
                     Cond::Cmp(op, v) => {
                         let _ = write!(w.sql, "{col} {} ", op_sql(*op));
                         w.param(sql_value(v));
+                        if matches!(field, Field::Data(_) | Field::Context(_)) {
+                            // Compare numbers with numbers and strings with strings only. In
+                            // SQLite every number sorts before every string, so `< ''` means
+                            // "is a number" and `>= ''` "is a string"; both keep the path
+                            // index usable as a range.
+                            match v {
+                                Value::Str(_) => {
+                                    let _ = write!(w.sql, " AND {col} >= ''");
+                                }
+                                _ => {
+                                    let _ = write!(w.sql, " AND {col} < ''");
+                                }
+                            }
+                        }
                     }
                     Cond::AnyOf(pats) => {
                         let exact: Vec<&Value> = pats
@@ -261,14 +290,14 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\'))
-                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time out\"") Integer(77) Text("%time out%")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\' AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
+                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time out\"") Integer(77) Text("%time%") Text("%out%") Text("time out")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ?) AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\'))
-                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"'quote\"") Integer(77) Text("%'quote%")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ? AND json_extract(body,'$.data."n"') < '') AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
+                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"'quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
         );
     }
 }

@@ -11,8 +11,8 @@
 use crate::log::Log;
 use crate::sql::{compile, path_expr};
 use crate::{
-    AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, Page, Store, StoreError,
-    StoredEvent,
+    AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, LiveBatch, LiveEvent, Page,
+    ScanPage, ScanQuery, SeqRange, Store, StoreError, StoredEvent,
 };
 use herald_core::cursor::Cursor;
 use herald_core::filter::parse_path;
@@ -46,6 +46,9 @@ pub struct SqliteOptions {
     /// (`synchronous=FULL`). Turning it off keeps data safe from a process crash but not from
     /// a power loss.
     pub fsync: bool,
+    /// Group commits the live channel holds for subscribers that fall behind; a subscriber
+    /// further behind catches up from the database.
+    pub live_capacity: usize,
     pub on_commit: Option<CommitObserver>,
 }
 
@@ -60,6 +63,7 @@ impl Default for SqliteOptions {
             read_connections: 4,
             cache_mib: 256,
             fsync: true,
+            live_capacity: 1024,
             on_commit: None,
         }
     }
@@ -110,10 +114,53 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 /// The full-text index lives in its own database file (`fts.db`), written by its own thread:
 /// SQLite allows one writer per file, so indexing text in parallel with the event writer
 /// uses the second core instead of lengthening every commit.
+///
+/// The tokenizer cuts text exactly as [`herald_core::matcher::tokens`] does (letters and
+/// digits, case folded, diacritics kept), so the index, the scan of its tail and the live
+/// stream agree. An index built with other settings is dropped and rebuilt at start.
 const FTS_SCHEMA: &str = "
-CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(text, content='', contentless_delete=1, tokenize='unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(text, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 0');
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+const FTS_TOKENIZER: &str = "unicode61 remove_diacritics 0";
+
+/// Creates the full-text schema, dropping an index built with another tokenizer (its
+/// watermark goes with it, so the start-up catch-up indexes every event again).
+fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
+    let existing: Option<String> = fts
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'events_fts'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if existing.is_some_and(|sql| !sql.contains(FTS_TOKENIZER)) {
+        tracing::info!("the full-text index uses an older tokenizer; rebuilding it");
+        fts.execute_batch("DROP TABLE events_fts; DELETE FROM meta WHERE key = 'fts_seq';")?;
+    }
+    fts.execute_batch(FTS_SCHEMA)?;
+    Ok(())
+}
+
+/// Registers `herald_text(body, phrase)`: true when the phrase occurs in the search text of
+/// a stored event, cut into tokens as the full-text index does.
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "herald_text",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let body = ctx.get_raw(0).as_str().unwrap_or("");
+            let phrase = ctx.get_raw(1).as_str().unwrap_or("");
+            let Some(text) = herald_core::event::search_text_of(body) else {
+                return Ok(false);
+            };
+            let toks: Vec<String> = herald_core::matcher::tokens(&text).collect();
+            Ok(herald_core::matcher::phrase_in(&toks, phrase))
+        },
+    )
+}
 
 struct WriteJob {
     events: Vec<PreparedEvent>,
@@ -131,6 +178,7 @@ pub struct SqliteStore {
     progress: Arc<Progress>,
     fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
+    live: tokio::sync::broadcast::Sender<LiveBatch>,
 }
 
 struct ReadPool {
@@ -193,7 +241,7 @@ impl SqliteStore {
         let fts_conn = Connection::open(&fts_path)?;
         fts_conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
         fts_conn.pragma_update(None, "synchronous", "NORMAL")?;
-        fts_conn.execute_batch(FTS_SCHEMA)?;
+        fts_schema(&fts_conn)?;
         // The index can always be rebuilt from the events, so it need not be fsynced; after a
         // crash the events past its watermark are indexed again here.
         let fts_seq = if opts.fulltext {
@@ -217,6 +265,7 @@ impl SqliteStore {
                 params![fts_path.to_string_lossy()],
             )?;
             r.pragma_update(None, "query_only", true)?;
+            register_functions(&r)?;
             readers.push(r);
         }
 
@@ -227,7 +276,9 @@ impl SqliteStore {
             committed: tokio::sync::watch::Sender::new(next_seq as u64 - 1),
         });
         let queued = Arc::new(AtomicUsize::new(0));
+        let (live, _) = tokio::sync::broadcast::channel(opts.live_capacity.max(1));
         let writer = Writer {
+            live: live.clone(),
             conn,
             rx,
             next_seq: next_seq as u64,
@@ -293,6 +344,7 @@ impl SqliteStore {
             progress,
             fts_thread: Mutex::new(fts_thread),
             checkpointer: Mutex::new(Some((stop_checkpointer, checkpointer))),
+            live,
         })
     }
 
@@ -611,6 +663,9 @@ const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Writer {
     conn: Connection,
+    /// Publishes acknowledged events to live subscribers (never blocks: a full channel
+    /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
+    live: tokio::sync::broadcast::Sender<LiveBatch>,
     rx: Receiver<WriteJob>,
     next_seq: u64,
     queued: Arc<AtomicUsize>,
@@ -728,8 +783,32 @@ impl Writer {
                         duration: started.elapsed(),
                     });
                 }
+                // Built only when someone listens. A subscriber that arrives after this check
+                // still sees these events: they are acknowledged (above), so its catch-up
+                // read, which starts after it subscribed, includes them.
+                let publish = stored > 0 && self.live.receiver_count() > 0;
+                let mut live = Vec::with_capacity(if publish { stored } else { 0 });
                 for (job, out) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(out));
+                    if publish {
+                        let seqs: Vec<u64> = out
+                            .iter()
+                            .map(|o| match o {
+                                AppendOutcome::Stored(seq) => *seq,
+                                _ => 0,
+                            })
+                            .collect();
+                        let _ = job.reply.send(Ok(out));
+                        for (ev, seq) in job.events.into_iter().zip(seqs) {
+                            if seq != 0 {
+                                live.push(LiveEvent::new(seq, ev));
+                            }
+                        }
+                    } else {
+                        let _ = job.reply.send(Ok(out));
+                    }
+                }
+                if publish {
+                    let _ = self.live.send(LiveBatch::from(live));
                 }
             }
             Err(e) => {
@@ -1007,6 +1086,67 @@ impl Store for SqliteStore {
                 .query_row(params![key, source, id], row_to_event)
                 .optional()?)
         }))
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LiveBatch> {
+        self.live.subscribe()
+    }
+
+    fn scan(&self, q: ScanQuery) -> BoxFuture<'_, Result<ScanPage, StoreError>> {
+        let fts = self
+            .fulltext
+            .then(|| self.fts_watermark.load(Ordering::Acquire));
+        // Everything acknowledged before the read starts is visible to it; the page ends at
+        // the newest acknowledged event known now, so `scanned_to` never passes an event the
+        // read could not see.
+        Box::pin(async move {
+            let upto = self.progress.acked.load(Ordering::Acquire);
+            self.read(move |conn| {
+                let mut w = compile(&q.filter, q.since_us, None, None, fts);
+                let limit = q.limit.max(1);
+                let sql = format!(
+                    "SELECT seq, time, body FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
+                    w.sql, limit
+                );
+                w.params.insert(0, rusqlite::types::Value::Integer(upto as i64));
+                w.params.insert(0, rusqlite::types::Value::Integer(q.after_seq as i64));
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let events: Vec<StoredEvent> = stmt
+                    .query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?
+                    .collect::<Result<_, _>>()?;
+                let done = events.len() < limit;
+                let scanned_to = if done {
+                    upto.max(q.after_seq)
+                } else {
+                    events.last().map(|e| e.seq).unwrap_or(q.after_seq)
+                };
+                Ok(ScanPage {
+                    events,
+                    scanned_to,
+                    done,
+                })
+            })
+            .await
+        })
+    }
+
+    fn seq_range(&self) -> BoxFuture<'_, Result<SeqRange, StoreError>> {
+        Box::pin(async move {
+            let last = self.progress.acked.load(Ordering::Acquire);
+            let oldest = self
+                .read(move |conn| {
+                    Ok(conn
+                        .query_row("SELECT min(seq) FROM events", [], |r| {
+                            r.get::<_, Option<i64>>(0)
+                        })?
+                        .map(|s| s as u64))
+                })
+                .await?;
+            Ok(SeqRange {
+                oldest: oldest.unwrap_or(last + 1),
+                last,
+            })
+        })
     }
 
     fn queue_depth(&self) -> usize {

@@ -1,0 +1,333 @@
+//! In-memory evaluation of a [`Filter`] against one event, with exactly the semantics of the
+//! store's SQL (see `herald-store/src/sql.rs`), for the live stream and, later, notification
+//! rules.
+//!
+//! It exists so that an event seen live and the same event found by a listing agree on
+//! whether a filter matches: a subscriber that resumes from storage and then switches to live
+//! must see one consistent selection. The rules written down here are the ones the SQL
+//! compiler follows:
+//!
+//! - A term on an absent field (a missing attribute, a missing or JSON-`null` path) does not
+//!   match, and its negation does.
+//! - `data.`/`context.` values compare like SQLite's `json_extract`: `true`/`false` are the
+//!   numbers 1/0, objects and arrays are their JSON text, numbers equal numbers (1 = 1.0),
+//!   strings equal strings, and a number never equals a string. Ordered comparisons only
+//!   compare numbers with numbers and strings with strings (byte order).
+//! - Text terms are phrases over the event's search text ([`PreparedEvent::search_text`]),
+//!   cut into [`tokens`] exactly as the full-text index does.
+
+use crate::event::PreparedEvent;
+use crate::filter::{CmpOp, Cond, Field, Filter, Pattern, TermKind, Value};
+use std::cmp::Ordering;
+use std::sync::OnceLock;
+
+/// A stored event as the live stream sees it: its `seq`, its attributes, and lazily parsed
+/// parts shared by every subscriber that evaluates a filter on it.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub seq: u64,
+    pub event: PreparedEvent,
+    data: OnceLock<Option<serde_json::Value>>,
+    context: OnceLock<Option<serde_json::Value>>,
+    text: OnceLock<Vec<String>>,
+}
+
+impl LiveEvent {
+    pub fn new(seq: u64, event: PreparedEvent) -> LiveEvent {
+        LiveEvent {
+            seq,
+            event,
+            data: OnceLock::new(),
+            context: OnceLock::new(),
+            text: OnceLock::new(),
+        }
+    }
+
+    /// Writes the stored JSON of the event (`{"seq":N,...}`) into `out`.
+    pub fn write_body(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(out, "{{\"seq\":{},", self.seq);
+        out.push_str(&self.event.body_tail);
+    }
+
+    fn data(&self) -> Option<&serde_json::Value> {
+        self.data
+            .get_or_init(|| parse_range(&self.event, self.event.data_range.clone()))
+            .as_ref()
+    }
+
+    fn context(&self) -> Option<&serde_json::Value> {
+        self.context
+            .get_or_init(|| parse_range(&self.event, self.event.context_range.clone()))
+            .as_ref()
+    }
+
+    fn text(&self) -> &[String] {
+        self.text
+            .get_or_init(|| tokens(&self.event.search_text()).collect())
+    }
+}
+
+fn parse_range(ev: &PreparedEvent, r: Option<std::ops::Range<usize>>) -> Option<serde_json::Value> {
+    let r = r?;
+    serde_json::from_str(ev.body_tail.get(r)?).ok()
+}
+
+/// Cuts text into lowercase tokens: runs of letters and digits, everything else separates
+/// them. The full-text index is configured to cut the same way (FTS5 `unicode61` with
+/// `remove_diacritics 0`).
+pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_lowercase())
+}
+
+/// True when the tokens of `phrase` appear consecutively in `haystack` (already tokens). A
+/// phrase without any token matches nothing, as in the full-text index.
+pub fn phrase_in(haystack: &[String], phrase: &str) -> bool {
+    let want: Vec<String> = tokens(phrase).collect();
+    if want.is_empty() || want.len() > haystack.len() {
+        return false;
+    }
+    haystack.windows(want.len()).any(|w| w == want.as_slice())
+}
+
+/// A value as SQLite sees it, for comparisons.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sv<'a> {
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+}
+
+/// An owned text for JSON objects and arrays (their minified JSON), kept alongside.
+enum Extracted<'a> {
+    Borrowed(Sv<'a>),
+    Json(String),
+}
+
+impl<'a> Extracted<'a> {
+    fn sv(&self) -> Sv<'_> {
+        match self {
+            Extracted::Borrowed(s) => *s,
+            Extracted::Json(s) => Sv::Text(s),
+        }
+    }
+}
+
+fn extract<'a>(
+    root: Option<&'a serde_json::Value>,
+    path: &[String],
+) -> Option<&'a serde_json::Value> {
+    let mut v = root?;
+    for seg in path {
+        v = v.as_object()?.get(seg.as_str())?;
+    }
+    Some(v)
+}
+
+/// `json_extract` semantics: JSON null is SQL NULL.
+fn json_sv(v: &serde_json::Value) -> Option<Extracted<'_>> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => Extracted::Borrowed(Sv::Int(*b as i64)),
+        J::Number(n) => Extracted::Borrowed(match n.as_i64() {
+            Some(i) => Sv::Int(i),
+            None => Sv::Real(n.as_f64().unwrap_or(f64::NAN)),
+        }),
+        J::String(s) => Extracted::Borrowed(Sv::Text(s)),
+        other => Extracted::Json(other.to_string()),
+    })
+}
+
+/// The SQL parameter a filter value binds as.
+fn value_sv(v: &Value) -> Sv<'_> {
+    match v {
+        Value::Str(s) => Sv::Text(s),
+        Value::Num(n) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Sv::Int(*n as i64)
+            } else {
+                Sv::Real(*n)
+            }
+        }
+        Value::Bool(b) => Sv::Int(*b as i64),
+        Value::Severity(s) => Sv::Int(s.rank() as i64),
+        Value::Visibility(v) => Sv::Int(v.rank() as i64),
+        Value::Time(t) => Sv::Int(*t),
+        Value::Seq(s) => Sv::Int(i64::try_from(*s).unwrap_or(i64::MAX)),
+    }
+}
+
+fn num(s: Sv<'_>) -> Option<f64> {
+    match s {
+        Sv::Int(i) => Some(i as f64),
+        Sv::Real(r) => Some(r),
+        Sv::Text(_) => None,
+    }
+}
+
+/// Ordering within one kind (numbers or strings); `None` across kinds.
+fn same_kind_cmp(a: Sv<'_>, b: Sv<'_>) -> Option<Ordering> {
+    match (a, b) {
+        (Sv::Int(x), Sv::Int(y)) => Some(x.cmp(&y)),
+        (Sv::Text(x), Sv::Text(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (x, y) => num(x)?.partial_cmp(&num(y)?),
+    }
+}
+
+fn cmp_holds(op: CmpOp, o: Ordering) -> bool {
+    match op {
+        CmpOp::Gt => o == Ordering::Greater,
+        CmpOp::Ge => o != Ordering::Less,
+        CmpOp::Lt => o == Ordering::Less,
+        CmpOp::Le => o != Ordering::Greater,
+    }
+}
+
+fn cond_holds(cond: &Cond, v: Sv<'_>) -> bool {
+    match cond {
+        Cond::Exists => true,
+        Cond::Cmp(op, want) => same_kind_cmp(v, value_sv(want)).is_some_and(|o| cmp_holds(*op, o)),
+        Cond::AnyOf(pats) => pats.iter().any(|p| match p {
+            Pattern::Exact(want) => same_kind_cmp(v, value_sv(want)) == Some(Ordering::Equal),
+            Pattern::Prefix(prefix) => matches!(v, Sv::Text(t) if t.starts_with(prefix.as_str())),
+        }),
+    }
+}
+
+/// Evaluates one term, `None` when the field is absent (SQL NULL).
+fn term_value(ev: &LiveEvent, field: &Field, cond: &Cond) -> Option<bool> {
+    let e = &ev.event;
+    let text = |s: &Option<String>| s.as_deref().map(|t| cond_holds(cond, Sv::Text(t)));
+    match field {
+        Field::Type => Some(cond_holds(cond, Sv::Text(&e.ty))),
+        Field::Source => Some(cond_holds(cond, Sv::Text(&e.source))),
+        Field::Id => Some(cond_holds(cond, Sv::Text(&e.id))),
+        Field::Subject => text(&e.subject),
+        Field::Actor => text(&e.actor),
+        Field::Tenant => text(&e.tenant),
+        Field::CorrelationId => text(&e.correlationid),
+        Field::CausationId => text(&e.causationid),
+        Field::Severity => Some(cond_holds(cond, Sv::Int(e.severity.rank() as i64))),
+        Field::Visibility => Some(cond_holds(cond, Sv::Int(e.visibility.rank() as i64))),
+        Field::Time => Some(cond_holds(cond, Sv::Int(e.time_us))),
+        Field::Seq => Some(cond_holds(
+            cond,
+            Sv::Int(i64::try_from(ev.seq).unwrap_or(i64::MAX)),
+        )),
+        Field::Data(path) | Field::Context(path) => {
+            let root = if matches!(field, Field::Data(_)) {
+                ev.data()
+            } else {
+                ev.context()
+            };
+            let v = extract(root, path)?;
+            if matches!(cond, Cond::Exists) {
+                // `json_type` is not NULL for a JSON null: the member is present.
+                return Some(true);
+            }
+            let x = json_sv(v)?;
+            Some(cond_holds(cond, x.sv()))
+        }
+    }
+}
+
+/// True when every term of `filter` matches the event.
+pub fn matches(filter: &Filter, ev: &LiveEvent) -> bool {
+    filter.terms.iter().all(|t| {
+        let v = match &t.kind {
+            TermKind::Text(phrase) => Some(phrase_in(ev.text(), phrase)),
+            TermKind::Field { field, cond } => term_value(ev, field, cond),
+        };
+        if t.negated {
+            !v.unwrap_or(false)
+        } else {
+            v.unwrap_or(false)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{prepare_json, PrepareCtx};
+    use crate::Limits;
+
+    fn live(json: &str) -> LiveEvent {
+        let limits = Limits::default();
+        let mut new_id = || "generated".to_owned();
+        let mut ctx = PrepareCtx {
+            limits: &limits,
+            now_us: 1_000_000,
+            now_text: "1970-01-01T00:00:01Z",
+            require_specversion: false,
+            new_id: &mut new_id,
+        };
+        LiveEvent::new(7, prepare_json(json, "", &mut ctx).expect("valid event"))
+    }
+
+    fn check(json: &str, cases: &[(&str, bool)]) {
+        let ev = live(json);
+        for (f, want) in cases {
+            let filter = Filter::parse(f, 2_000_000).expect("filter");
+            assert_eq!(matches(&filter, &ev), *want, "filter {f:?} on {json}");
+        }
+    }
+
+    #[test]
+    fn fields_and_negation() {
+        check(
+            r#"{"type":"import.failed","source":"/importer","severity":"error","tenant":"acme",
+                "data":{"country":"fr","rows":12,"ok":true,"nested":{"a":[1,2]},"nil":null,"code":"12"}}"#,
+            &[
+                ("", true),
+                ("type:import.*", true),
+                ("type:import", false),
+                ("type:imp*", true),
+                ("-type:import.*", false),
+                ("severity:>=error", true),
+                ("severity:>error", false),
+                ("tenant:acme,beta", true),
+                ("actor:x", false),
+                ("-actor:x", true),
+                ("actor:*", false),
+                ("-actor:*", true),
+                ("data.country:fr,be", true),
+                ("data.rows:12", true),
+                ("data.rows:12.0", true),
+                ("data.rows:\"12\"", false),
+                ("data.code:12", false),
+                ("data.code:\"12\"", true),
+                ("data.rows:>10", true),
+                ("data.rows:<=11", false),
+                ("data.code:>1", false),
+                ("data.code:>\"1\"", true),
+                ("data.rows:>\"1\"", false),
+                ("data.ok:true", true),
+                ("data.ok:1", true),
+                ("data.nil:*", true),
+                ("data.nil:x", false),
+                ("-data.nil:x", true),
+                ("data.nested.a:\"[1,2]\"", true),
+                ("data.missing:*", false),
+                ("data.country.x:fr", false),
+                ("seq:7", true),
+                ("seq:>7", false),
+                ("\"import failed\"", true),
+                ("FAILED", true),
+                ("fail", false),
+                ("\"failed import\"", false),
+                ("country fr", true),
+                ("\"!!!\"", false),
+            ],
+        );
+    }
+
+    #[test]
+    fn tokens_fold_case_and_split_on_punctuation() {
+        let t: Vec<String> = tokens("Import.Failed {\"réason\":\"time-out\"} x_y").collect();
+        assert_eq!(t, ["import", "failed", "réason", "time", "out", "x", "y"]);
+    }
+}
