@@ -19,6 +19,29 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: Limits,
     pub query: QueryConfig,
+    pub stream: StreamConfig,
+}
+
+impl Config {
+    /// The options of the embedded store, from the `[store]` and `[stream]` sections.
+    pub fn sqlite_options(
+        &self,
+        on_commit: Option<herald_store::CommitObserver>,
+    ) -> herald_store::SqliteOptions {
+        let s = &self.store;
+        herald_store::SqliteOptions {
+            data_dir: s.data_dir.clone(),
+            fulltext: s.fulltext,
+            indexed_paths: s.indexed_paths.clone(),
+            queue_capacity: s.queue_capacity,
+            max_commit_events: s.max_commit_events,
+            read_connections: s.read_connections,
+            cache_mib: s.cache_mib,
+            fsync: s.fsync,
+            live_capacity: self.stream.live_buffer,
+            on_commit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +107,49 @@ impl Default for QueryConfig {
             default_limit: 50,
             max_limit: 1000,
             request_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Most concurrent `/v1/stream` subscribers (503 beyond).
+    pub max_subscribers: usize,
+    /// Seconds between heartbeat comments on an idle stream.
+    pub heartbeat_secs: u64,
+    /// Reconnection delay suggested to clients (`retry:`), in milliseconds.
+    pub retry_ms: u64,
+    /// Group commits kept for subscribers that fall behind before they catch up from the
+    /// database instead.
+    pub live_buffer: usize,
+    /// Chunks of events queued for one client's connection.
+    pub client_buffer: usize,
+    /// Events per catch-up read from the database.
+    pub catchup_page: usize,
+    /// A client that accepts nothing for this long is disconnected.
+    pub slow_client_timeout_secs: u64,
+    /// A subscriber catching up after falling behind the live buffer is disconnected when
+    /// it is still this many events behind (0: never). A client resuming from an old
+    /// position is not limited by it; only one that cannot keep up is.
+    pub max_lag_events: u64,
+    /// Origins allowed to open streams from a browser page (CORS), e.g.
+    /// ["https://app.example.org"]; "*" allows any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            max_subscribers: 10_000,
+            heartbeat_secs: 15,
+            retry_ms: 2000,
+            live_buffer: 1024,
+            client_buffer: 64,
+            catchup_page: 1000,
+            slow_client_timeout_secs: 30,
+            max_lag_events: 1_000_000,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -18,40 +18,43 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod query;
+pub mod stream;
 
 use axum::routing::{get, post};
 use axum::Router;
-use herald_core::Limits;
 use herald_store::Store;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use config::{Config, QueryConfig, ServerConfig, StoreConfig};
+pub use config::{Config, QueryConfig, ServerConfig, StoreConfig, StreamConfig};
 
 /// What every handler can reach.
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub limits: Limits,
+    pub limits: herald_core::Limits,
     pub query: QueryConfig,
+    pub stream: StreamConfig,
     pub metrics: Arc<metrics::Metrics>,
     /// False while starting and once shutdown has begun (`/readyz` answers 503).
     pub ready: AtomicBool,
+    /// Stream subscriber slots (`stream.max_subscribers`).
+    pub subscribers: Arc<tokio::sync::Semaphore>,
+    /// Set to true when shutdown begins: long-lived streams end so that it can finish.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
-    pub fn new(
-        store: Arc<dyn Store>,
-        limits: Limits,
-        query: QueryConfig,
-        metrics: Arc<metrics::Metrics>,
-    ) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, cfg: &Config, metrics: Arc<metrics::Metrics>) -> Arc<Self> {
         Arc::new(AppState {
             store,
-            limits,
-            query,
+            limits: cfg.limits.clone(),
+            query: cfg.query.clone(),
+            stream: cfg.stream.clone(),
             metrics,
             ready: AtomicBool::new(true),
+            subscribers: Arc::new(tokio::sync::Semaphore::new(cfg.stream.max_subscribers)),
+            shutdown: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -59,23 +62,54 @@ impl AppState {
 /// Builds the whole HTTP application.
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = std::time::Duration::from_secs(state.query.request_timeout_secs.max(1));
-    Router::new()
+    let requests = Router::new()
         .route("/v1/events", post(ingest::ingest).get(query::list_events))
         .route("/v1/events/{key}", get(query::get_event))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
+    // Streams live as long as the client wants: no request timeout; their own heartbeats
+    // and slow-client limit apply instead.
+    let mut streams = Router::new().route("/v1/stream", get(stream::stream));
+    if let Some(cors) = stream_cors(&state.stream.cors_origins) {
+        streams = streams.layer(cors);
+    }
+    requests
+        .merge(streams)
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
         .with_state(state)
+}
+
+/// CORS for browser pages on other origins that open streams (`stream.cors_origins`).
+fn stream_cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::GET])
+            .allow_headers([axum::http::HeaderName::from_static("last-event-id")]),
+    )
 }
 
 /// Serves the application until `shutdown` resolves, then stops accepting connections,
@@ -91,6 +125,7 @@ pub async fn serve(
         .with_graceful_shutdown(async move {
             shutdown.await;
             st.ready.store(false, Ordering::SeqCst);
+            st.shutdown.send_replace(true);
             tracing::info!("shutting down: no new connections, finishing requests in flight");
         })
         .await;

@@ -40,6 +40,11 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub commit_events: Histogram,
     pub commit_duration: Histogram,
+    pub stream_subscribers: Gauge,
+    pub stream_sent: Counter,
+    pub stream_lagged: Counter,
+    pub stream_disconnected: Family<ReasonLabel, Counter>,
+    pub stream_latency: Histogram,
 }
 
 impl Metrics {
@@ -101,7 +106,42 @@ impl Metrics {
             "Time to write and fsync one group commit",
             commit_duration.clone(),
         );
+        let stream_subscribers = Gauge::default();
+        let stream_sent = Counter::default();
+        let stream_lagged = Counter::default();
+        let stream_disconnected = Family::<ReasonLabel, Counter>::default();
+        let stream_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "herald_stream_subscribers",
+            "Open /v1/stream connections",
+            stream_subscribers.clone(),
+        );
+        registry.register(
+            "herald_stream_events_sent",
+            "Events sent to stream subscribers (live and catch-up)",
+            stream_sent.clone(),
+        );
+        registry.register(
+            "herald_stream_lagged",
+            "Times a subscriber fell behind the live buffer and caught up from storage",
+            stream_lagged.clone(),
+        );
+        registry.register(
+            "herald_stream_disconnected",
+            "Streams the server ended, by reason",
+            stream_disconnected.clone(),
+        );
+        registry.register(
+            "herald_stream_delivery_latency_seconds",
+            "From receiving an event to handing it to a live subscriber's connection",
+            stream_latency.clone(),
+        );
         Arc::new(Metrics {
+            stream_subscribers,
+            stream_sent,
+            stream_lagged,
+            stream_disconnected,
+            stream_latency,
             registry,
             received,
             stored,

@@ -13,6 +13,7 @@ use utoipa::OpenApi;
         crate::ingest::ingest,
         crate::query::list_events,
         crate::query::get_event,
+        crate::stream::stream,
         crate::ops::healthz,
         crate::ops::readyz,
         crate::ops::metrics,
@@ -30,6 +31,7 @@ use utoipa::OpenApi;
     )),
     tags(
         (name = "events", description = "Ingest and query events"),
+        (name = "stream", description = "Live events as server-sent events, with gap-free resume"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

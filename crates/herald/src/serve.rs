@@ -5,7 +5,7 @@ use crate::config;
 use anyhow::Context;
 use herald_server::metrics::Metrics;
 use herald_server::AppState;
-use herald_store::{SqliteOptions, SqliteStore};
+use herald_store::SqliteStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,29 +36,13 @@ pub fn run(
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let metrics = Metrics::new();
-        let s = &cfg.store;
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: s.data_dir.clone(),
-            fulltext: s.fulltext,
-            indexed_paths: s.indexed_paths.clone(),
-            queue_capacity: s.queue_capacity,
-            max_commit_events: s.max_commit_events,
-            read_connections: s.read_connections,
-            cache_mib: s.cache_mib,
-            fsync: s.fsync,
-            on_commit: Some(metrics.commit_observer()),
-        })
-        .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
+        let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
+        .with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
         let addr = listener.local_addr()?;
-        let state = AppState::new(
-            Arc::new(store),
-            cfg.limits.clone(),
-            cfg.query.clone(),
-            metrics,
-        );
+        let state = AppState::new(Arc::new(store), &cfg, metrics);
         tracing::info!(%addr, data_dir = %cfg.store.data_dir.display(), "herald is listening");
         println!(
             "Herald listening on http://{addr} (data in {})",

@@ -128,9 +128,10 @@ impl Server {
             read_connections: cfg.store.read_connections,
             cache_mib: cfg.store.cache_mib,
             fsync: true,
+            live_capacity: cfg.stream.live_buffer,
             on_commit: Some(metrics.commit_observer()),
         })?;
-        let state = AppState::new(Arc::new(store), cfg.limits, cfg.query, metrics.clone());
+        let state = AppState::new(Arc::new(store), &cfg, metrics.clone());
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -2,7 +2,7 @@
 
 use herald_server::metrics::Metrics;
 use herald_server::{AppState, Config};
-use herald_store::{SqliteOptions, SqliteStore};
+use herald_store::SqliteStore;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,27 +34,12 @@ impl TestServer {
         let mut cfg = Config::default();
         cfg.store.data_dir = dir.path().to_owned();
         cfg.store.indexed_paths = vec!["data.country".into()];
+        cfg.store.cache_mib = 16;
         adjust(&mut cfg);
         let metrics = Metrics::new();
-        let s = &cfg.store;
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: s.data_dir.clone(),
-            fulltext: s.fulltext,
-            indexed_paths: s.indexed_paths.clone(),
-            queue_capacity: s.queue_capacity,
-            max_commit_events: s.max_commit_events,
-            read_connections: s.read_connections,
-            cache_mib: 16,
-            fsync: s.fsync,
-            on_commit: Some(metrics.commit_observer()),
-        })
+        let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
         .expect("open store");
-        let state = AppState::new(
-            Arc::new(store),
-            cfg.limits.clone(),
-            cfg.query.clone(),
-            metrics,
-        );
+        let state = AppState::new(Arc::new(store), &cfg, metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
