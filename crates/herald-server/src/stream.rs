@@ -156,7 +156,10 @@ pub async fn stream(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     // nginx and similar proxies buffer responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
@@ -279,7 +282,8 @@ impl Subscriber {
             self.since_us = None;
         }
         let heartbeat = Duration::from_secs(self.st.stream.heartbeat_secs.max(1));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut shutdown = self.st.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -430,7 +434,9 @@ mod tests {
     #[test]
     fn event_type_is_read_from_the_canonical_body() {
         assert_eq!(
-            event_type(r#"{"seq":3,"specversion":"1.0","id":"a","source":"/s","type":"import.failed","data":{"type":"x"}}"#),
+            event_type(
+                r#"{"seq":3,"specversion":"1.0","id":"a","source":"/s","type":"import.failed","data":{"type":"x"}}"#
+            ),
             "import.failed"
         );
         assert_eq!(event_type(r#"{"seq":3}"#), "message");

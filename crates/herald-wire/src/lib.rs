@@ -6,6 +6,8 @@
 //! nothing else: no validation, no IO, no clock. Validation of incoming events lives in
 //! `herald-core`, which treats these shapes as untrusted input.
 
+pub mod sse;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -37,7 +37,9 @@ pub fn run(
     rt.block_on(async move {
         let metrics = Metrics::new();
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
-        .with_context(|| format!("cannot open the store in {}", cfg.store.data_dir.display()))?;
+            .with_context(|| {
+                format!("cannot open the store in {}", cfg.store.data_dir.display())
+            })?;
         let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;

@@ -21,7 +21,7 @@ pub struct TestServer {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -31,14 +31,21 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::start_at(dir.path(), adjust).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on a data directory the caller owns (to stop and start it again).
+    pub async fn start_at(data: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut cfg = Config::default();
-        cfg.store.data_dir = dir.path().to_owned();
+        cfg.store.data_dir = data.to_owned();
         cfg.store.indexed_paths = vec!["data.country".into()];
         cfg.store.cache_mib = 16;
         adjust(&mut cfg);
         let metrics = Metrics::new();
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
-        .expect("open store");
+            .expect("open store");
         let state = AppState::new(Arc::new(store), &cfg, metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -57,7 +64,7 @@ impl TestServer {
             client: http_client(),
             stop: Some(tx),
             task: Some(task),
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -108,6 +115,27 @@ impl TestServer {
 
     /// Lists ids matching a filter (all pages).
     pub async fn ids(&self, filter: &str) -> Vec<String> {
+        self.field(filter, "id")
+            .await
+            .into_iter()
+            .map(|v| v.as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    /// Lists the seqs of events matching a filter (all pages), ascending.
+    pub async fn seqs(&self, filter: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .field(filter, "seq")
+            .await
+            .into_iter()
+            .map(|v| v.as_u64().expect("seq"))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// One member of every event matching a filter (all pages, newest first).
+    async fn field(&self, filter: &str, name: &str) -> Vec<Value> {
         let mut out = Vec::new();
         let mut cursor = String::new();
         loop {
@@ -122,7 +150,7 @@ impl TestServer {
             assert_eq!(res.status().as_u16(), 200);
             let v: Value = res.json().await.expect("json");
             for e in v["events"].as_array().expect("events") {
-                out.push(e["id"].as_str().expect("id").to_owned());
+                out.push(e[name].clone());
             }
             match v["next_cursor"].as_str() {
                 Some(c) => cursor = c.to_owned(),
@@ -228,4 +256,65 @@ pub fn cli(args: &[&str], url: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A `GET /v1/stream` connection read frame by frame.
+pub struct SseStream {
+    res: reqwest::Response,
+    parser: herald_wire::sse::Parser,
+    pending: std::collections::VecDeque<herald_wire::sse::Frame>,
+}
+
+impl SseStream {
+    /// Opens a stream; `query` is the query string (`filter=...&after=...`), `last_id` the
+    /// `Last-Event-ID` header to send.
+    pub async fn open(base: &str, query: &str, last_id: Option<u64>) -> SseStream {
+        let mut req = http_client().get(format!("{base}/v1/stream?{query}"));
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let res = req.send().await.expect("open stream");
+        assert_eq!(
+            res.status().as_u16(),
+            200,
+            "stream answered {}",
+            res.status()
+        );
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        SseStream {
+            res,
+            parser: herald_wire::sse::Parser::new(),
+            pending: Default::default(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ended or nothing came within `wait`.
+    pub async fn next(&mut self, wait: std::time::Duration) -> Option<herald_wire::sse::Frame> {
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return Some(f);
+            }
+            let chunk = tokio::time::timeout(wait, self.res.chunk()).await.ok()?;
+            match chunk {
+                Ok(Some(bytes)) => self.pending.extend(self.parser.feed(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next frame that carries an event (skipping id-only and retry frames).
+    pub async fn next_event(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<herald_wire::sse::Frame> {
+        loop {
+            let f = self.next(wait).await?;
+            if !f.data.is_empty() {
+                return Some(f);
+            }
+        }
+    }
 }

@@ -9,3 +9,4 @@ mod harness;
 mod ingest;
 mod query;
 mod sdk;
+mod stream;
