@@ -27,7 +27,7 @@ fn http() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Turns a non-success answer into an error with the server's problem detail.
-async fn problem(res: reqwest::Response) -> anyhow::Error {
+pub async fn problem(res: reqwest::Response) -> anyhow::Error {
     let status = res.status();
     let text = res.text().await.unwrap_or_default();
     match serde_json::from_str::<Problem>(&text) {

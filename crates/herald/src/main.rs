@@ -9,6 +9,7 @@ mod bench;
 mod client;
 mod config;
 mod serve;
+mod tail;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Command {
     Emit(client::EmitArgs),
     /// List events matching a filter, newest first.
     Query(client::QueryArgs),
+    /// Follow events matching a filter as they arrive (resumes after disconnects).
+    Tail(tail::TailArgs),
     /// Import events from an NDJSON file (batched, resumable, with progress).
     Import(client::ImportArgs),
     /// Export events matching a filter as NDJSON.
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         } => serve::run(config, listen, data),
         Command::Emit(a) => client::runtime().and_then(|rt| rt.block_on(client::emit(a))),
         Command::Query(a) => client::runtime().and_then(|rt| rt.block_on(client::query(a))),
+        Command::Tail(a) => client::runtime().and_then(|rt| rt.block_on(tail::tail(a))),
         Command::Import(a) => client::runtime().and_then(|rt| rt.block_on(client::import(a))),
         Command::Export(a) => client::runtime().and_then(|rt| rt.block_on(client::export(a))),
         Command::Config { command } => match command {

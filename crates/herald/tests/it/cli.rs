@@ -1,6 +1,6 @@
-//! The CLI against the real binary: serve, emit, query, import (with resume), export.
+//! The CLI against the real binary: serve, emit, query, import (with resume), export, tail.
 
-use crate::harness::{cli, BinServer};
+use crate::harness::{cli, free_addr, herald_bin, BinServer};
 use std::io::Write;
 
 #[test]
@@ -124,4 +124,74 @@ fn sigterm_drains_and_exits_cleanly() {
     let (ok, out, _) = cli(&["query", "type:x.y", "--json"], &server.url);
     assert!(ok);
     assert_eq!(out.lines().count(), 1);
+}
+
+#[test]
+fn tail_follows_and_resumes_across_a_restart() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = free_addr();
+    let mut server = BinServer::start_on(&data, &addr);
+    let url = server.url.clone();
+    for i in 0..3 {
+        let (ok, _, err) = cli(
+            &["emit", "job.done", "--data", &format!("{{\"i\":{i}}}")],
+            &url,
+        );
+        assert!(ok, "{err}");
+    }
+    cli(&["emit", "other.thing"], &url);
+    let mut tail = std::process::Command::new(herald_bin())
+        .args(["tail", "type:job.*", "--after", "0", "-n", "6", "--json"])
+        .env("HERALD_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tail");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(20);
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        lines.push(rx.recv_timeout(wait).expect("an event from storage"));
+    }
+    // The server goes away and comes back; tail reconnects and resumes.
+    assert!(server.terminate().success());
+    let server = BinServer::start_on(&data, &addr);
+    for i in 3..6 {
+        let (ok, _, err) = cli(
+            &["emit", "job.done", "--data", &format!("{{\"i\":{i}}}")],
+            &server.url,
+        );
+        assert!(ok, "{err}");
+    }
+    for _ in 0..3 {
+        lines.push(rx.recv_timeout(wait).expect("an event after the restart"));
+    }
+    let status = tail.wait().expect("tail exits after -n events");
+    assert!(status.success());
+    let is: Vec<i64> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["data"]["i"]
+                .as_i64()
+                .expect("i")
+        })
+        .collect();
+    assert_eq!(is, [0, 1, 2, 3, 4, 5], "every event once, in order");
+
+    let (ok, _, err) = cli(&["tail", "type:"], &server.url);
+    assert!(
+        !ok && err.contains("400"),
+        "a bad filter fails at once: {err}"
+    );
 }

@@ -188,6 +188,15 @@ impl BinServer {
 
     /// Starts the server with its log (level info) appended to `log` when given.
     pub fn start_logging(data: &Path, log: Option<&Path>) -> BinServer {
+        Self::start_full(data, log, "127.0.0.1:0")
+    }
+
+    /// Starts the server on a given address (to restart it where clients expect it).
+    pub fn start_on(data: &Path, listen: &str) -> BinServer {
+        Self::start_full(data, None, listen)
+    }
+
+    fn start_full(data: &Path, log: Option<&Path>, listen: &str) -> BinServer {
         let stderr = match log {
             Some(p) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -199,7 +208,7 @@ impl BinServer {
             None => Stdio::inherit(),
         };
         let mut child = Command::new(herald_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .env(
                 "HERALD_SERVER__LOG",
@@ -317,4 +326,10 @@ impl SseStream {
             }
         }
     }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
 }
