@@ -39,6 +39,7 @@ impl TestServer {
     /// A server on a data directory the caller owns (to stop and start it again).
     pub async fn start_at(data: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut cfg = Config::default();
+        cfg.server.listen = "127.0.0.1:0".into();
         cfg.store.data_dir = data.to_owned();
         cfg.store.indexed_paths = vec!["data.country".into()];
         cfg.store.cache_mib = 16;
@@ -47,7 +48,7 @@ impl TestServer {
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
             .expect("open store");
         let state = AppState::new(Arc::new(store), &cfg, metrics);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
