@@ -42,6 +42,8 @@ pub struct AppState {
     pub subscribers: Arc<tokio::sync::Semaphore>,
     /// Set to true when shutdown begins: long-lived streams end so that it can finish.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Routes live events to stream subscribers; started with the first subscriber.
+    hub: std::sync::OnceLock<Arc<stream::Hub>>,
 }
 
 impl AppState {
@@ -55,7 +57,15 @@ impl AppState {
             ready: AtomicBool::new(true),
             subscribers: Arc::new(tokio::sync::Semaphore::new(cfg.stream.max_subscribers)),
             shutdown: tokio::sync::watch::Sender::new(false),
+            hub: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The stream hub (started on the current runtime on first use).
+    pub fn hub(&self) -> Arc<stream::Hub> {
+        self.hub
+            .get_or_init(|| stream::Hub::start(&self.store, self.metrics.clone()))
+            .clone()
     }
 }
 
@@ -119,8 +129,16 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = router(state.clone());
     let st = state.clone();
+    // Answers and stream frames are small: without TCP_NODELAY, Nagle's algorithm holds
+    // them back until the peer's delayed ACK (up to 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

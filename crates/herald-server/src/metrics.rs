@@ -43,6 +43,7 @@ pub struct Metrics {
     pub stream_subscribers: Gauge,
     pub stream_sent: Counter,
     pub stream_lagged: Counter,
+    pub stream_hub_lagged: Counter,
     pub stream_disconnected: Family<ReasonLabel, Counter>,
     pub stream_latency: Histogram,
 }
@@ -109,6 +110,7 @@ impl Metrics {
         let stream_subscribers = Gauge::default();
         let stream_sent = Counter::default();
         let stream_lagged = Counter::default();
+        let stream_hub_lagged = Counter::default();
         let stream_disconnected = Family::<ReasonLabel, Counter>::default();
         let stream_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
@@ -127,6 +129,11 @@ impl Metrics {
             stream_lagged.clone(),
         );
         registry.register(
+            "herald_stream_hub_lagged",
+            "Times the stream hub fell behind the store's live channel (every subscriber then caught up from storage)",
+            stream_hub_lagged.clone(),
+        );
+        registry.register(
             "herald_stream_disconnected",
             "Streams the server ended, by reason",
             stream_disconnected.clone(),
@@ -140,6 +147,7 @@ impl Metrics {
             stream_subscribers,
             stream_sent,
             stream_lagged,
+            stream_hub_lagged,
             stream_disconnected,
             stream_latency,
             registry,

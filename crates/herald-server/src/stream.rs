@@ -1,29 +1,37 @@
 //! `GET /v1/stream`: matching events as server-sent events, live, with gap-free resume.
 //!
 //! It exists to give browsers and tools one long-lived feed that never skips or repeats an
-//! event, across network drops, slow readers and server restarts. Each subscriber is one
-//! task that:
+//! event, across network drops, slow readers and server restarts.
 //!
-//! 1. subscribes to the store's live channel *first*, then reads its starting point, so that
-//!    every event is either found by the catch-up read or arrives on the channel (the store
-//!    guarantees that what was published before the subscription is visible to a read that
-//!    starts after it);
+//! One **hub** task reads the store's live channel and routes each event to the
+//! subscribers whose filter matches it ([`herald_core::matcher`], the same semantics as the
+//! SQL). It does not evaluate every filter on every event: subscribers are indexed by a
+//! positive exact term of their filter (actor, subject, correlation id, tenant, type or
+//! source), so an event is only tested against the subscribers registered under its own
+//! values plus those whose filter has no such term. The hub never waits for a subscriber:
+//! it `try_send`s into each subscriber's bounded queue and, when one is full, marks that
+//! subscriber as lagging and stops feeding it.
+//!
+//! Each subscriber is one task that:
+//!
+//! 1. registers with the hub *first*, then reads its starting point, so that every event is
+//!    either found by the catch-up read or routed to it (the store guarantees that what was
+//!    published before is visible to a read that starts after);
 //! 2. catches up from storage (events after `Last-Event-ID`/`after`, or since a time), oldest
 //!    first, in pages;
-//! 3. then follows the live channel, evaluating the filter in memory
-//!    ([`herald_core::matcher`], the same semantics as the SQL) and skipping anything at or
-//!    below the last position it sent, which makes the seam exact.
+//! 3. then sends what the hub routes to it, skipping anything at or below the last position
+//!    it sent, which makes the seam exact.
 //!
-//! A subscriber that falls behind the live channel (its ring buffer is shared and bounded)
-//! is told `Lagged` and catches up from storage again, so a slow reader costs itself time,
-//! never ingest or other readers. One that accepts nothing for `slow_client_timeout_secs`,
-//! or falls more than `max_lag_events` behind, is disconnected with a final `disconnect`
+//! A lagging subscriber re-enables itself and catches up from storage again (the same
+//! register-then-read order), so a slow reader costs itself time, never ingest or other
+//! readers. One that accepts nothing for `slow_client_timeout_secs`, or is still more than
+//! `max_lag_events` behind while catching up, is disconnected with a final `disconnect`
 //! event saying why; its browser reconnects and resumes from where it was.
 //!
 //! Frames: `id:` is the `seq`, `event:` the type, `data:` the stored JSON on one line. A
 //! frame with only `id:` moves the client's resume position without delivering an event
-//! (used at the start and after a catch-up that matched nothing), and `event: reset` says
-//! that the requested position is gone and where the stream continues instead.
+//! (at the start, after a catch-up, and with heartbeats when nothing matched meanwhile), and
+//! `event: reset` says that the requested position is gone and where the stream continues.
 
 use crate::error::ApiError;
 use crate::query::now_micros;
@@ -34,15 +42,19 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::filter::Filter;
+use herald_core::filter::{Cond, Field, Pattern, TermKind, Value};
 use herald_core::matcher::matches;
+use herald_core::matcher::LiveEvent;
 use herald_core::timespec::parse_bound;
-use herald_store::{LiveBatch, ScanQuery};
+use herald_store::{LiveBatch, ScanQuery, Store};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit};
 
 /// Query parameters of `GET /v1/stream`.
 #[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
@@ -124,21 +136,32 @@ pub async fn stream(
             ),
             retry_after_secs: 5,
         })?;
-    // Subscribe before reading the starting point: see the module documentation.
-    let live = st.store.subscribe();
+    // Register before reading the starting point: see the module documentation.
+    let hub = st.hub();
+    let (routed_tx, routed) = mpsc::channel::<Routed>(st.stream.client_buffer.max(1));
+    let entry = Arc::new(Entry {
+        filter: filter.clone(),
+        tx: routed_tx,
+        lagged: AtomicBool::new(false),
+        wake: Notify::new(),
+    });
+    let registration = hub.register(entry.clone());
     let range = st.store.seq_range().await?;
 
     let (tx, rx) = mpsc::channel::<Bytes>(st.stream.client_buffer.max(1));
     let (final_tx, final_rx) = oneshot::channel::<Bytes>();
     let sub = Subscriber {
         st: st.clone(),
+        hub,
+        entry,
+        _registration: registration,
         filter,
         tx,
         last: 0,
         since_us: None,
         _permit: permit,
     };
-    tokio::spawn(sub.run(start, range, live, final_tx));
+    tokio::spawn(sub.run(start, range, routed, final_tx));
 
     let body = futures_util::stream::unfold((rx, Some(final_rx)), |(mut rx, fin)| async move {
         match rx.recv().await {
@@ -200,6 +223,9 @@ impl EndReason {
 
 struct Subscriber {
     st: Arc<AppState>,
+    hub: Arc<Hub>,
+    entry: Arc<Entry>,
+    _registration: Registration,
     filter: Filter,
     tx: mpsc::Sender<Bytes>,
     /// Every event up to this seq was sent or skipped as not matching.
@@ -213,14 +239,13 @@ impl Subscriber {
         mut self,
         start: Start,
         range: herald_store::SeqRange,
-        mut live: tokio::sync::broadcast::Receiver<LiveBatch>,
+        mut routed: mpsc::Receiver<Routed>,
         final_tx: oneshot::Sender<Bytes>,
     ) {
         let m = self.st.metrics.clone();
         m.stream_subscribers.inc();
-        let end = self.serve(start, range, &mut live).await;
+        let end = self.serve(start, range, &mut routed).await;
         m.stream_subscribers.dec();
-        drop(live);
         if !matches!(end, EndReason::ClientGone) {
             m.stream_disconnected
                 .get_or_create(&crate::metrics::ReasonLabel {
@@ -236,7 +261,7 @@ impl Subscriber {
         &mut self,
         start: Start,
         range: herald_store::SeqRange,
-        live: &mut tokio::sync::broadcast::Receiver<LiveBatch>,
+        routed: &mut mpsc::Receiver<Routed>,
     ) -> EndReason {
         let mut out = String::with_capacity(256);
         let _ = write!(out, "retry: {}\n\n", self.st.stream.retry_ms);
@@ -285,26 +310,44 @@ impl Subscriber {
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut shutdown = self.st.shutdown.subscribe();
+        let mut told = self.last;
         loop {
+            if self.entry.lagged.load(Ordering::SeqCst) {
+                // The hub stopped feeding us: take part again, then read what was missed
+                // from storage (register-then-read, as at the start).
+                self.entry.lagged.store(false, Ordering::SeqCst);
+                self.st.metrics.stream_lagged.inc();
+                if let Err(e) = self.catch_up(true).await {
+                    return e;
+                }
+            }
             tokio::select! {
-                r = live.recv() => match r {
-                    Ok(batch) => {
-                        if let Err(e) = self.deliver(&batch).await {
+                r = routed.recv() => match r {
+                    Some(d) => {
+                        if let Err(e) = self.deliver(&d).await {
                             return e;
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        self.st.metrics.stream_lagged.inc();
-                        if let Err(e) = self.catch_up(true).await {
-                            return e;
-                        }
-                    }
-                    Err(RecvError::Closed) => return EndReason::Shutdown,
+                    None => return EndReason::Shutdown,
                 },
+                _ = self.entry.wake.notified() => {}
                 _ = ticker.tick() => {
-                    // A comment: keeps proxies from closing an idle connection. Skipped
-                    // when the connection is backed up anyway.
-                    let _ = self.tx.try_send(Bytes::from_static(b": ping\n\n"));
+                    // Everything the hub routed up to `done` is queued; if the queue is empty
+                    // and we are not lagging, nothing else up to there matched.
+                    let done = self.hub.done.load(Ordering::SeqCst);
+                    if routed.is_empty() && !self.entry.lagged.load(Ordering::SeqCst) {
+                        self.last = self.last.max(done);
+                    }
+                    // A comment keeps proxies from closing an idle connection; an id-only
+                    // frame moves the client's resume position past what did not match.
+                    let beat: Bytes = if self.last > told {
+                        told = self.last;
+                        Bytes::from(format!(": ping\nid: {}\n\n", self.last))
+                    } else {
+                        Bytes::from_static(b": ping\n\n")
+                    };
+                    // Skipped when the connection is backed up anyway.
+                    let _ = self.tx.try_send(beat);
                 }
                 _ = self.tx.closed() => return EndReason::ClientGone,
                 _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return EndReason::Shutdown,
@@ -325,30 +368,28 @@ impl Subscriber {
         }
     }
 
-    /// Sends the matching events of a live batch that are past `last`.
-    async fn deliver(&mut self, batch: &LiveBatch) -> Result<(), EndReason> {
-        let Some(newest) = batch.last().map(|e| e.seq) else {
-            return Ok(());
-        };
-        if newest <= self.last {
-            return Ok(());
-        }
+    /// Sends the routed events that are past `last`.
+    async fn deliver(&mut self, d: &Routed) -> Result<(), EndReason> {
         let now = now_micros();
         let mut out = String::new();
         let mut sent = 0u64;
-        for ev in batch.iter().filter(|e| e.seq > self.last) {
-            if matches(&self.filter, ev) {
-                let _ = write!(out, "id: {}\nevent: {}\ndata: ", ev.seq, ev.event.ty);
-                ev.write_body(&mut out);
-                out.push_str("\n\n");
-                sent += 1;
-                self.st
-                    .metrics
-                    .stream_latency
-                    .observe((now - ev.event.recorded_us).max(0) as f64 / 1e6);
+        for &i in &d.events {
+            let Some(ev) = d.batch.get(i as usize) else {
+                continue;
+            };
+            if ev.seq <= self.last {
+                continue;
             }
+            let _ = write!(out, "id: {}\nevent: {}\ndata: ", ev.seq, ev.event.ty);
+            ev.write_body(&mut out);
+            out.push_str("\n\n");
+            sent += 1;
+            self.last = ev.seq;
+            self.st
+                .metrics
+                .stream_latency
+                .observe((now - ev.event.recorded_us).max(0) as f64 / 1e6);
         }
-        self.last = newest;
         if sent > 0 {
             self.st.metrics.stream_sent.inc_by(sent);
             self.send(out).await?;
@@ -358,8 +399,8 @@ impl Subscriber {
 
     /// Sends every matching stored event after `last`, oldest first, until the store has no
     /// more; then moves the client's position to the newest event examined.
-    /// `lagging`: the catch-up was forced by falling behind the live buffer, and is limited
-    /// by `max_lag_events`.
+    /// `lagging`: the catch-up was forced by falling behind, and is limited by
+    /// `max_lag_events`.
     async fn catch_up(&mut self, lagging: bool) -> Result<(), EndReason> {
         let page_size = self.st.stream.catchup_page.max(1);
         let mut last_sent = self.last;
@@ -405,6 +446,265 @@ impl Subscriber {
     }
 }
 
+/// What the hub routes to one subscriber: indices of matching events in a live batch.
+pub struct Routed {
+    batch: LiveBatch,
+    events: Vec<u32>,
+}
+
+/// A subscriber as the hub sees it.
+pub struct Entry {
+    filter: Filter,
+    tx: mpsc::Sender<Routed>,
+    /// Set by the hub when it stopped feeding this subscriber (its queue was full, or the
+    /// hub itself fell behind); cleared by the subscriber when it takes part again.
+    lagged: AtomicBool,
+    wake: Notify,
+}
+
+/// The fields a subscriber can be indexed under: positive exact terms on these.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum KeyField {
+    Actor,
+    Subject,
+    Correlation,
+    Tenant,
+    Type,
+    Source,
+}
+
+impl KeyField {
+    /// Most selective first: the index uses the first one a filter has.
+    const ORDER: [KeyField; 6] = [
+        KeyField::Actor,
+        KeyField::Subject,
+        KeyField::Correlation,
+        KeyField::Tenant,
+        KeyField::Type,
+        KeyField::Source,
+    ];
+
+    fn of(field: &Field) -> Option<KeyField> {
+        Some(match field {
+            Field::Actor => KeyField::Actor,
+            Field::Subject => KeyField::Subject,
+            Field::CorrelationId => KeyField::Correlation,
+            Field::Tenant => KeyField::Tenant,
+            Field::Type => KeyField::Type,
+            Field::Source => KeyField::Source,
+            _ => return None,
+        })
+    }
+
+    fn value(self, ev: &LiveEvent) -> Option<&str> {
+        let e = &ev.event;
+        match self {
+            KeyField::Actor => e.actor.as_deref(),
+            KeyField::Subject => e.subject.as_deref(),
+            KeyField::Correlation => e.correlationid.as_deref(),
+            KeyField::Tenant => e.tenant.as_deref(),
+            KeyField::Type => Some(&e.ty),
+            KeyField::Source => Some(&e.source),
+        }
+    }
+}
+
+/// The index key of a filter: a positive term whose values are all exact strings. An
+/// event can only match the filter if its value of that field is one of them.
+fn index_key(filter: &Filter) -> Option<(KeyField, Vec<String>)> {
+    let mut best: Option<(KeyField, Vec<String>)> = None;
+    for t in &filter.terms {
+        if t.negated {
+            continue;
+        }
+        let TermKind::Field {
+            field,
+            cond: Cond::AnyOf(pats),
+        } = &t.kind
+        else {
+            continue;
+        };
+        let Some(k) = KeyField::of(field) else {
+            continue;
+        };
+        let values: Option<Vec<String>> = pats
+            .iter()
+            .map(|p| match p {
+                Pattern::Exact(Value::Str(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        let Some(values) = values else {
+            continue;
+        };
+        let rank = |k: KeyField| KeyField::ORDER.iter().position(|x| *x == k);
+        if best.as_ref().is_none_or(|(b, _)| rank(k) < rank(*b)) {
+            best = Some((k, values));
+        }
+    }
+    best
+}
+
+#[derive(Default)]
+struct Routes {
+    next_id: u64,
+    entries: HashMap<u64, Arc<Entry>>,
+    /// Subscribers indexed by a field value.
+    by_value: HashMap<KeyField, HashMap<String, Vec<u64>>>,
+    /// Subscribers whose filter has no index key: tested on every event.
+    unindexed: Vec<u64>,
+    keys: HashMap<u64, Option<(KeyField, Vec<String>)>>,
+}
+
+/// Routes live events to subscribers (see the module documentation).
+pub struct Hub {
+    routes: Mutex<Routes>,
+    /// Every live event up to this seq has been routed.
+    done: AtomicU64,
+}
+
+/// Unregisters its subscriber when dropped.
+pub struct Registration {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Ok(mut r) = self.hub.routes.lock() else {
+            return;
+        };
+        r.entries.remove(&self.id);
+        match r.keys.remove(&self.id).flatten() {
+            Some((field, values)) => {
+                if let Some(m) = r.by_value.get_mut(&field) {
+                    for v in values {
+                        if let Some(list) = m.get_mut(&v) {
+                            list.retain(|x| *x != self.id);
+                            if list.is_empty() {
+                                m.remove(&v);
+                            }
+                        }
+                    }
+                }
+            }
+            None => r.unindexed.retain(|x| *x != self.id),
+        }
+    }
+}
+
+impl Hub {
+    /// Starts the hub on the current runtime, reading the store's live channel.
+    pub fn start(store: &Arc<dyn Store>, metrics: Arc<crate::metrics::Metrics>) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            routes: Mutex::new(Routes::default()),
+            done: AtomicU64::new(0),
+        });
+        let rx = store.subscribe();
+        tokio::spawn(hub.clone().run(rx, metrics));
+        hub
+    }
+
+    fn register(self: &Arc<Self>, entry: Arc<Entry>) -> Registration {
+        let key = index_key(&entry.filter);
+        let mut r = match self.routes.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        r.next_id += 1;
+        let id = r.next_id;
+        match &key {
+            Some((field, values)) => {
+                for v in values {
+                    r.by_value
+                        .entry(*field)
+                        .or_default()
+                        .entry(v.clone())
+                        .or_default()
+                        .push(id);
+                }
+            }
+            None => r.unindexed.push(id),
+        }
+        r.keys.insert(id, key);
+        r.entries.insert(id, entry);
+        Registration {
+            hub: self.clone(),
+            id,
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut rx: tokio::sync::broadcast::Receiver<LiveBatch>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) {
+        let mut routed: HashMap<u64, Vec<u32>> = HashMap::new();
+        loop {
+            let batch = match rx.recv().await {
+                Ok(b) => b,
+                Err(RecvError::Lagged(n)) => {
+                    // The hub itself fell behind: every subscriber reads what it missed
+                    // from storage.
+                    tracing::warn!(
+                        batches = n,
+                        "the stream hub fell behind; subscribers catch up from storage"
+                    );
+                    metrics.stream_hub_lagged.inc();
+                    if let Ok(r) = self.routes.lock() {
+                        for e in r.entries.values() {
+                            e.lagged.store(true, Ordering::SeqCst);
+                            e.wake.notify_one();
+                        }
+                    }
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let Some(last) = batch.last().map(|e| e.seq) else {
+                continue;
+            };
+            {
+                let Ok(r) = self.routes.lock() else { return };
+                for (i, ev) in batch.iter().enumerate() {
+                    let mut consider = |id: u64| {
+                        if let Some(e) = r.entries.get(&id) {
+                            if !e.lagged.load(Ordering::SeqCst) && matches(&e.filter, ev) {
+                                routed.entry(id).or_default().push(i as u32);
+                            }
+                        }
+                    };
+                    for (field, values) in &r.by_value {
+                        if let Some(ids) = field.value(ev).and_then(|v| values.get(v)) {
+                            ids.iter().copied().for_each(&mut consider);
+                        }
+                    }
+                    r.unindexed.iter().copied().for_each(&mut consider);
+                }
+                for (id, events) in routed.drain() {
+                    let Some(e) = r.entries.get(&id) else {
+                        continue;
+                    };
+                    // Read again with the strongest ordering: a subscriber that re-enabled
+                    // itself before this batch was published must get it.
+                    if e.lagged.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let msg = Routed {
+                        batch: batch.clone(),
+                        events,
+                    };
+                    if e.tx.try_send(msg).is_err() {
+                        e.lagged.store(true, Ordering::SeqCst);
+                        e.wake.notify_one();
+                    }
+                }
+            }
+            self.done.store(last, Ordering::SeqCst);
+        }
+    }
+}
+
 fn reset(out: &mut String, reason: &str, requested: u64, resume_after: u64) {
     let data = serde_json::json!({
         "reason": reason,
@@ -440,5 +740,20 @@ mod tests {
             "import.failed"
         );
         assert_eq!(event_type(r#"{"seq":3}"#), "message");
+    }
+
+    #[test]
+    fn subscribers_are_indexed_by_their_most_selective_exact_term() {
+        let key = |f: &str| {
+            index_key(&Filter::parse(f, 0).expect("filter"))
+                .map(|(k, v)| format!("{k:?} {}", v.join(",")))
+                .unwrap_or_else(|| "unindexed".into())
+        };
+        assert_eq!(key("type:a.b tenant:acme,beta"), "Tenant acme,beta");
+        assert_eq!(key("type:a.b,c.d severity:>=error"), "Type a.b,c.d");
+        assert_eq!(key("-actor:user:1 source:/x"), "Source /x");
+        assert_eq!(key("type:a.* tenant:x*"), "unindexed");
+        assert_eq!(key("actor:user:1 type:a.b"), "Actor user:1");
+        assert_eq!(key("data.country:fr \"timeout\""), "unindexed");
     }
 }

@@ -532,9 +532,22 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
     Ok(last)
 }
 
+/// Lowers the scheduling priority of the calling thread (Linux: a per-thread nice value).
+/// Background work that can lag without harm (text indexing, checkpoints) then yields the
+/// cores to what answers requests and feeds live streams, whose latency matters.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with `who = 0` only changes the calling thread's nice value; it
+    // reads no memory of ours.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
 /// Copies committed WAL frames into the database file in the background (PASSIVE: never
 /// blocks the writer or readers), so that the writer does not stall on checkpoints.
 fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
+    lower_priority();
     let mut failing = false;
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -891,6 +904,7 @@ struct FtsIndexer {
 
 impl FtsIndexer {
     fn run(mut self) {
+        lower_priority();
         let mut flushed_at = Instant::now();
         loop {
             match self.rx.recv_timeout(FTS_MAX_DELAY) {

@@ -67,7 +67,7 @@ const SOURCES: [&str; 8] = [
     "/webhook",
     "/importer",
 ];
-const COUNTRIES: [&str; 30] = [
+pub const COUNTRIES: [&str; 30] = [
     "us", "fr", "de", "gb", "es", "it", "be", "nl", "ca", "br", "in", "jp", "pl", "se", "ch", "at",
     "pt", "mx", "au", "ie", "dk", "no", "fi", "cz", "ro", "gr", "hu", "ar", "za", "nz",
 ];

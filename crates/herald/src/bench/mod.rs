@@ -8,6 +8,7 @@
 
 mod gen;
 mod pg;
+mod stream;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -26,9 +27,12 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Query latency over a loaded data set (last 50 of a type, indexed data path, page 100).
     Query(QueryArgs),
+    /// Live stream: latency from ingest acknowledgement to receipt with many subscribers,
+    /// and what they cost ingest throughput.
+    Stream(stream::StreamArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Common {
     /// PostgreSQL connection for the baseline (libpq key=value form).
     #[arg(
@@ -82,6 +86,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a),
         BenchCommand::Query(a) => query(a),
+        BenchCommand::Stream(a) => stream::stream(a),
     }
 }
 

@@ -383,3 +383,22 @@ async fn a_client_that_stops_reading_is_disconnected_with_a_reason() {
     assert!(n < 200, "the stalled client was cut off before the end");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn heartbeats_keep_the_connection_and_move_the_resume_position() {
+    let srv = TestServer::start_with(|c| c.stream.heartbeat_secs = 1).await;
+    let mut s = SseStream::open(&srv.url, "filter=type:never.seen", None).await;
+    let seqs = post_batch(&srv.url, &batch("other", 0, 5)).await;
+    // Nothing matches, yet within a heartbeat or two the client learns that everything up to
+    // the newest event was examined, so a reconnection would not scan it again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let f = s.next(WAIT).await.expect("heartbeat frames");
+        assert!(f.data.is_empty(), "nothing matches: {f:?}");
+        if f.id.as_deref() == Some(seqs[4].to_string().as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the position never advanced");
+    }
+    srv.stop().await;
+}
