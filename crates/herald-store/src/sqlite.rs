@@ -532,6 +532,15 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
     Ok(last)
 }
 
+/// Logs a step of the writer that held up acknowledgements for long (the disk stalled, or
+/// a background thread fell behind), so that latency spikes can be explained.
+fn slow(what: &str, since: Instant, events: usize) {
+    let ms = since.elapsed().as_millis();
+    if ms >= 100 {
+        tracing::warn!(ms, events, "{what} held up the writer");
+    }
+}
+
 /// Lowers the scheduling priority of the calling thread (Linux: a per-thread nice value).
 /// Background work that can lag without harm (text indexing, checkpoints) then yields the
 /// cores to what answers requests and feeds live streams, whose latency matters.
@@ -776,10 +785,14 @@ impl Writer {
             .and_then(|_| self.write(&jobs))
             .map_err(|e| e.to_string())
             .and_then(|outs| {
-                self.log
+                let t = Instant::now();
+                let r = self
+                    .log
                     .sync(self.fsync)
                     .map(|_| outs)
-                    .map_err(|e| format!("write-ahead log: {e}"))
+                    .map_err(|e| format!("write-ahead log: {e}"));
+                slow("write-ahead log fsync", t, n);
+                r
             });
         match result {
             Ok(outcomes) => {
@@ -843,8 +856,10 @@ impl Writer {
     fn commit(&mut self) {
         let started = self.txn_started.take();
         let last = self.next_seq - 1;
+        let t = Instant::now();
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
+                slow("SQLite commit", t, self.txn_events);
                 if let Err(e) = self.log.truncate() {
                     // Harmless: replay skips records SQLite already holds.
                     tracing::warn!(error = %e, "cannot truncate the write-ahead log");
@@ -877,7 +892,11 @@ impl Writer {
         if let Some(tx) = &self.fts_tx {
             // Bounded: if text indexing falls behind, the writer waits here, the ingest queue
             // fills, and ingest answers 503 rather than growing memory.
-            if !self.fts_batch.is_empty() && tx.send(std::mem::take(&mut self.fts_batch)).is_err() {
+            let t = Instant::now();
+            let n = self.fts_batch.len();
+            let sent = self.fts_batch.is_empty() || tx.send(std::mem::take(&mut self.fts_batch)).is_ok();
+            slow("waiting for the full-text thread", t, n);
+            if !sent {
                 tracing::error!(
                     "the full-text thread stopped; text search scans events until restart"
                 );

@@ -83,6 +83,14 @@ pub struct QueryArgs {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    // The server's warnings (a stalled disk, a lagging stream) explain outliers.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_BENCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     match cmd {
         BenchCommand::Ingest(a) => ingest(a),
         BenchCommand::Query(a) => query(a),

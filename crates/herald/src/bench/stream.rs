@@ -85,9 +85,18 @@ async fn subscribe(
         .send()
         .await?;
     anyhow::ensure!(res.status().is_success(), "stream: {}", res.status());
+    // The first frames (retry hint, position) are read with the full parser; after that only
+    // the `id:` of each event frame is picked out of the bytes, so that the subscribers'
+    // own CPU cost, which shares the machine with the server, stays small.
     let mut parser = Parser::new();
+    let mut started = false;
+    while !started {
+        let chunk = res.chunk().await?.context("stream ended before its first frame")?;
+        started = parser.feed(&chunk).iter().any(|f| f.id.is_some());
+    }
+    ready.fetch_add(1, Ordering::Relaxed);
     let mut local = Vec::new();
-    let mut counted_ready = false;
+    let mut tail: Vec<u8> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let chunk = match tokio::time::timeout(Duration::from_millis(500), res.chunk()).await {
             Ok(Ok(Some(c))) => c,
@@ -95,18 +104,19 @@ async fn subscribe(
             Err(_) => continue,
         };
         let now = Instant::now();
-        for f in parser.feed(&chunk) {
-            if !counted_ready {
-                counted_ready = true;
-                ready.fetch_add(1, Ordering::Relaxed);
-            }
-            if f.data.is_empty() {
-                continue;
-            }
-            if let Some(seq) = f.id.as_deref().and_then(|i| i.parse().ok()) {
-                local.push((seq, now));
+        tail.extend_from_slice(&chunk);
+        // Frames end with a blank line; keep an incomplete last frame for the next chunk.
+        let Some(end) = tail.windows(2).rposition(|w| w == b"\n\n") else {
+            continue;
+        };
+        for frame in tail[..end].split(|b| *b == b'\n').collect::<Vec<_>>().windows(2) {
+            if let (Some(id), true) = (frame[0].strip_prefix(b"id: "), frame[1].starts_with(b"event: ")) {
+                if let Some(seq) = std::str::from_utf8(id).ok().and_then(|t| t.parse().ok()) {
+                    local.push((seq, now));
+                }
             }
         }
+        tail.drain(..end + 2);
     }
     receipts
         .delivered
