@@ -39,6 +39,7 @@ impl Config {
             cache_mib: s.cache_mib,
             fsync: s.fsync,
             live_capacity: self.stream.live_buffer,
+            log_switch_bytes: s.wal_switch_mib << 20,
             on_commit,
         }
     }
@@ -73,6 +74,7 @@ pub struct StoreConfig {
     pub read_connections: usize,
     pub cache_mib: usize,
     pub fsync: bool,
+    pub wal_switch_mib: u64,
 }
 
 impl Default for StoreConfig {
@@ -86,6 +88,7 @@ impl Default for StoreConfig {
             read_connections: 4,
             cache_mib: 256,
             fsync: true,
+            wal_switch_mib: 64,
         }
     }
 }

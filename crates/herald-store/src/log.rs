@@ -166,6 +166,11 @@ impl Log {
         Ok(())
     }
 
+    /// Bytes written in the current generation.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// Forgets buffered records that were not synced (their batch failed).
     pub fn discard_unsynced(&mut self) {
         self.buf.clear();

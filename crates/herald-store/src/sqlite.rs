@@ -18,10 +18,11 @@ use herald_core::cursor::Cursor;
 use herald_core::filter::parse_path;
 use herald_core::PreparedEvent;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -49,6 +50,9 @@ pub struct SqliteOptions {
     /// Group commits the live channel holds for subscribers that fall behind; a subscriber
     /// further behind catches up from the database.
     pub live_capacity: usize,
+    /// Size at which the write-ahead log moves on to its other file (once that one holds
+    /// only committed events).
+    pub log_switch_bytes: u64,
     pub on_commit: Option<CommitObserver>,
 }
 
@@ -64,6 +68,7 @@ impl Default for SqliteOptions {
             cache_mib: 256,
             fsync: true,
             live_capacity: 1024,
+            log_switch_bytes: 64 << 20,
             on_commit: None,
         }
     }
@@ -171,6 +176,7 @@ struct WriteJob {
 pub struct SqliteStore {
     tx: RwLock<Option<SyncSender<WriteJob>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     queued: Arc<AtomicUsize>,
     readers: Arc<ReadPool>,
     fulltext: bool,
@@ -226,13 +232,16 @@ impl SqliteStore {
         migrate(&conn)?;
         sync_path_indexes(&conn, &opts.indexed_paths)?;
         conn.execute_batch("PRAGMA optimize=0x10002")?;
-        let mut log = Log::open(&opts.data_dir.join("events.log")).map_err(|e| {
-            StoreError::Database(format!(
-                "cannot open the write-ahead log in {}: {e}",
-                opts.data_dir.display()
-            ))
-        })?;
-        replay_log(&conn, &mut log)?;
+        let open_log = |name: &str| {
+            Log::open(&opts.data_dir.join(name)).map_err(|e| {
+                StoreError::Database(format!(
+                    "cannot open the write-ahead log in {}: {e}",
+                    opts.data_dir.display()
+                ))
+            })
+        };
+        let mut logs = [open_log("events.log")?, open_log("events.log.1")?];
+        replay_logs(&conn, &mut logs)?;
         let next_seq: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| {
                 r.get(0)
@@ -277,28 +286,55 @@ impl SqliteStore {
         });
         let queued = Arc::new(AtomicUsize::new(0));
         let (live, _) = tokio::sync::broadcast::channel(opts.live_capacity.max(1));
+        let pending = Arc::new(Pending::default());
+        let backlog = Arc::new(Backlog {
+            events: Mutex::new(0),
+            drained: Condvar::new(),
+        });
+        let failed = Arc::new(AtomicBool::new(false));
+        let probe = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&probe, &opts)?;
+        let (index_tx, index_rx) = sync_channel::<LiveBatch>(1024);
         let writer = Writer {
-            live: live.clone(),
-            conn,
+            probe,
             rx,
             next_seq: next_seq as u64,
             queued: queued.clone(),
             max_commit_events: opts.max_commit_events.max(1),
             on_commit: opts.on_commit.clone(),
-            fts_batch: Vec::new(),
-            fts_tx: None,
-            log,
+            logs,
+            log_last: [0, 0],
+            cur: 0,
             progress: progress.clone(),
+            pending: pending.clone(),
+            backlog: backlog.clone(),
+            live: live.clone(),
+            index_tx: Some(index_tx),
+            failed: failed.clone(),
+            fsync: opts.fsync,
+            log_switch_bytes: opts.log_switch_bytes,
+        };
+        let mut indexer = Indexer {
+            conn,
+            rx: index_rx,
+            progress: progress.clone(),
+            pending,
+            backlog,
+            txn: Vec::new(),
             txn_started: None,
             txn_events: 0,
-            failed: false,
-            fsync: opts.fsync,
+            fts_batch: Vec::new(),
+            fts_tx: None,
+            failed,
+            body: String::new(),
         };
-        let mut writer = writer;
         let fts_thread = if opts.fulltext {
             let (ftx, frx) = sync_channel(64);
-            writer.fts_tx = Some(ftx);
-            let indexer = FtsIndexer {
+            indexer.fts_tx = Some(ftx);
+            let fts = FtsIndexer {
                 conn: fts_conn,
                 rx: frx,
                 pending: Vec::new(),
@@ -307,7 +343,7 @@ impl SqliteStore {
             Some(
                 std::thread::Builder::new()
                     .name("herald-fulltext".into())
-                    .spawn(move || indexer.run())
+                    .spawn(move || fts.run())
                     .map_err(|e| {
                         StoreError::Database(format!("cannot start the full-text thread: {e}"))
                     })?,
@@ -315,6 +351,10 @@ impl SqliteStore {
         } else {
             None
         };
+        let indexer = std::thread::Builder::new()
+            .name("herald-indexer".into())
+            .spawn(move || indexer.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the indexer thread: {e}")))?;
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
             .spawn(move || writer.run())
@@ -334,6 +374,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             tx: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            indexer: Mutex::new(Some(indexer)),
             queued,
             readers: Arc::new(ReadPool {
                 permits: Semaphore::new(readers.len()),
@@ -537,7 +578,7 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
 fn slow(what: &str, since: Instant, events: usize) {
     let ms = since.elapsed().as_millis();
     if ms >= 100 {
-        tracing::warn!(ms, events, "{what} held up the writer");
+        tracing::warn!(ms, events, "slow store step: {what}");
     }
 }
 
@@ -605,28 +646,39 @@ fn insert_event(
     Ok(())
 }
 
-/// Inserts the log's records that SQLite does not hold yet (after a crash, or after a failed
-/// index commit), commits, and empties the log. Returns the highest stored seq.
-fn replay_log(conn: &Connection, log: &mut Log) -> Result<u64, StoreError> {
+/// Inserts the records of both log files that SQLite does not hold yet (after a crash),
+/// commits, and empties the logs. Returns the highest stored seq.
+fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError> {
     let max_seq: i64 =
         conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
-    let records = log
-        .records()
-        .map_err(|e| StoreError::Database(format!("cannot read the write-ahead log: {e}")))?;
+    let mut records = Vec::new();
+    for log in logs.iter_mut() {
+        records.extend(
+            log.records().map_err(|e| {
+                StoreError::Database(format!("cannot read the write-ahead log: {e}"))
+            })?,
+        );
+    }
     let limits = herald_core::Limits {
         max_event_bytes: usize::MAX,
         max_depth: usize::MAX,
         ..herald_core::Limits::default()
     };
-    let mut last = max_seq as u64;
-    let mut replayed = 0usize;
-    let tx = conn.unchecked_transaction()?;
+    let mut parsed = Vec::with_capacity(records.len());
     for body in &records {
         let seq = body
             .strip_prefix("{\"seq\":")
             .and_then(|r| r.split(',').next())
             .and_then(|n| n.parse::<u64>().ok())
             .ok_or_else(|| StoreError::Database("a write-ahead log record has no seq".into()))?;
+        parsed.push((seq, body));
+    }
+    // Two files, each in seq order; together they may interleave.
+    parsed.sort_by_key(|(seq, _)| *seq);
+    let mut last = max_seq as u64;
+    let mut replayed = 0usize;
+    let tx = conn.unchecked_transaction()?;
+    for (seq, body) in parsed {
         if seq <= last {
             continue;
         }
@@ -663,8 +715,11 @@ fn replay_log(conn: &Connection, log: &mut Log) -> Result<u64, StoreError> {
             "replayed acknowledged events from the write-ahead log"
         );
     }
-    log.truncate()
-        .map_err(|e| StoreError::Database(format!("cannot truncate the write-ahead log: {e}")))?;
+    for log in logs.iter_mut() {
+        log.truncate().map_err(|e| {
+            StoreError::Database(format!("cannot truncate the write-ahead log: {e}"))
+        })?;
+    }
     Ok(last)
 }
 
@@ -672,43 +727,304 @@ fn replay_log(conn: &Connection, log: &mut Log) -> Result<u64, StoreError> {
 struct Progress {
     /// Every event with `seq <=` this is durable (in the log or in SQLite).
     acked: AtomicU64,
-    /// A reader waits for the writer to commit its open transaction.
+    /// A reader waits for the indexer to commit its open transaction.
     commit_wanted: AtomicBool,
     /// Every event with `seq <=` this is committed in SQLite (visible to readers).
     committed: tokio::sync::watch::Sender<u64>,
 }
 
-/// The writer commits its SQLite transaction after this many events, or when it is this old,
-/// or when a reader needs to see what was acknowledged, whichever comes first.
+/// An acknowledged event that SQLite does not hold yet, for duplicate detection.
+struct PendingEvent {
+    seq: u64,
+    chash: i64,
+    time_us: i64,
+    source: String,
+    id: String,
+}
+
+/// Acknowledged events on their way to SQLite, by duplicate key. The writer adds, the
+/// indexer removes after its commit; the writer holds the lock while it looks for
+/// duplicates of a group, so an event is always in this map or visible in SQLite.
+type Pending = Mutex<HashMap<i64, Vec<PendingEvent>>>;
+
+/// Events handed to the indexer and not inserted yet: the writer waits above
+/// [`INDEX_BACKLOG`] (which fills the request queue, and ingest answers 503).
+struct Backlog {
+    events: Mutex<usize>,
+    drained: Condvar,
+}
+
+const INDEX_BACKLOG: usize = 200_000;
+
+/// The indexer commits its SQLite transaction after this many events, or when it is this
+/// old, or when a reader needs to see what was acknowledged, whichever comes first.
 const TXN_MAX_EVENTS: usize = 100_000;
 const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// The writer thread: the durability point. It never writes to SQLite, so SQLite's commits
+/// (hundreds of milliseconds for large transactions) never hold up acknowledgements.
 struct Writer {
-    conn: Connection,
-    /// Publishes acknowledged events to live subscribers (never blocks: a full channel
-    /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
-    live: tokio::sync::broadcast::Sender<LiveBatch>,
+    /// Read-only connection that finds duplicates among committed events.
+    probe: Connection,
     rx: Receiver<WriteJob>,
     next_seq: u64,
     queued: Arc<AtomicUsize>,
     max_commit_events: usize,
     on_commit: Option<CommitObserver>,
-    log: Log,
+    /// Two log files used in turn; `log_last[i]` is the newest seq in `logs[i]`.
+    logs: [Log; 2],
+    log_last: [u64; 2],
+    cur: usize,
     progress: Arc<Progress>,
-    /// When the open SQLite transaction began (`None`: no transaction open).
+    pending: Arc<Pending>,
+    backlog: Arc<Backlog>,
+    /// Publishes acknowledged events to live subscribers (never blocks: a full channel
+    /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
+    live: tokio::sync::broadcast::Sender<LiveBatch>,
+    index_tx: Option<SyncSender<LiveBatch>>,
+    /// Set when the indexer cannot store events any more: refuse appends.
+    failed: Arc<AtomicBool>,
+    /// fsync the log before answering (see [`SqliteOptions::fsync`]).
+    fsync: bool,
+    /// A log file is switched for the other one once it is this large and the other holds
+    /// only committed events, so the logs stay small and reuse their blocks.
+    log_switch_bytes: u64,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // Every sender gone (the store is closing): the queue is drained, stop.
+        while let Ok(first) = self.rx.recv() {
+            self.handle(first);
+        }
+        // Dropping the indexer's channel lets it commit what it holds and stop.
+        self.index_tx = None;
+    }
+
+    /// Writes one group of requests to the log, fsyncs, answers each request, publishes the
+    /// stored events and hands them to the indexer.
+    fn handle(&mut self, first: WriteJob) {
+        let started = Instant::now();
+        let mut n = first.events.len();
+        let mut jobs = vec![first];
+        while n < self.max_commit_events {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    n += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
+        if self.failed.load(Ordering::Acquire) {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Database(
+                    "the store failed earlier; restart Herald (acknowledged events are safe in the log)".into(),
+                )));
+            }
+            return;
+        }
+        let seq_before = self.next_seq;
+        let mut stored: Vec<LiveEvent> = Vec::with_capacity(n);
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let result = self
+            .write(&mut jobs, &mut stored, &mut outcomes)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let t = Instant::now();
+                let r = self.logs[self.cur]
+                    .sync(self.fsync)
+                    .map_err(|e| format!("write-ahead log: {e}"));
+                slow("write-ahead log fsync", t, n);
+                r
+            });
+        if let Err(e) = result {
+            // Nothing of this group is durable: forget it and give the seqs back.
+            self.logs[self.cur].discard_unsynced();
+            self.next_seq = seq_before;
+            if let Ok(mut p) = self.pending.lock() {
+                for ev in &stored {
+                    if let Some(list) = p.get_mut(&ev.event.dedup_key) {
+                        list.retain(|x| x.seq != ev.seq);
+                        if list.is_empty() {
+                            p.remove(&ev.event.dedup_key);
+                        }
+                    }
+                }
+            }
+            tracing::error!(error = %e, events = n, "write failed; the batch was not stored");
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Database(e.clone())));
+            }
+            return;
+        }
+        let last = self.next_seq - 1;
+        if !stored.is_empty() {
+            self.log_last[self.cur] = last;
+        }
+        self.progress.acked.store(last, Ordering::SeqCst);
+        if let Some(cb) = &self.on_commit {
+            cb(CommitInfo {
+                events: n,
+                requests: jobs.len(),
+                duration: started.elapsed(),
+            });
+        }
+        for (job, out) in jobs.into_iter().zip(outcomes) {
+            let _ = job.reply.send(Ok(out));
+        }
+        if stored.is_empty() {
+            return;
+        }
+        let batch = LiveBatch::from(stored);
+        // A subscriber that arrives after this check still sees these events: they are
+        // acknowledged (above), so its catch-up read, which starts after it subscribed,
+        // includes them.
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(batch.clone());
+        }
+        self.hand_to_indexer(batch);
+        self.switch_logs();
+    }
+
+    /// Hands a batch to the indexer, waiting while it is too far behind.
+    fn hand_to_indexer(&mut self, batch: LiveBatch) {
+        let Some(tx) = &self.index_tx else { return };
+        let t = Instant::now();
+        if let Ok(mut backlog) = self.backlog.events.lock() {
+            while *backlog > INDEX_BACKLOG {
+                match self.backlog.drained.wait(backlog) {
+                    Ok(b) => backlog = b,
+                    Err(_) => return,
+                }
+            }
+            *backlog += batch.len();
+        }
+        slow("waiting for the indexer", t, batch.len());
+        if tx.send(batch).is_err() {
+            tracing::error!("the indexer stopped; refusing writes until restart");
+            self.failed.store(true, Ordering::Release);
+            self.index_tx = None;
+        }
+    }
+
+    /// Moves to the other log file when the current one is large and the other holds only
+    /// committed events (which SQLite keeps from now on).
+    fn switch_logs(&mut self) {
+        if self.logs[self.cur].position() < self.log_switch_bytes {
+            return;
+        }
+        let other = 1 - self.cur;
+        let committed = *self.progress.committed.borrow();
+        if self.log_last[other] > committed {
+            return;
+        }
+        match self.logs[other].truncate() {
+            Ok(()) => {
+                self.log_last[other] = 0;
+                self.cur = other;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reset the other write-ahead log file"),
+        }
+    }
+
+    /// Finds duplicates and conflicts, gives the new events their seqs and buffers their log
+    /// records. The pending lock is held throughout, and the SQLite snapshot is taken after
+    /// it: an event the indexer committed and dropped from `pending` before is in the
+    /// snapshot, and none is dropped meanwhile.
+    fn write(
+        &mut self,
+        jobs: &mut [WriteJob],
+        stored: &mut Vec<LiveEvent>,
+        outcomes: &mut Vec<Vec<AppendOutcome>>,
+    ) -> rusqlite::Result<()> {
+        let pending = self.pending.clone();
+        let mut pending = match pending.lock() {
+            Ok(p) => p,
+            Err(p) => p.into_inner(),
+        };
+        let probe_txn = self.probe.unchecked_transaction()?;
+        let mut lookup = self
+            .probe
+            .prepare_cached("SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1")?;
+        let mut body = String::new();
+        for job in jobs.iter_mut() {
+            let mut outs = Vec::with_capacity(job.events.len());
+            for ev in std::mem::take(&mut job.events) {
+                let same = |chash: i64, time: i64| {
+                    chash == ev.content_hash && (!ev.time_given || time == ev.time_us)
+                };
+                let mut found = pending.get(&ev.dedup_key).and_then(|list| {
+                    list.iter()
+                        .find(|p| p.source == ev.source && p.id == ev.id)
+                        .map(|p| (p.seq, same(p.chash, p.time_us)))
+                });
+                if found.is_none() {
+                    let mut rows = lookup.query(params![ev.dedup_key])?;
+                    while let Some(r) = rows.next()? {
+                        let source: String = r.get(2)?;
+                        let id: String = r.get(3)?;
+                        if source == ev.source && id == ev.id {
+                            let seq: i64 = r.get(0)?;
+                            found = Some((seq as u64, same(r.get(1)?, r.get(4)?)));
+                            break;
+                        }
+                    }
+                }
+                match found {
+                    Some((seq, true)) => outs.push(AppendOutcome::Duplicate(seq)),
+                    Some((seq, false)) => outs.push(AppendOutcome::Conflict(seq)),
+                    None => {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        body.clear();
+                        let live = LiveEvent::new(seq, ev);
+                        live.write_body(&mut body);
+                        self.logs[self.cur].push(&body);
+                        let e = &live.event;
+                        pending.entry(e.dedup_key).or_default().push(PendingEvent {
+                            seq,
+                            chash: e.content_hash,
+                            time_us: e.time_us,
+                            source: e.source.clone(),
+                            id: e.id.clone(),
+                        });
+                        stored.push(live);
+                        outs.push(AppendOutcome::Stored(seq));
+                    }
+                }
+            }
+            outcomes.push(outs);
+        }
+        drop(lookup);
+        probe_txn.rollback()?;
+        Ok(())
+    }
+}
+
+/// The indexer thread: owns the SQLite write connection and inserts acknowledged events in
+/// long transactions (few large commits rewrite far fewer index pages than many small ones).
+struct Indexer {
+    conn: Connection,
+    rx: Receiver<LiveBatch>,
+    progress: Arc<Progress>,
+    pending: Arc<Pending>,
+    backlog: Arc<Backlog>,
+    /// The batches of the open transaction: to drop from `pending` after the commit, and to
+    /// insert again if the transaction fails.
+    txn: Vec<LiveBatch>,
     txn_started: Option<Instant>,
     txn_events: usize,
     /// Search texts of events in the open transaction, handed to the full-text thread after
     /// the commit.
     fts_batch: Vec<(u64, String)>,
     fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
-    /// Set when the database failed and the log could not be replayed: refuse appends.
-    failed: bool,
-    /// fsync the log before answering (see [`SqliteOptions::fsync`]).
-    fsync: bool,
+    failed: Arc<AtomicBool>,
+    body: String,
 }
 
-impl Writer {
+impl Indexer {
     fn run(mut self) {
         loop {
             // With a transaction open, wake up often enough to commit on time or on demand.
@@ -718,9 +1034,16 @@ impl Writer {
                 self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
             match next {
-                Ok(first) => self.handle(first),
+                Ok(batch) => {
+                    let n = batch.len();
+                    self.add(batch);
+                    if let Ok(mut b) = self.backlog.events.lock() {
+                        *b = b.saturating_sub(n);
+                    }
+                    self.backlog.drained.notify_all();
+                }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break, // every sender gone: shutdown
+                Err(RecvTimeoutError::Disconnected) => break,
             }
             if let Some(started) = self.txn_started {
                 if self.txn_events >= TXN_MAX_EVENTS
@@ -743,158 +1066,108 @@ impl Writer {
         }
     }
 
-    /// Writes one group of requests: SQLite inserts in the open transaction, then the log
-    /// append and fsync; answers each request once its events are durable.
-    fn handle(&mut self, first: WriteJob) {
-        let started = Instant::now();
-        let mut n = first.events.len();
-        let mut jobs = vec![first];
-        while n < self.max_commit_events {
-            match self.rx.try_recv() {
-                Ok(job) => {
-                    n += job.events.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        self.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-        if self.failed {
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Database(
-                    "the store failed earlier; restart Herald (acknowledged events are safe in the log)".into(),
-                )));
-            }
-            return;
-        }
+    fn add(&mut self, batch: LiveBatch) {
         if self.txn_started.is_none() {
             if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Database(e.to_string())));
-                }
+                tracing::error!(error = %e, "cannot begin an index transaction");
+                self.fail();
                 return;
             }
             self.txn_started = Some(Instant::now());
             self.txn_events = 0;
         }
-        let seq_before = self.next_seq;
-        let fts_before = self.fts_batch.len();
-        let result = self
-            .conn
-            .execute_batch("SAVEPOINT batch")
-            .and_then(|_| self.write(&jobs))
-            .map_err(|e| e.to_string())
-            .and_then(|outs| {
-                let t = Instant::now();
-                let r = self
-                    .log
-                    .sync(self.fsync)
-                    .map(|_| outs)
-                    .map_err(|e| format!("write-ahead log: {e}"));
-                slow("write-ahead log fsync", t, n);
-                r
-            });
-        match result {
-            Ok(outcomes) => {
-                let _ = self.conn.execute_batch("RELEASE batch");
-                let stored = (self.next_seq - seq_before) as usize;
-                self.txn_events += stored;
-                self.progress
-                    .acked
-                    .store(self.next_seq - 1, Ordering::Release);
-                if let Some(cb) = &self.on_commit {
-                    cb(CommitInfo {
-                        events: n,
-                        requests: jobs.len(),
-                        duration: started.elapsed(),
-                    });
-                }
-                // Built only when someone listens. A subscriber that arrives after this check
-                // still sees these events: they are acknowledged (above), so its catch-up
-                // read, which starts after it subscribed, includes them.
-                let publish = stored > 0 && self.live.receiver_count() > 0;
-                let mut live = Vec::with_capacity(if publish { stored } else { 0 });
-                for (job, out) in jobs.into_iter().zip(outcomes) {
-                    if publish {
-                        let seqs: Vec<u64> = out
-                            .iter()
-                            .map(|o| match o {
-                                AppendOutcome::Stored(seq) => *seq,
-                                _ => 0,
-                            })
-                            .collect();
-                        let _ = job.reply.send(Ok(out));
-                        for (ev, seq) in job.events.into_iter().zip(seqs) {
-                            if seq != 0 {
-                                live.push(LiveEvent::new(seq, ev));
-                            }
-                        }
-                    } else {
-                        let _ = job.reply.send(Ok(out));
-                    }
-                }
-                if publish {
-                    let _ = self.live.send(LiveBatch::from(live));
-                }
+        if let Err(e) = self.insert(&batch) {
+            tracing::error!(error = %e, "index insert failed; retrying the transaction");
+            self.txn.push(batch);
+            self.retry();
+            return;
+        }
+        self.txn_events += batch.len();
+        self.txn.push(batch);
+    }
+
+    fn insert(&mut self, batch: &LiveBatch) -> rusqlite::Result<()> {
+        for ev in batch.iter() {
+            self.body.clear();
+            ev.write_body(&mut self.body);
+            insert_event(&self.conn, ev.seq, &ev.event, &self.body)?;
+            if self.fts_tx.is_some() {
+                self.fts_batch.push((ev.seq, ev.event.search_text()));
             }
+        }
+        Ok(())
+    }
+
+    /// Rolls the open transaction back and inserts its batches again in a new one (a
+    /// transient failure such as a full disk that was freed). Every event is acknowledged
+    /// and safe in the log meanwhile; if this fails too, the store stops taking writes and a
+    /// restart replays the log.
+    fn retry(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.fts_batch.clear();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let batches = std::mem::take(&mut self.txn);
+        let res = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            for b in &batches {
+                self.insert(b)?;
+            }
+            Ok(())
+        });
+        self.txn_events = batches.iter().map(|b| b.len()).sum();
+        self.txn = batches;
+        match res {
+            Ok(()) => self.txn_started = Some(Instant::now()),
             Err(e) => {
-                // Nothing of this group is durable: undo its inserts and give the seqs back.
-                self.log.discard_unsynced();
-                let _ = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
-                self.next_seq = seq_before;
-                self.fts_batch.truncate(fts_before);
-                tracing::error!(error = %e, events = n, "write failed; the batch was not stored");
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Database(e.clone())));
-                }
+                tracing::error!(error = %e, "index transaction failed again");
+                self.fail();
             }
         }
     }
 
-    /// Commits the open SQLite transaction, publishes what readers can now see, empties the
-    /// log, and hands the search texts to the full-text thread.
+    fn fail(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.txn_started = None;
+        tracing::error!("the index cannot store events; refusing writes until restart (acknowledged events are safe in the write-ahead log)");
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Commits the open SQLite transaction, publishes what readers can now see, drops the
+    /// committed events from `pending`, and hands the search texts to the full-text thread.
     fn commit(&mut self) {
-        let started = self.txn_started.take();
-        let last = self.next_seq - 1;
+        let Some(last) = self.txn.last().and_then(|b| b.last()).map(|e| e.seq) else {
+            let _ = self.conn.execute_batch("COMMIT");
+            self.txn_started = None;
+            return;
+        };
         let t = Instant::now();
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                slow("SQLite commit", t, self.txn_events);
-                if let Err(e) = self.log.truncate() {
-                    // Harmless: replay skips records SQLite already holds.
-                    tracing::warn!(error = %e, "cannot truncate the write-ahead log");
-                }
-                tracing::debug!(
-                    events = self.txn_events,
-                    ms = started.map(|s| s.elapsed().as_millis()).unwrap_or(0),
-                    "index transaction committed"
-                );
-            }
-            Err(e) => {
-                // Every event of this transaction is acknowledged and safe in the log: put
-                // them into SQLite again from there.
-                tracing::error!(error = %e, "index commit failed; replaying the write-ahead log");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.fts_batch.clear();
-                match replay_log(&self.conn, &mut self.log) {
-                    Ok(seq) => self.next_seq = seq + 1,
-                    Err(e) => {
-                        tracing::error!(error = %e, "replaying the write-ahead log failed; refusing writes until restart");
-                        self.failed = true;
-                        return;
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            tracing::error!(error = %e, "index commit failed; retrying");
+            self.retry();
+            return;
+        }
+        slow("SQLite commit", t, self.txn_events);
+        self.txn_started = None;
+        self.txn_events = 0;
+        self.progress.commit_wanted.store(false, Ordering::Release);
+        self.progress.committed.send_replace(last);
+        if let Ok(mut p) = self.pending.lock() {
+            for ev in self.txn.iter().flat_map(|b| b.iter()) {
+                if let Some(list) = p.get_mut(&ev.event.dedup_key) {
+                    list.retain(|x| x.seq != ev.seq);
+                    if list.is_empty() {
+                        p.remove(&ev.event.dedup_key);
                     }
                 }
             }
         }
-        self.txn_events = 0;
-        self.progress.commit_wanted.store(false, Ordering::Release);
-        self.progress.committed.send_replace(last);
+        self.txn.clear();
         if let Some(tx) = &self.fts_tx {
-            // Bounded: if text indexing falls behind, the writer waits here, the ingest queue
-            // fills, and ingest answers 503 rather than growing memory.
+            // Bounded: if text indexing falls behind, the indexer waits here (and, past
+            // its backlog, the writer and then ingest).
             let t = Instant::now();
             let n = self.fts_batch.len();
-            let sent = self.fts_batch.is_empty() || tx.send(std::mem::take(&mut self.fts_batch)).is_ok();
+            let sent =
+                self.fts_batch.is_empty() || tx.send(std::mem::take(&mut self.fts_batch)).is_ok();
             slow("waiting for the full-text thread", t, n);
             if !sent {
                 tracing::error!(
@@ -974,57 +1247,6 @@ impl FtsIndexer {
                 tracing::warn!(error = %e, pending = self.pending.len(), "full-text indexing failed; will retry")
             }
         }
-    }
-}
-
-impl Writer {
-    /// Inserts the group's new events into the open transaction and buffers their log
-    /// records; finds duplicates and conflicts (the writer sees its own uncommitted rows).
-    fn write(&mut self, jobs: &[WriteJob]) -> rusqlite::Result<Vec<Vec<AppendOutcome>>> {
-        let mut all = Vec::with_capacity(jobs.len());
-        let mut lookup = self
-            .conn
-            .prepare_cached("SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1")?;
-        for job in jobs {
-            let mut outs = Vec::with_capacity(job.events.len());
-            for ev in &job.events {
-                let mut found = None;
-                let mut rows = lookup.query(params![ev.dedup_key])?;
-                while let Some(r) = rows.next()? {
-                    let source: String = r.get(2)?;
-                    let id: String = r.get(3)?;
-                    if source == ev.source && id == ev.id {
-                        let seq: i64 = r.get(0)?;
-                        let chash: i64 = r.get(1)?;
-                        let time: i64 = r.get(4)?;
-                        let same =
-                            chash == ev.content_hash && (!ev.time_given || time == ev.time_us);
-                        found = Some(if same {
-                            AppendOutcome::Duplicate(seq as u64)
-                        } else {
-                            AppendOutcome::Conflict(seq as u64)
-                        });
-                        break;
-                    }
-                }
-                drop(rows);
-                if let Some(o) = found {
-                    outs.push(o);
-                    continue;
-                }
-                let seq = self.next_seq;
-                let body = ev.body_with_seq(seq);
-                insert_event(&self.conn, seq, ev, &body)?;
-                self.log.push(&body);
-                if self.fts_tx.is_some() {
-                    self.fts_batch.push((seq, ev.search_text()));
-                }
-                self.next_seq += 1;
-                outs.push(AppendOutcome::Stored(seq));
-            }
-            all.push(outs);
-        }
-        Ok(all)
     }
 }
 
@@ -1196,7 +1418,12 @@ impl Store for SqliteStore {
             if let Some(h) = handle {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
             }
-            // The writer dropped its sender: the full-text thread flushes and exits.
+            // The writer dropped its channel: the indexer commits what it holds and exits.
+            let indexer = self.indexer.lock().ok().and_then(|mut g| g.take());
+            if let Some(h) = indexer {
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
+            // The indexer dropped its sender: the full-text thread flushes and exits.
             let fts = self.fts_thread.lock().ok().and_then(|mut g| g.take());
             if let Some(h) = fts {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;

@@ -141,6 +141,7 @@ impl Baseline {
             elapsed,
             latency_us: hist,
             errors: 0,
+            settle: Duration::ZERO,
         })
     }
 }

@@ -91,7 +91,10 @@ async fn subscribe(
     let mut parser = Parser::new();
     let mut started = false;
     while !started {
-        let chunk = res.chunk().await?.context("stream ended before its first frame")?;
+        let chunk = res
+            .chunk()
+            .await?
+            .context("stream ended before its first frame")?;
         started = parser.feed(&chunk).iter().any(|f| f.id.is_some());
     }
     ready.fetch_add(1, Ordering::Relaxed);
@@ -109,8 +112,15 @@ async fn subscribe(
         let Some(end) = tail.windows(2).rposition(|w| w == b"\n\n") else {
             continue;
         };
-        for frame in tail[..end].split(|b| *b == b'\n').collect::<Vec<_>>().windows(2) {
-            if let (Some(id), true) = (frame[0].strip_prefix(b"id: "), frame[1].starts_with(b"event: ")) {
+        for frame in tail[..end]
+            .split(|b| *b == b'\n')
+            .collect::<Vec<_>>()
+            .windows(2)
+        {
+            if let (Some(id), true) = (
+                frame[0].strip_prefix(b"id: "),
+                frame[1].starts_with(b"event: "),
+            ) {
                 if let Some(seq) = std::str::from_utf8(id).ok().and_then(|t| t.parse().ok()) {
                     local.push((seq, now));
                 }

@@ -43,7 +43,14 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
     let log = dir.path().join("server.log");
     let mut total_acked = HashSet::new();
     for round in 0..3 {
-        let mut server = BinServer::start_logging(&data, Some(&log));
+        // From the second round on, the write-ahead log moves between its two files at every
+        // opportunity, so that a kill also lands while events are spread over both.
+        let switch = if round == 0 { "64" } else { "0" };
+        let mut server = BinServer::start_env(
+            &data,
+            Some(&log),
+            &[("HERALD_STORE__WAL_SWITCH_MIB", switch)],
+        );
         let acked = Arc::new(Mutex::new(Vec::new()));
         let tasks: Vec<_> = (0..8)
             .map(|w| tokio::spawn(load(server.url.clone(), w + round * 100, acked.clone())))

@@ -189,15 +189,25 @@ impl BinServer {
 
     /// Starts the server with its log (level info) appended to `log` when given.
     pub fn start_logging(data: &Path, log: Option<&Path>) -> BinServer {
-        Self::start_full(data, log, "127.0.0.1:0")
+        Self::start_full(data, log, "127.0.0.1:0", &[])
+    }
+
+    /// Starts the server with extra environment (configuration overrides).
+    pub fn start_env(data: &Path, log: Option<&Path>, env: &[(&str, &str)]) -> BinServer {
+        Self::start_full(data, log, "127.0.0.1:0", env)
     }
 
     /// Starts the server on a given address (to restart it where clients expect it).
     pub fn start_on(data: &Path, listen: &str) -> BinServer {
-        Self::start_full(data, None, listen)
+        Self::start_full(data, None, listen, &[])
     }
 
-    fn start_full(data: &Path, log: Option<&Path>, listen: &str) -> BinServer {
+    fn start_full(
+        data: &Path,
+        log: Option<&Path>,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> BinServer {
         let stderr = match log {
             Some(p) => Stdio::from(
                 std::fs::OpenOptions::new()
@@ -216,6 +226,7 @@ impl BinServer {
                 if log.is_some() { "info" } else { "warn" },
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
