@@ -43,6 +43,8 @@ pub struct PreparedEvent {
     pub correlationid: Option<String>,
     pub severity: Severity,
     pub visibility: Visibility,
+    /// Principals that may read a `private` event.
+    pub readers: Vec<String>,
     /// Event time (producer clock, or receive time when absent).
     pub time_us: Micros,
     pub recorded_us: Micros,
@@ -867,6 +869,7 @@ impl<'a> Builder<'a> {
             correlationid: self.correlationid.map(|s| s.value.into_owned()),
             severity,
             visibility,
+            readers: self.readers,
             time_us,
             recorded_us: ctx.now_us,
             content_hash,

@@ -7,6 +7,7 @@
 //! the offending span), never a panic. The store compiles the filter AST to SQL; the server
 //! turns rejections into HTTP answers.
 
+pub mod access;
 pub mod cursor;
 pub mod event;
 pub mod filter;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod matcher;
 pub mod timespec;
 
+pub use access::Access;
 pub use event::{PreparedEvent, Rejection};
 pub use filter::{Filter, ParseError};
 pub use limits::Limits;

@@ -20,6 +20,7 @@ pub struct Config {
     pub limits: Limits,
     pub query: QueryConfig,
     pub stream: StreamConfig,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -110,6 +111,53 @@ impl Default for QueryConfig {
             default_limit: 50,
             max_limit: 1000,
             request_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Keys are required unless the server listens on loopback only.
+    Auto,
+    /// Keys are always required.
+    Required,
+    /// No key needed (loopback only: the server refuses other addresses).
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Serve `/v1/public/events` and `/v1/public/stream` (public events) to anyone.
+    pub public_feed: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Auto,
+            public_feed: false,
+        }
+    }
+}
+
+/// Whether an address only accepts connections from this machine.
+pub fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => listen.starts_with("localhost:"),
+    }
+}
+
+impl AuthConfig {
+    /// Whether requests need a key on a server listening on `listen`.
+    pub fn required(&self, listen: &str) -> bool {
+        match self.mode {
+            AuthMode::Required => true,
+            AuthMode::Off => false,
+            AuthMode::Auto => !is_loopback(listen),
         }
     }
 }

@@ -17,6 +17,10 @@ pub enum ApiError {
     BadRequest(String),
     /// 400: the filter does not parse.
     BadFilter(ParseError),
+    /// 401: no key where one is needed, or a bad key.
+    Unauthorized(String),
+    /// 403: the key may not do this.
+    Forbidden(String),
     /// 404.
     NotFound(String),
     /// 409: every event conflicts with a stored one.
@@ -65,6 +69,7 @@ fn problem(status: StatusCode, slug: &str, title: &str, detail: Option<String>) 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut retry_after = None;
+        let mut unauthorized = false;
         let p = match self {
             ApiError::BadRequest(d) => problem(StatusCode::BAD_REQUEST, "bad-request", "Bad request", Some(d)),
             ApiError::BadFilter(e) => Problem {
@@ -72,6 +77,11 @@ impl IntoResponse for ApiError {
                 term: Some(e.term.clone()),
                 ..problem(StatusCode::BAD_REQUEST, "bad-filter", "Invalid filter", Some(e.message))
             },
+            ApiError::Unauthorized(d) => {
+                unauthorized = true;
+                problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", Some(d))
+            }
+            ApiError::Forbidden(d) => problem(StatusCode::FORBIDDEN, "forbidden", "Forbidden", Some(d)),
             ApiError::NotFound(d) => problem(StatusCode::NOT_FOUND, "not-found", "Not found", Some(d)),
             ApiError::Conflict(results) => Problem {
                 results: Some(results),
@@ -119,6 +129,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if unauthorized {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"herald\""),
+            );
+        }
         if let Some(secs) = retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -6,10 +6,11 @@
 //! one append, which resolves after the commit is on disk. A bad event is reported in its
 //! result and never blocks the others.
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::event::{now_text, prepare_binary, prepare_json, HeaderAttr, PrepareCtx};
@@ -315,12 +316,17 @@ fn reason_label(pointer: &str) -> String {
 )]
 pub async fn ingest(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    caller.ingest()?;
     let mode = mode(&headers)?;
     let body = read_body(&headers, body, st.limits.max_body_bytes).await?;
     let parsed = prepare_all(mode, &headers, &body, &st.limits)?;
+    // Where rejections point: `/type` for a lone event, `/3/type` inside a list.
+    let single = !matches!(mode, Mode::Ndjson | Mode::Batch)
+        && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[');
     drop(body);
     if parsed.is_empty() {
         return Err(ApiError::BadRequest("the request holds no events".into()));
@@ -331,6 +337,18 @@ pub async fn ingest(
     let mut results: Vec<IngestResult> = Vec::with_capacity(parsed.len());
     let mut to_store = Vec::with_capacity(parsed.len());
     for (index, p) in parsed.into_iter().enumerate() {
+        // A key limited to some types or sources has the others rejected, one by one.
+        let p = p.and_then(|ev| match caller.refuses(&ev.ty, &ev.source) {
+            Some(reason) => Err(Rejection {
+                reason,
+                pointer: if single {
+                    "/type".into()
+                } else {
+                    format!("/{index}/type")
+                },
+            }),
+            None => Ok(ev),
+        });
         match p {
             Ok(ev) => {
                 results.push(IngestResult {

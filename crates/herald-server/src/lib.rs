@@ -11,6 +11,7 @@
 //! id and answered as an opaque 500 carrying that id. Nothing here blocks the runtime on disk:
 //! the store runs SQLite on its own threads.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
@@ -44,11 +45,25 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Routes live events to stream subscribers; started with the first subscriber.
     hub: std::sync::OnceLock<Arc<stream::Hub>>,
+    pub keys: herald_store::KeyStore,
+    pub key_cache: auth::KeyCache,
+    /// Requests without a key are anonymous (public events only) rather than local admins.
+    pub auth_required: bool,
+    pub public_feed: bool,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, cfg: &Config, metrics: Arc<metrics::Metrics>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: herald_store::KeyStore,
+        cfg: &Config,
+        metrics: Arc<metrics::Metrics>,
+    ) -> Arc<Self> {
         Arc::new(AppState {
+            keys,
+            key_cache: auth::KeyCache::default(),
+            auth_required: cfg.auth.required(&cfg.server.listen),
+            public_feed: cfg.auth.public_feed,
             store,
             limits: cfg.limits.clone(),
             query: cfg.query.clone(),
@@ -75,6 +90,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let requests = Router::new()
         .route("/v1/events", post(ingest::ingest).get(query::list_events))
         .route("/v1/events/{key}", get(query::get_event))
+        .route("/v1/public/events", get(query::list_public))
+        .route("/v1/keys", post(auth::create_key).get(auth::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(auth::revoke_key))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -85,13 +103,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     // Streams live as long as the client wants: no request timeout; their own heartbeats
     // and slow-client limit apply instead.
-    let mut streams = Router::new().route("/v1/stream", get(stream::stream));
+    let mut streams = Router::new()
+        .route("/v1/stream", get(stream::stream))
+        .route("/v1/public/stream", get(stream::public_stream));
     if let Some(cors) = stream_cors(&state.stream.cors_origins) {
         streams = streams.layer(cors);
     }
     requests
         .merge(streams)
         .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

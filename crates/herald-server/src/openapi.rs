@@ -13,6 +13,11 @@ use utoipa::OpenApi;
         crate::ingest::ingest,
         crate::query::list_events,
         crate::query::get_event,
+        crate::query::list_public,
+        crate::stream::public_stream,
+        crate::auth::create_key,
+        crate::auth::list_keys,
+        crate::auth::revoke_key,
         crate::stream::stream,
         crate::ops::healthz,
         crate::ops::readyz,
@@ -28,10 +33,14 @@ use utoipa::OpenApi;
         herald_wire::Problem,
         herald_wire::Severity,
         herald_wire::Visibility,
+        crate::auth::NewKey,
+        crate::auth::KeyView,
+        crate::auth::CreatedKey,
     )),
     tags(
         (name = "events", description = "Ingest and query events"),
         (name = "stream", description = "Live events as server-sent events, with gap-free resume"),
+        (name = "keys", description = "API keys (admin)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

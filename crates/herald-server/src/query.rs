@@ -6,14 +6,16 @@
 //! or `application/cloudevents-batch+json`) gets them re-encoded, with Herald's structured
 //! members in their documented string form (see `docs/api.md`).
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::cursor::Cursor;
 use herald_core::filter::Filter;
 use herald_core::timespec::parse_bound;
+use herald_core::Access;
 use herald_store::EventQuery;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -87,7 +89,12 @@ pub fn to_strict(body: &str) -> String {
 }
 
 /// Parses the listing parameters into a store query (shared with the export path).
-pub fn build_query(st: &AppState, p: &ListParams, now: i64) -> Result<EventQuery, ApiError> {
+pub fn build_query(
+    st: &AppState,
+    p: &ListParams,
+    now: i64,
+    access: &Access,
+) -> Result<EventQuery, ApiError> {
     let filter =
         Filter::parse(p.filter.as_deref().unwrap_or(""), now).map_err(ApiError::BadFilter)?;
     let since_us = p
@@ -131,6 +138,7 @@ pub fn build_query(st: &AppState, p: &ListParams, now: i64) -> Result<EventQuery
         until_us,
         limit,
         cursor,
+        access: access.clone(),
     })
 }
 
@@ -147,13 +155,47 @@ pub fn build_query(st: &AppState, p: &ListParams, now: i64) -> Result<EventQuery
 )]
 pub async fn list_events(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Query(p): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    let q = build_query(&st, &p, now_micros())?;
+    list(&st, caller.read()?, &headers, &p).await
+}
+
+/// `GET /v1/public/events`
+#[utoipa::path(
+    get,
+    path = "/v1/public/events",
+    tag = "events",
+    params(ListParams),
+    responses(
+        (status = 200, description = "Public events only, as `GET /v1/events`; no key needed", body = herald_wire::EventPage),
+        (status = 404, description = "The public feed is off (`auth.public_feed`)", body = herald_wire::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_public(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    if !st.public_feed {
+        return Err(ApiError::NotFound(
+            "the public feed is off (auth.public_feed)".into(),
+        ));
+    }
+    list(&st, &Access::public_only(), &headers, &p).await
+}
+
+async fn list(
+    st: &AppState,
+    access: &Access,
+    headers: &HeaderMap,
+    p: &ListParams,
+) -> Result<Response, ApiError> {
+    let q = build_query(st, p, now_micros(), access)?;
     let page = st.store.query(q).await?;
     let next = page.next.map(|c| c.encode());
-    let format = format_of(&headers);
+    let format = format_of(headers);
     let size: usize = page.events.iter().map(|e| e.body.len() + 1).sum();
     let mut out = String::with_capacity(size + 64);
     let content_type = match format {
@@ -228,19 +270,22 @@ pub struct GetParams {
 )]
 pub async fn get_event(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(key): Path<String>,
     Query(p): Query<GetParams>,
 ) -> Result<Response, ApiError> {
+    let access = caller.read()?;
+    // An event the caller may not read is "not found", as if it did not exist.
     let found = match &p.source {
-        Some(source) => st.store.get_by_id(source, &key).await?,
+        Some(source) => st.store.get_by_id(source, &key, access).await?,
         None => {
             let seq: u64 = key.parse().map_err(|_| {
                 ApiError::BadRequest(format!(
                     "`{key}` is not a seq; to look an event up by id, add ?source=SOURCE"
                 ))
             })?;
-            st.store.get_by_seq(seq).await?
+            st.store.get_by_seq(seq, access).await?
         }
     };
     let ev = found.ok_or_else(|| ApiError::NotFound("no such event".into()))?;

@@ -33,11 +33,12 @@
 //! (at the start, after a catch-up, and with heartbeats when nothing matched meanwhile), and
 //! `event: reset` says that the requested position is gone and where the stream continues.
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::query::now_micros;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -46,6 +47,7 @@ use herald_core::filter::{Cond, Field, Pattern, TermKind, Value};
 use herald_core::matcher::matches;
 use herald_core::matcher::LiveEvent;
 use herald_core::timespec::parse_bound;
+use herald_core::Access;
 use herald_store::{LiveBatch, ScanQuery, Store};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -98,8 +100,43 @@ enum Start {
 )]
 pub async fn stream(
     State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Query(p): Query<StreamParams>,
+) -> Result<Response, ApiError> {
+    let access = caller.read()?.clone();
+    open(st, access, headers, p).await
+}
+
+/// `GET /v1/public/stream`
+#[utoipa::path(
+    get,
+    path = "/v1/public/stream",
+    tag = "stream",
+    params(StreamParams),
+    responses(
+        (status = 200, description = "Public events only, as `GET /v1/stream`; no key needed", content_type = "text/event-stream"),
+        (status = 404, description = "The public feed is off (`auth.public_feed`)", body = herald_wire::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn public_stream(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<StreamParams>,
+) -> Result<Response, ApiError> {
+    if !st.public_feed {
+        return Err(ApiError::NotFound(
+            "the public feed is off (auth.public_feed)".into(),
+        ));
+    }
+    open(st, Access::public_only(), headers, p).await
+}
+
+async fn open(
+    st: Arc<AppState>,
+    access: Access,
+    headers: HeaderMap,
+    p: StreamParams,
 ) -> Result<Response, ApiError> {
     let now = now_micros();
     let filter =
@@ -141,6 +178,7 @@ pub async fn stream(
     let (routed_tx, routed) = mpsc::channel::<Routed>(st.stream.client_buffer.max(1));
     let entry = Arc::new(Entry {
         filter: filter.clone(),
+        access: access.clone(),
         tx: routed_tx,
         lagged: AtomicBool::new(false),
         wake: Notify::new(),
@@ -156,6 +194,7 @@ pub async fn stream(
         entry,
         _registration: registration,
         filter,
+        access,
         tx,
         last: 0,
         since_us: None,
@@ -227,6 +266,7 @@ struct Subscriber {
     entry: Arc<Entry>,
     _registration: Registration,
     filter: Filter,
+    access: Access,
     tx: mpsc::Sender<Bytes>,
     /// Every event up to this seq was sent or skipped as not matching.
     last: u64,
@@ -413,6 +453,7 @@ impl Subscriber {
                     after_seq: self.last,
                     since_us: self.since_us,
                     limit: page_size,
+                    access: self.access.clone(),
                 })
                 .await
                 .map_err(|e| {
@@ -455,6 +496,8 @@ pub struct Routed {
 /// A subscriber as the hub sees it.
 pub struct Entry {
     filter: Filter,
+    /// What the subscriber may read: applied with the filter, as the store applies it.
+    access: Access,
     tx: mpsc::Sender<Routed>,
     /// Set by the hub when it stopped feeding this subscriber (its queue was full, or the
     /// hub itself fell behind); cleared by the subscriber when it takes part again.
@@ -669,7 +712,10 @@ impl Hub {
                 for (i, ev) in batch.iter().enumerate() {
                     let mut consider = |id: u64| {
                         if let Some(e) = r.entries.get(&id) {
-                            if !e.lagged.load(Ordering::SeqCst) && matches(&e.filter, ev) {
+                            if !e.lagged.load(Ordering::SeqCst)
+                                && matches(&e.filter, ev)
+                                && e.access.can_read(&ev.event)
+                            {
                                 routed.entry(id).or_default().push(i as u32);
                             }
                         }

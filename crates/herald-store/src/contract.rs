@@ -8,7 +8,7 @@ use crate::{AppendOutcome, EventQuery, LiveEvent, ScanQuery, Store};
 use herald_core::event::{prepare_json, PrepareCtx};
 use herald_core::filter::Filter;
 use herald_core::matcher::matches;
-use herald_core::{Limits, PreparedEvent};
+use herald_core::{Access, Limits, PreparedEvent};
 
 /// "Now" for the contract's events: 2026-11-01T00:00:00Z.
 pub const NOW_US: i64 = 1_793_491_200_000_000;
@@ -45,6 +45,7 @@ async fn list(store: &dyn Store, filter: &str) -> Vec<String> {
     let q = EventQuery {
         filter: Filter::parse(filter, NOW_US).unwrap_or_else(|e| panic!("{filter}: {e}")),
         limit: 1000,
+        access: Access::all(),
         ..EventQuery::default()
     };
     ids(&store.query(q).await.expect("query"))
@@ -71,7 +72,7 @@ async fn append_get_and_duplicates(store: &dyn Store) {
     assert!(sb > sa, "seq must increase within a batch");
 
     let got = store
-        .get_by_seq(sa)
+        .get_by_seq(sa, &Access::all())
         .await
         .expect("get")
         .expect("event a by seq");
@@ -81,16 +82,24 @@ async fn append_get_and_duplicates(store: &dyn Store) {
         got.body
     );
     let by_id = store
-        .get_by_id("/c", "a")
+        .get_by_id("/c", "a", &Access::all())
         .await
         .expect("get")
         .expect("event a by id");
     assert_eq!(by_id, got);
     assert!(
-        store.get_by_id("/other", "a").await.expect("get").is_none(),
+        store
+            .get_by_id("/other", "a", &Access::all())
+            .await
+            .expect("get")
+            .is_none(),
         "ids are scoped by source"
     );
-    assert!(store.get_by_seq(999_999).await.expect("get").is_none());
+    assert!(store
+        .get_by_seq(999_999, &Access::all())
+        .await
+        .expect("get")
+        .is_none());
 
     // The same event again (even reformatted) is a duplicate; other content is a conflict;
     // a repeat inside one batch is a duplicate of the first.
@@ -131,7 +140,12 @@ async fn append_get_and_duplicates(store: &dyn Store) {
     let AppendOutcome::Stored(sd) = store.append(vec![d]).await.expect("append")[0] else {
         panic!("d must be stored")
     };
-    let exported = store.get_by_seq(sd).await.expect("get").expect("d").body;
+    let exported = store
+        .get_by_seq(sd, &Access::all())
+        .await
+        .expect("get")
+        .expect("d")
+        .body;
     let out = store.append(vec![event(&exported)]).await.expect("append");
     assert_eq!(
         out[0],
@@ -207,6 +221,7 @@ async fn paging_is_stable_under_inserts(store: &dyn Store) {
                 filter: filter.clone(),
                 limit: 7,
                 cursor,
+                access: Access::all(),
                 ..EventQuery::default()
             })
             .await
@@ -258,7 +273,7 @@ async fn live_and_scan(store: &dyn Store) {
     let mut body = String::new();
     batch[0].write_body(&mut body);
     let stored = store
-        .get_by_seq(seqs[0])
+        .get_by_seq(seqs[0], &Access::all())
         .await
         .expect("get")
         .expect("stored");
@@ -281,6 +296,7 @@ async fn live_and_scan(store: &dyn Store) {
         after_seq,
         since_us: None,
         limit,
+        access: Access::all(),
     };
     let page = store
         .scan(q("type:live.even", before.last, 2))
@@ -373,6 +389,11 @@ fn random_event(rng: &mut Rng, i: usize) -> String {
             r#","visibility":"{}""#,
             rng.pick(&["public", "internal", "private"])
         ));
+    }
+    match rng.below(4) {
+        0 => e.push_str(r#","readers":["user:1","group:ops"]"#),
+        1 => e.push_str(r#","readers":["tenant:beta"]"#),
+        _ => {}
     }
     let mut data = Vec::new();
     for key in ["country", "rows", "code", "flag", "nested"] {
@@ -467,8 +488,41 @@ fn random_term(rng: &mut Rng) -> String {
     format!("{neg}{body}")
 }
 
-/// The live stream evaluates filters in memory; a listing evaluates them in SQL. On random
-/// events and random filters both must select exactly the same events.
+/// A random caller: admin, anonymous, or a key with some principals, sometimes restricted
+/// to some tenants.
+fn random_access(rng: &mut Rng) -> Access {
+    match rng.below(6) {
+        0 => Access::all(),
+        1 => Access::public_only(),
+        _ => {
+            let mut principals = Vec::new();
+            for _ in 0..rng.below(4) {
+                principals.push(
+                    rng.pick(&[
+                        "user:1",
+                        "user:2",
+                        "group:ops",
+                        "tenant:acme",
+                        "tenant:beta",
+                        "tenant:p-1",
+                    ])
+                    .to_owned(),
+                );
+            }
+            Access {
+                admin: rng.below(8) == 0,
+                authenticated: true,
+                principals,
+                only_tenants: (rng.below(4) == 0)
+                    .then(|| vec![rng.pick(&["acme", "beta", "run-1"]).to_owned()]),
+            }
+        }
+    }
+}
+
+/// The live stream evaluates filters and access in memory; a listing evaluates them in SQL.
+/// On random events, random filters and random callers both must select exactly the same
+/// events.
 async fn memory_matcher_agrees_with_queries(store: &dyn Store) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut prepared = Vec::new();
@@ -499,9 +553,10 @@ async fn memory_matcher_agrees_with_queries(store: &dyn Store) {
                 Ok(f) => f,
                 Err(e) => panic!("generated filter `{text}` does not parse: {e}"),
             };
+            let access = random_access(&mut rng);
             let mut want: Vec<u64> = live
                 .iter()
-                .filter(|e| matches(&filter, e))
+                .filter(|e| matches(&filter, e) && access.can_read(&e.event))
                 .map(|e| e.seq)
                 .collect();
             want.sort_unstable();
@@ -512,6 +567,7 @@ async fn memory_matcher_agrees_with_queries(store: &dyn Store) {
                     filter: Filter::parse(&format!("{text} seq:>={first} seq:<={last}"), NOW_US)
                         .expect("filter"),
                     limit: 1000,
+                    access: access.clone(),
                     ..EventQuery::default()
                 })
                 .await
@@ -535,7 +591,7 @@ async fn memory_matcher_agrees_with_queries(store: &dyn Store) {
                     .map(|e| &e.event.body_tail)
                     .collect();
                 panic!(
-                    "filter `{text}` (round {round}): SQL and memory disagree\nonly SQL: {only_sql:#?}\nonly memory: {only_mem:#?}"
+                    "filter `{text}` as {access:?} (round {round}): SQL and memory disagree\nonly SQL: {only_sql:#?}\nonly memory: {only_mem:#?}"
                 );
             }
         }

@@ -16,18 +16,20 @@
 
 use herald_core::cursor::Cursor;
 use herald_core::filter::Filter;
-use herald_core::PreparedEvent;
+use herald_core::{Access, PreparedEvent};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub mod contract;
+pub mod keys;
 mod log;
 mod sql;
 pub mod sqlite;
 
 pub use herald_core::matcher::LiveEvent;
+pub use keys::{KeyInfo, KeyStore, Restrictions, Role};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A boxed future, so that [`Store`] can be used as a trait object.
@@ -74,6 +76,9 @@ pub struct EventQuery {
     pub limit: usize,
     /// Continue after this position (exclusive).
     pub cursor: Option<Cursor>,
+    /// Who is reading: only events they may read are listed (the default, an anonymous
+    /// caller, sees public events only).
+    pub access: Access,
 }
 
 /// A stored event: its position and its canonical JSON.
@@ -105,6 +110,8 @@ pub struct ScanQuery {
     /// Only events whose `time` is at least this (microseconds since the epoch).
     pub since_us: Option<i64>,
     pub limit: usize,
+    /// Who is reading (see [`EventQuery::access`]).
+    pub access: Access,
 }
 
 /// A page of a catch-up read.
@@ -150,14 +157,19 @@ pub trait Store: Send + Sync + 'static {
     /// Lists events matching the query, newest first.
     fn query(&self, q: EventQuery) -> BoxFuture<'_, Result<Page, StoreError>>;
 
-    /// One event by its sequence number.
-    fn get_by_seq(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>>;
+    /// One event by its sequence number, if the caller may read it.
+    fn get_by_seq<'a>(
+        &'a self,
+        seq: u64,
+        access: &'a Access,
+    ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
 
-    /// One event by its producer identity.
+    /// One event by its producer identity, if the caller may read it.
     fn get_by_id<'a>(
         &'a self,
         source: &'a str,
         id: &'a str,
+        access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>>;
 
     /// Events acknowledged from now on, in `seq` order. A receiver that falls more than the

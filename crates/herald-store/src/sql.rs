@@ -8,6 +8,7 @@
 
 use herald_core::cursor::Cursor;
 use herald_core::filter::{CmpOp, Cond, Field, Filter, Pattern, TermKind, Value};
+use herald_core::Access;
 use rusqlite::types::Value as SqlValue;
 use std::fmt::Write;
 
@@ -124,18 +125,92 @@ impl Where {
     }
 }
 
+/// The separator around each principal in the `readers` column: `\x1fuser:1\x1fgroup:a\x1f`
+/// (principals cannot contain control characters), so that `instr` finds whole principals.
+pub const READER_SEP: char = '\u{1f}';
+
+/// The `readers` column value for a list of principals (`None` when empty).
+pub fn readers_column(readers: &[String]) -> Option<String> {
+    if readers.is_empty() {
+        return None;
+    }
+    let mut s = String::with_capacity(readers.iter().map(|r| r.len() + 1).sum::<usize>() + 1);
+    s.push(READER_SEP);
+    for r in readers {
+        s.push_str(r);
+        s.push(READER_SEP);
+    }
+    Some(s)
+}
+
+/// Appends the access rule of [`herald_core::access`] as SQL: every read path compiles
+/// through this, so listings, pages, counts and catch-up reads never hold an event the
+/// caller may not read.
+pub fn access_clause(w: &mut Where, access: &Access) {
+    if let Some(only) = &access.only_tenants {
+        w.and();
+        if only.is_empty() {
+            w.sql.push('0');
+        } else {
+            w.sql.push_str("tenant IN (");
+            for (i, t) in only.iter().enumerate() {
+                if i > 0 {
+                    w.sql.push_str(", ");
+                }
+                w.param(SqlValue::Text(t.clone()));
+            }
+            w.sql.push(')');
+        }
+    }
+    if access.admin {
+        return;
+    }
+    w.and();
+    w.sql.push_str("(visibility = 0");
+    if access.authenticated {
+        w.sql.push_str(" OR (visibility = 1 AND (tenant IS NULL");
+        let tenants: Vec<&str> = access.tenants().collect();
+        if !tenants.is_empty() {
+            w.sql.push_str(" OR tenant IN (");
+            for (i, t) in tenants.iter().enumerate() {
+                if i > 0 {
+                    w.sql.push_str(", ");
+                }
+                w.param(SqlValue::Text((*t).to_owned()));
+            }
+            w.sql.push(')');
+        }
+        w.sql.push_str("))");
+    }
+    if !access.principals.is_empty() {
+        w.sql.push_str(" OR (visibility = 2 AND (");
+        for (i, p) in access.principals.iter().enumerate() {
+            if i > 0 {
+                w.sql.push_str(" OR ");
+            }
+            w.sql.push_str("instr(readers, ");
+            w.param(SqlValue::Text(format!("{READER_SEP}{p}{READER_SEP}")));
+            w.sql.push_str(") > 0");
+        }
+        w.sql.push_str("))");
+    }
+    w.sql.push(')');
+}
+
 /// Compiles the listing conditions. `fts_watermark` is `Some(seq)` when the FTS5 index is
 /// maintained and holds every event up to `seq`: text terms use the index up to there and
 /// scan the bodies (`LIKE`) after it. Without it, text terms scan the bodies within the other
 /// bounds.
 pub fn compile(
     filter: &Filter,
+    access: &Access,
     since_us: Option<i64>,
     until_us: Option<i64>,
     cursor: Option<Cursor>,
     fts_watermark: Option<u64>,
 ) -> Where {
     let mut w = Where::default();
+    access_clause(&mut w, access);
     if let Some(s) = since_us {
         w.and();
         w.sql.push_str("time >= ");
@@ -276,6 +351,7 @@ mod tests {
         let f = Filter::parse(filter, 1_000_000_000).unwrap();
         let w = compile(
             &f,
+            &Access::all(),
             Some(5),
             None,
             Some(Cursor { time_us: 9, seq: 3 }),

@@ -16,7 +16,7 @@ use crate::{
 };
 use herald_core::cursor::Cursor;
 use herald_core::filter::parse_path;
-use herald_core::PreparedEvent;
+use herald_core::{Access, PreparedEvent};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,8 @@ impl std::fmt::Debug for SqliteOptions {
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     seq           INTEGER PRIMARY KEY,
     time          INTEGER NOT NULL,
@@ -114,7 +115,53 @@ CREATE INDEX events_correlation ON events(correlationid, time) WHERE correlation
 CREATE INDEX events_causation ON events(causationid) WHERE causationid IS NOT NULL;
 
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"#];
+"#,
+    // 2: who may read a private event, as `\x1fprincipal\x1f...` (see `sql::access_clause`);
+    // filled from the stored bodies by `backfill_readers`.
+    r#"
+ALTER TABLE events ADD COLUMN readers TEXT;
+"#,
+    // 3: API keys (see `keys`).
+    r#"
+CREATE TABLE keys (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL,
+    principals   TEXT NOT NULL,
+    restrictions TEXT NOT NULL,
+    hash         BLOB NOT NULL UNIQUE,
+    created      INTEGER NOT NULL,
+    expires      INTEGER,
+    revoked      INTEGER,
+    last_used    INTEGER
+);
+"#,
+];
+
+/// Fills the `readers` column of events stored before it existed.
+fn backfill_readers(conn: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, String)> = conn
+        .prepare(
+            "SELECT seq, body FROM events WHERE visibility = 2 AND instr(body, '\"readers\":') > 0",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut update = conn.prepare("UPDATE events SET readers = ?1 WHERE seq = ?2")?;
+    for (seq, body) in rows {
+        let readers: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["readers"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        update.execute(params![crate::sql::readers_column(&readers), seq])?;
+    }
+    Ok(())
+}
 
 /// The full-text index lives in its own database file (`fts.db`), written by its own thread:
 /// SQLite allows one writer per file, so indexing text in parallel with the event writer
@@ -445,7 +492,7 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(0);
     if version > MIGRATIONS.len() {
@@ -455,8 +502,18 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.unchecked_transaction()?;
+        // IMMEDIATE: another process (the key CLI, a second start) may migrate at the same
+        // time; the version is read again under the write lock.
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if usize::try_from(now).unwrap_or(0) > i {
+            continue;
+        }
         tx.execute_batch(m)?;
+        if i == 1 {
+            backfill_readers(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
@@ -616,8 +673,8 @@ fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
 /// The SQL that inserts one event (shared by the writer and log replay).
 const INSERT_EVENT: &str =
     "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
-     correlationid, causationid, visibility, dkey, chash, body) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+     correlationid, causationid, visibility, dkey, chash, body, readers) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 fn insert_event(
     conn: &Connection,
@@ -642,6 +699,7 @@ fn insert_event(
         ev.dedup_key,
         ev.content_hash,
         body,
+        crate::sql::readers_column(&ev.readers),
     ])?;
     Ok(())
 }
@@ -1295,7 +1353,7 @@ impl Store for SqliteStore {
             .fulltext
             .then(|| self.fts_watermark.load(Ordering::Acquire));
         Box::pin(self.read(move |conn| {
-            let w = compile(&q.filter, q.since_us, q.until_us, q.cursor, fts);
+            let w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
             let limit = q.limit.max(1);
             let sql = format!(
                 "SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
@@ -1319,11 +1377,25 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn get_by_seq(&self, seq: u64) -> BoxFuture<'_, Result<Option<StoredEvent>, StoreError>> {
+    fn get_by_seq<'a>(
+        &'a self,
+        seq: u64,
+        access: &'a Access,
+    ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
+        let mut w = crate::sql::Where::default();
+        crate::sql::access_clause(&mut w, access);
         Box::pin(self.read(move |conn| {
+            let sql = format!(
+                "SELECT seq, time, body FROM events WHERE seq = ? AND ({})",
+                if w.sql.is_empty() { "1" } else { &w.sql }
+            );
+            w.params.insert(
+                0,
+                rusqlite::types::Value::Integer(i64::try_from(seq).unwrap_or(-1)),
+            );
             Ok(conn
-                .prepare_cached("SELECT seq, time, body FROM events WHERE seq = ?1")?
-                .query_row(params![i64::try_from(seq).unwrap_or(-1)], row_to_event)
+                .prepare_cached(&sql)?
+                .query_row(rusqlite::params_from_iter(w.params.iter()), row_to_event)
                 .optional()?)
         }))
     }
@@ -1332,13 +1404,26 @@ impl Store for SqliteStore {
         &'a self,
         source: &'a str,
         id: &'a str,
+        access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
         let key = herald_core::event::dedup_key(source, id);
+        let mut w = crate::sql::Where::default();
+        crate::sql::access_clause(&mut w, access);
         let (source, id) = (source.to_owned(), id.to_owned());
         Box::pin(self.read(move |conn| {
+            let sql = format!(
+                "SELECT seq, time, body FROM events WHERE dkey = ? AND source = ? AND id = ? AND ({})",
+                if w.sql.is_empty() { "1" } else { &w.sql }
+            );
+            let mut params = vec![
+                rusqlite::types::Value::Integer(key),
+                rusqlite::types::Value::Text(source),
+                rusqlite::types::Value::Text(id),
+            ];
+            params.extend(w.params);
             Ok(conn
-                .prepare_cached("SELECT seq, time, body FROM events WHERE dkey = ?1 AND source = ?2 AND id = ?3")?
-                .query_row(params![key, source, id], row_to_event)
+                .prepare_cached(&sql)?
+                .query_row(rusqlite::params_from_iter(params.iter()), row_to_event)
                 .optional()?)
         }))
     }
@@ -1357,7 +1442,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let upto = self.progress.acked.load(Ordering::Acquire);
             self.read(move |conn| {
-                let mut w = compile(&q.filter, q.since_us, None, None, fts);
+                let mut w = compile(&q.filter, &q.access, q.since_us, None, None, fts);
                 let limit = q.limit.max(1);
                 let sql = format!(
                     "SELECT seq, time, body FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
@@ -1520,6 +1605,7 @@ mod tests {
             let q = EventQuery {
                 filter: herald_core::Filter::parse(word, 0).unwrap(),
                 limit: 10,
+                access: Access::all(),
                 ..EventQuery::default()
             };
             store.query(q).await.unwrap().events.len()
@@ -1575,7 +1661,7 @@ mod tests {
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let plan = |filter: &str| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let w = compile(&f, Some(0), None, None, Some(0));
+            let w = compile(&f, &Access::all(), Some(0), None, None, Some(0));
             let sql = format!("EXPLAIN QUERY PLAN SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
             let mut stmt = conn.prepare(&sql).unwrap();
             let rows: Vec<String> = stmt

@@ -18,9 +18,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub fn http(remote: &Remote) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
+        .default_headers(remote.auth_headers()?)
         .timeout(Duration::from_secs(120))
         .build()
         .context("cannot build the HTTP client")
@@ -97,7 +98,7 @@ pub async fn emit(a: EmitArgs) -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(d).context("--data is not valid JSON")?;
         ev.insert("data".into(), v);
     }
-    let res = http()?
+    let res = http(&a.remote)?
         .post(format!("{}/v1/events", a.remote.url))
         .json(&ev)
         .send()
@@ -145,7 +146,7 @@ async fn pages(
     max: Option<usize>,
     mut each: impl FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
-    let client = http()?;
+    let client = http(remote)?;
     let mut cursor: Option<String> = None;
     let mut n = 0usize;
     loop {
@@ -415,7 +416,7 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(st.offset);
-    let client = http()?;
+    let client = http(&a.remote)?;
     let url = format!("{}/v1/events", a.remote.url);
     let mut lines: Vec<(u64, String)> = Vec::with_capacity(a.batch);
     let mut buf = String::new();

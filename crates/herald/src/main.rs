@@ -8,6 +8,7 @@
 mod bench;
 mod client;
 mod config;
+mod keys;
 mod serve;
 mod tail;
 
@@ -36,6 +37,24 @@ pub struct Remote {
         global = true
     )]
     url: String,
+    /// API key (`Authorization: Bearer`); not needed when the server runs without
+    /// authentication (loopback).
+    #[arg(long, env = "HERALD_KEY", global = true, hide_env_values = true)]
+    key: Option<String>,
+}
+
+impl Remote {
+    /// The headers every request to the server carries.
+    pub fn auth_headers(&self) -> anyhow::Result<reqwest::header::HeaderMap> {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(k) = &self.key {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
+                .map_err(|_| anyhow::anyhow!("the key contains characters a header cannot"))?;
+            v.set_sensitive(true);
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        Ok(h)
+    }
 }
 
 #[derive(Subcommand)]
@@ -62,6 +81,11 @@ enum Command {
     Import(client::ImportArgs),
     /// Export events matching a filter as NDJSON.
     Export(client::ExportArgs),
+    /// Manage API keys (against the data directory with --data, or a server with --url).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -100,6 +124,9 @@ fn main() -> ExitCode {
         Command::Tail(a) => client::runtime().and_then(|rt| rt.block_on(tail::tail(a))),
         Command::Import(a) => client::runtime().and_then(|rt| rt.block_on(client::import(a))),
         Command::Export(a) => client::runtime().and_then(|rt| rt.block_on(client::export(a))),
+        Command::Keys { command } => {
+            client::runtime().and_then(|rt| rt.block_on(keys::run(command)))
+        }
         Command::Config { command } => match command {
             ConfigCommand::Default => {
                 print!("{}", herald_server::config::DEFAULT_TOML);

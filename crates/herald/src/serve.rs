@@ -34,8 +34,25 @@ pub fn run(
         .thread_name("herald")
         .build()
         .context("cannot start the async runtime")?;
+    let loopback = herald_server::config::is_loopback(&cfg.server.listen);
+    if cfg.auth.mode == herald_server::config::AuthMode::Off && !loopback {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: set auth.mode to \"auto\" or \"required\" (or listen on 127.0.0.1)",
+            cfg.server.listen
+        );
+    }
     rt.block_on(async move {
         let metrics = Metrics::new();
+        let keys = herald_store::KeyStore::open(&cfg.store.data_dir)
+            .with_context(|| format!("cannot open the keys in {}", cfg.store.data_dir.display()))?;
+        if let Ok(secret) = std::env::var("HERALD_BOOTSTRAP_ADMIN_KEY") {
+            herald_server::auth::ensure_bootstrap_key(&keys, &secret)
+                .await
+                .map_err(|e| anyhow::anyhow!("HERALD_BOOTSTRAP_ADMIN_KEY: {e:?}"))?;
+        }
+        let first_key = herald_server::auth::first_admin_key(&keys)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the first admin key: {e:?}"))?;
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
             .with_context(|| {
                 format!("cannot open the store in {}", cfg.store.data_dir.display())
@@ -44,12 +61,35 @@ pub fn run(
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
         let addr = listener.local_addr()?;
-        let state = AppState::new(Arc::new(store), &cfg, metrics);
+        let state = AppState::new(Arc::new(store), keys, &cfg, metrics);
         tracing::info!(%addr, data_dir = %cfg.store.data_dir.display(), "herald is listening");
-        println!(
+        // Whoever started us may have stopped reading stdout: never fail on it.
+        let say = |line: String| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        say(format!(
             "Herald listening on http://{addr} (data in {})",
             cfg.store.data_dir.display()
-        );
+        ));
+        if state.auth_required {
+            say(format!(
+                "API keys are required (auth.mode = {:?})",
+                cfg.auth.mode
+            ));
+        } else {
+            say(format!(
+                "No API key needed on this loopback address (auth.mode = {:?})",
+                cfg.auth.mode
+            ));
+        }
+        if let Some(secret) = first_key {
+            say(format!(
+                "First admin key (shown once, store it now): {secret}"
+            ));
+        }
         herald_server::serve(listener, state, shutdown_signal()).await?;
         anyhow::Ok(())
     })

@@ -42,6 +42,7 @@ pub async fn tail(a: TailArgs) -> anyhow::Result<()> {
     // heartbeat interval detects a dead connection.
     let client = reqwest::Client::builder()
         .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
+        .default_headers(a.remote.auth_headers()?)
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .build()

@@ -133,7 +133,7 @@ impl Server {
         let cfg = Config::default();
         let metrics = Metrics::new();
         let store = SqliteStore::open(SqliteOptions {
-            data_dir: path,
+            data_dir: path.clone(),
             fulltext: !common.no_fulltext,
             indexed_paths,
             queue_capacity: cfg.store.queue_capacity,
@@ -145,7 +145,8 @@ impl Server {
             log_switch_bytes: cfg.store.wal_switch_mib << 20,
             on_commit: Some(metrics.commit_observer()),
         })?;
-        let state = AppState::new(Arc::new(store), &cfg, metrics.clone());
+        let keys = herald_store::KeyStore::open(&path)?;
+        let state = AppState::new(Arc::new(store), keys, &cfg, metrics.clone());
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

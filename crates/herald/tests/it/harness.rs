@@ -47,7 +47,8 @@ impl TestServer {
         let metrics = Metrics::new();
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
             .expect("open store");
-        let state = AppState::new(Arc::new(store), &cfg, metrics);
+        let keys = herald_store::KeyStore::open(&cfg.store.data_dir).expect("open keys");
+        let state = AppState::new(Arc::new(store), keys, &cfg, metrics);
         let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .expect("bind");
@@ -232,10 +233,17 @@ impl BinServer {
             .spawn()
             .expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read banner");
+        reader.read_line(&mut line).expect("read banner");
+        // Keep reading what the server prints (key notices), so that it never writes into
+        // a closed pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
