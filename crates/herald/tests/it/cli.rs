@@ -195,3 +195,96 @@ fn tail_follows_and_resumes_across_a_restart() {
         "a bad filter fails at once: {err}"
     );
 }
+
+#[test]
+fn keys_offline_bootstrap_and_auth_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    // Keys can be made before any server ran, as JSON for scripts.
+    let (ok, out, err) = cli(
+        &[
+            "keys",
+            "create",
+            "--data",
+            data_s,
+            "--name",
+            "reader",
+            "--role",
+            "read",
+            "--principal",
+            "tenant:acme",
+            "--json",
+        ],
+        "http://127.0.0.1:9",
+    );
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    let (ok, out, _) = cli(&["keys", "list", "--data", data_s, "--json"], "");
+    assert!(ok && out.contains(&id) && !out.contains(&secret), "{out}");
+    let (ok, _, err) = cli(
+        &[
+            "keys", "create", "--data", data_s, "--name", "x", "--role", "boss",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("role"), "{err}");
+
+    // Without authentication, only loopback.
+    let refused = std::process::Command::new(herald_bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data", data_s])
+        .env("HERALD_AUTH__MODE", "off")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("without authentication"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // A server that requires keys, with a known admin key for automation.
+    let admin = "hrl_bootstrap-secret-for-this-test";
+    let server = BinServer::start_env(
+        &data,
+        None,
+        &[
+            ("HERALD_AUTH__MODE", "required"),
+            ("HERALD_BOOTSTRAP_ADMIN_KEY", admin),
+        ],
+    );
+    let with_key = |args: &[&str], key: &str| {
+        let out = std::process::Command::new(herald_bin())
+            .args(args)
+            .env("HERALD_URL", &server.url)
+            .env("HERALD_KEY", key)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = cli(&["emit", "x.y"], &server.url);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = with_key(&["emit", "x.y", "--tenant", "acme"], admin);
+    assert!(ok, "{err}");
+    let (ok, out, err) = with_key(&["query", "--json"], &secret);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "the reader sees the acme event: {out}"
+    );
+    let (ok, _, err) = with_key(&["emit", "x.y"], &secret);
+    assert!(!ok && err.contains("403"), "a read key cannot send: {err}");
+    let (ok, out, err) = with_key(&["keys", "list"], admin);
+    assert!(ok && out.contains("reader"), "{out}{err}");
+    let (ok, _, err) = with_key(&["keys", "revoke", &id], admin);
+    assert!(ok, "{err}");
+    let (ok, _, err) = with_key(&["query"], &secret);
+    assert!(!ok && err.contains("401"), "revoked: {err}");
+}

@@ -320,6 +320,15 @@ impl SseStream {
         }
     }
 
+    /// Reads an already opened stream response.
+    pub fn from_response(res: reqwest::Response) -> SseStream {
+        SseStream {
+            res,
+            parser: herald_wire::sse::Parser::new(),
+            pending: Default::default(),
+        }
+    }
+
     /// The next frame, or `None` when the stream ended or nothing came within `wait`.
     pub async fn next(&mut self, wait: std::time::Duration) -> Option<herald_wire::sse::Frame> {
         loop {

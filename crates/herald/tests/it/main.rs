@@ -3,6 +3,7 @@
 //! `harness` starts the application in-process on `127.0.0.1:0` (fast, many per run) or the
 //! real `herald` binary (for the CLI and for crash tests that kill the process).
 
+mod access;
 mod browser;
 mod cli;
 mod crash;

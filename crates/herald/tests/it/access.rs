@@ -1,0 +1,650 @@
+//! Access control against the running server: for every kind of caller and every read
+//! endpoint, exactly the events the caller may read, compared with a brute-force reading of
+//! the rule written here independently of the server's code; keys, roles, revocation,
+//! expiry and ingest restrictions.
+
+use crate::harness::{http_client, SseStream, TestServer};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const ADMIN: &str = "hrl_test-bootstrap-admin-key-0123456789";
+
+/// One test event's access-relevant attributes.
+#[derive(Clone, Debug)]
+struct Spec {
+    id: String,
+    visibility: &'static str,
+    tenant: Option<&'static str>,
+    readers: Vec<&'static str>,
+}
+
+/// One caller: its principals, tenant restriction, and whether it is an admin/anonymous.
+#[derive(Clone, Debug)]
+struct Who {
+    name: &'static str,
+    admin: bool,
+    anonymous: bool,
+    principals: Vec<&'static str>,
+    only_tenants: Vec<&'static str>,
+}
+
+/// The rule, as docs/access.md states it.
+fn allowed(e: &Spec, w: &Who) -> bool {
+    if !w.only_tenants.is_empty() && !e.tenant.is_some_and(|t| w.only_tenants.contains(&t)) {
+        return false;
+    }
+    if w.admin {
+        return true;
+    }
+    match e.visibility {
+        "public" => true,
+        "internal" => {
+            !w.anonymous
+                && match e.tenant {
+                    None => true,
+                    Some(t) => w.principals.contains(&format!("tenant:{t}").as_str()),
+                }
+        }
+        _ => e.readers.iter().any(|r| w.principals.contains(r)),
+    }
+}
+
+fn specs(round: &str) -> Vec<Spec> {
+    let mut out = Vec::new();
+    for visibility in ["public", "internal", "private"] {
+        for tenant in [Some("acme"), Some("beta"), None] {
+            for readers in [
+                vec![],
+                vec!["user:1"],
+                vec!["group:ops", "user:9"],
+                vec!["tenant:beta"],
+            ] {
+                out.push(Spec {
+                    id: format!("{round}-{}", out.len()),
+                    visibility,
+                    tenant,
+                    readers,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn event_json(s: &Spec) -> Value {
+    let mut e =
+        json!({"id": s.id, "source": "/acl", "type": "acl.test", "visibility": s.visibility});
+    if let Some(t) = s.tenant {
+        e["tenant"] = json!(t);
+    }
+    if !s.readers.is_empty() {
+        e["readers"] = json!(s.readers);
+    }
+    e
+}
+
+async fn create_key(srv: &TestServer, body: Value) -> (String, String) {
+    let res = http_client()
+        .post(format!("{}/v1/keys", srv.url))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .expect("create key");
+    assert_eq!(res.status().as_u16(), 201, "{body}");
+    let v: Value = res.json().await.expect("json");
+    (
+        v["id"].as_str().expect("id").to_owned(),
+        v["secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+fn req(method: reqwest::Method, url: String, key: Option<&str>) -> reqwest::RequestBuilder {
+    let r = http_client().request(method, url);
+    match key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    }
+}
+
+async fn listed(srv: &TestServer, path: &str, key: Option<&str>) -> (u16, BTreeSet<String>) {
+    let res = req(
+        reqwest::Method::GET,
+        format!("{}{path}?filter=source:/acl&limit=1000", srv.url),
+        key,
+    )
+    .send()
+    .await
+    .expect("list");
+    let status = res.status().as_u16();
+    let v: Value = res.json().await.unwrap_or(Value::Null);
+    let ids = v["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, ids)
+}
+
+/// What a stream delivers: catch-up from the start, then live events of `live`.
+async fn streamed(
+    srv: &TestServer,
+    path: &str,
+    key: Option<&str>,
+    want_at_least: usize,
+) -> BTreeSet<String> {
+    let mut r = req(
+        reqwest::Method::GET,
+        format!("{}{path}?filter=source:/acl&after=0", srv.url),
+        key,
+    );
+    r = r.timeout(Duration::from_secs(30));
+    let res = r.send().await.expect("stream");
+    assert_eq!(res.status().as_u16(), 200, "{path} as {key:?}");
+    let mut s = SseStream::from_response(res);
+    let mut got = BTreeSet::new();
+    while got.len() < want_at_least {
+        match s.next_event(Duration::from_secs(3)).await {
+            Some(f) => {
+                let v: Value = serde_json::from_str(&f.data).expect("event json");
+                got.insert(v["id"].as_str().unwrap_or_default().to_owned());
+            }
+            None => break,
+        }
+    }
+    // Nothing more may come (an event it should not see would arrive now).
+    while let Some(f) = s.next_event(Duration::from_millis(300)).await {
+        let v: Value = serde_json::from_str(&f.data).expect("event json");
+        got.insert(v["id"].as_str().unwrap_or_default().to_owned());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_path_shows_exactly_what_the_caller_may_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
+        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
+            .await
+            .expect("bootstrap");
+    }
+    let srv = TestServer::start_at(dir.path(), |c| {
+        c.auth.mode = herald_server::config::AuthMode::Required;
+        c.auth.public_feed = true;
+    })
+    .await;
+
+    let (_, acme) = create_key(
+        &srv,
+        json!({"name":"acme reader","role":"read","principals":["tenant:acme"]}),
+    )
+    .await;
+    let (_, user1) = create_key(
+        &srv,
+        json!({"name":"user 1","role":"read","principals":["user:1","tenant:beta"]}),
+    )
+    .await;
+    let (_, ops) = create_key(
+        &srv,
+        json!({"name":"ops","role":"read","principals":["group:ops"]}),
+    )
+    .await;
+    let (_, only_acme) = create_key(
+        &srv,
+        json!({"name":"acme only","role":"read","principals":["user:1"],"tenants":["acme"]}),
+    )
+    .await;
+    let (_, admin_beta) = create_key(
+        &srv,
+        json!({"name":"beta admin","role":"admin","tenants":["beta"]}),
+    )
+    .await;
+    let (_, ingest) = create_key(
+        &srv,
+        json!({"name":"ingest","role":"ingest","types":["acl.*"]}),
+    )
+    .await;
+
+    let who = |name, admin, anonymous, principals: &[&'static str], only: &[&'static str]| Who {
+        name,
+        admin,
+        anonymous,
+        principals: principals.to_vec(),
+        only_tenants: only.to_vec(),
+    };
+    let callers: Vec<(Who, Option<&str>)> = vec![
+        (who("admin", true, false, &[], &[]), Some(ADMIN)),
+        (
+            who("acme", false, false, &["tenant:acme"], &[]),
+            Some(&acme),
+        ),
+        (
+            who("user1", false, false, &["user:1", "tenant:beta"], &[]),
+            Some(&user1),
+        ),
+        (who("ops", false, false, &["group:ops"], &[]), Some(&ops)),
+        (
+            who("only_acme", false, false, &["user:1"], &["acme"]),
+            Some(&only_acme),
+        ),
+        (
+            who("admin_beta", true, false, &[], &["beta"]),
+            Some(&admin_beta),
+        ),
+    ];
+    let anonymous = who("anonymous", false, true, &[], &[]);
+
+    // The ingest key sends the first round; it may not read.
+    let first = specs("a");
+    let body: Vec<Value> = first.iter().map(event_json).collect();
+    let res = req(
+        reqwest::Method::POST,
+        format!("{}/v1/events", srv.url),
+        Some(&ingest),
+    )
+    .json(&body)
+    .send()
+    .await
+    .expect("ingest");
+    assert_eq!(res.status().as_u16(), 201);
+    let seqs: Value = res.json().await.expect("json");
+    let seq_of: Vec<u64> = seqs["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+
+    for (w, key) in &callers {
+        let want: BTreeSet<String> = first
+            .iter()
+            .filter(|e| allowed(e, w))
+            .map(|e| e.id.clone())
+            .collect();
+        let (status, got) = listed(&srv, "/v1/events", *key).await;
+        assert_eq!(status, 200, "{}", w.name);
+        assert_eq!(got, want, "list as {}", w.name);
+        // Single events: readable ones by seq and by id, the others are "not found".
+        for (e, seq) in first.iter().zip(&seq_of) {
+            let by_seq = req(
+                reqwest::Method::GET,
+                format!("{}/v1/events/{seq}", srv.url),
+                *key,
+            )
+            .send()
+            .await
+            .expect("get");
+            let by_id = req(
+                reqwest::Method::GET,
+                format!("{}/v1/events/{}?source=/acl", srv.url, e.id),
+                *key,
+            )
+            .send()
+            .await
+            .expect("get");
+            let expected = if allowed(e, w) { 200 } else { 404 };
+            assert_eq!(
+                by_seq.status().as_u16(),
+                expected,
+                "get {} as {}",
+                e.id,
+                w.name
+            );
+            assert_eq!(
+                by_id.status().as_u16(),
+                expected,
+                "get by id {} as {}",
+                e.id,
+                w.name
+            );
+        }
+        // Export (NDJSON listing).
+        let res = req(
+            reqwest::Method::GET,
+            format!("{}/v1/events?filter=source:/acl&limit=1000", srv.url),
+            *key,
+        )
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("export");
+        let text = res.text().await.expect("text");
+        let exported: BTreeSet<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("line")["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(exported, want, "export as {}", w.name);
+        // Stream, catch-up part.
+        let got = streamed(&srv, "/v1/stream", *key, want.len()).await;
+        assert_eq!(got, want, "stream catch-up as {}", w.name);
+    }
+
+    // The public feed: anonymous, public events only.
+    let want_public: BTreeSet<String> = first
+        .iter()
+        .filter(|e| allowed(e, &anonymous))
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(
+        listed(&srv, "/v1/public/events", None).await,
+        (200, want_public.clone())
+    );
+    assert_eq!(
+        streamed(&srv, "/v1/public/stream", None, want_public.len()).await,
+        want_public
+    );
+
+    // Live: subscribers connected now get exactly their share of a second round.
+    let second = specs("b");
+    let mut subs = Vec::new();
+    for (w, key) in &callers {
+        let mut r = req(
+            reqwest::Method::GET,
+            format!("{}/v1/stream?filter=source:/acl", srv.url),
+            *key,
+        );
+        r = r.timeout(Duration::from_secs(30));
+        let res = r.send().await.expect("stream");
+        let mut s = SseStream::from_response(res);
+        s.next(Duration::from_secs(5)).await.expect("retry frame");
+        s.next(Duration::from_secs(5))
+            .await
+            .expect("position frame");
+        subs.push((w.clone(), s));
+    }
+    let body: Vec<Value> = second.iter().map(event_json).collect();
+    let res = req(
+        reqwest::Method::POST,
+        format!("{}/v1/events", srv.url),
+        Some(ADMIN),
+    )
+    .json(&body)
+    .send()
+    .await
+    .expect("ingest");
+    assert_eq!(res.status().as_u16(), 201);
+    for (w, mut s) in subs {
+        let want: BTreeSet<String> = second
+            .iter()
+            .filter(|e| allowed(e, &w))
+            .map(|e| e.id.clone())
+            .collect();
+        let mut got = BTreeSet::new();
+        while let Some(f) = s
+            .next_event(Duration::from_millis(if got.len() < want.len() {
+                5000
+            } else {
+                300
+            }))
+            .await
+        {
+            let v: Value = serde_json::from_str(&f.data).expect("json");
+            got.insert(v["id"].as_str().unwrap_or_default().to_owned());
+        }
+        assert_eq!(got, want, "live stream as {}", w.name);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn roles_revocation_expiry_and_restrictions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
+        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
+            .await
+            .expect("bootstrap");
+    }
+    let srv = TestServer::start_at(dir.path(), |c| {
+        c.auth.mode = herald_server::config::AuthMode::Required;
+    })
+    .await;
+    let url = &srv.url;
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let ev = json!({"type":"acl.x","source":"/s"});
+
+    // Anonymous: nothing but the health endpoints; the public feed is off.
+    assert_eq!(
+        status(
+            req(reqwest::Method::GET, format!("{url}/v1/events"), None)
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            req(reqwest::Method::POST, format!("{url}/v1/events"), None)
+                .json(&ev)
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            req(reqwest::Method::GET, format!("{url}/v1/stream"), None)
+                .send()
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::GET,
+                format!("{url}/v1/public/events"),
+                None
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        404
+    );
+    assert_eq!(
+        status(
+            req(reqwest::Method::GET, format!("{url}/healthz"), None)
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    let res = req(
+        reqwest::Method::GET,
+        format!("{url}/v1/events"),
+        Some("hrl_not-a-key"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    assert!(res.headers().contains_key("www-authenticate"));
+
+    let (read_id, read) = create_key(&srv, json!({"name":"r","role":"read"})).await;
+    let (_, ingest) = create_key(
+        &srv,
+        json!({"name":"i","role":"ingest","types":["acl.*"],"sources":["/s"]}),
+    )
+    .await;
+    // Roles.
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::POST,
+                format!("{url}/v1/events"),
+                Some(&read)
+            )
+            .json(&ev)
+            .send()
+            .await
+            .unwrap()
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::GET,
+                format!("{url}/v1/events"),
+                Some(&ingest)
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            req(reqwest::Method::GET, format!("{url}/v1/keys"), Some(&read))
+                .send()
+                .await
+                .unwrap()
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::POST,
+                format!("{url}/v1/events"),
+                Some(&ingest)
+            )
+            .json(&ev)
+            .send()
+            .await
+            .unwrap()
+        ),
+        201
+    );
+    // Restrictions: other types and sources are rejected, each in its result.
+    let res = req(reqwest::Method::POST, format!("{url}/v1/events"), Some(&ingest))
+        .json(&json!([{"type":"acl.y","source":"/s"},{"type":"other.y","source":"/s"},{"type":"acl.z","source":"/t"},{"type":"acl","source":"/s"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 207);
+    let v: Value = res.json().await.unwrap();
+    let statuses: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["stored", "rejected", "rejected", "rejected"]);
+    assert_eq!(v["results"][1]["pointer"], "/1/type");
+    // Listing keys never shows secrets; last use is recorded.
+    let keys: Value = req(reqwest::Method::GET, format!("{url}/v1/keys"), Some(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 3);
+    assert!(
+        !keys.to_string().contains(&read),
+        "a secret leaked into the listing"
+    );
+    // Revocation takes effect at once.
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::GET,
+                format!("{url}/v1/events"),
+                Some(&read)
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::DELETE,
+                format!("{url}/v1/keys/{read_id}"),
+                Some(ADMIN)
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        204
+    );
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::GET,
+                format!("{url}/v1/events"),
+                Some(&read)
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::DELETE,
+                format!("{url}/v1/keys/key_nope"),
+                Some(ADMIN)
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        404
+    );
+    // Expiry.
+    let (_, expired) = create_key(
+        &srv,
+        json!({"name":"old","role":"read","expires":"2020-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        status(
+            req(
+                reqwest::Method::GET,
+                format!("{url}/v1/events"),
+                Some(&expired)
+            )
+            .send()
+            .await
+            .unwrap()
+        ),
+        401
+    );
+    // Bad key requests.
+    let res = req(reqwest::Method::POST, format!("{url}/v1/keys"), Some(ADMIN))
+        .json(&json!({"name":"x","role":"root"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let res = req(reqwest::Method::POST, format!("{url}/v1/keys"), Some(ADMIN))
+        .json(&json!({"name":"x","role":"read","principals":["admin"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    srv.stop().await;
+}
