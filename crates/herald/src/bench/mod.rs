@@ -109,6 +109,7 @@ fn now_us() -> i64 {
 struct Server {
     url: String,
     metrics: Arc<Metrics>,
+    keys: herald_store::KeyStore,
     rt: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
@@ -146,7 +147,7 @@ impl Server {
             on_commit: Some(metrics.commit_observer()),
         })?;
         let keys = herald_store::KeyStore::open(&path)?;
-        let state = AppState::new(Arc::new(store), keys, &cfg, metrics.clone());
+        let state = AppState::new(Arc::new(store), keys.clone(), &cfg, metrics.clone());
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,6 +160,7 @@ impl Server {
         Ok(Server {
             url,
             metrics,
+            keys,
             rt: Some(rt),
             stop: Some(tx),
             done: Some(done),
@@ -168,6 +170,26 @@ impl Server {
 }
 
 impl Server {
+    /// Creates a read key with these principals; returns its secret.
+    async fn read_key(&self, principals: Vec<String>) -> anyhow::Result<String> {
+        let req = herald_server::auth::NewKey {
+            name: "bench reader".into(),
+            role: "read".into(),
+            principals,
+            types: Vec::new(),
+            sources: Vec::new(),
+            tenants: Vec::new(),
+            expires: None,
+        };
+        let key = herald_server::auth::build_key(req, now_us(), 256)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let secret = herald_server::auth::new_secret().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        self.keys
+            .create(key, herald_server::auth::hash_secret(&secret))
+            .await?;
+        Ok(secret)
+    }
+
     /// (commits, events, seconds spent in commits) so far, from the store's metrics.
     fn commit_totals(&self) -> (f64, f64, f64) {
         let text = self.metrics.render();
@@ -565,64 +587,15 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         load.rate()
     );
 
-    let client = reqwest::Client::new();
-    let enc = |s: &str| -> String {
-        let mut u = reqwest::Url::parse("http://x/").expect("static URL");
-        u.query_pairs_mut().append_pair("filter", s);
-        u.query().unwrap_or_default().to_owned()
-    };
-    let herald: Vec<QueryStat> = client_rt.block_on(async {
-        let mut out = Vec::new();
-        let cases: [(&'static str, String); 3] = [
-            (
-                "Q1 last 50 of a type, 1d",
-                format!(
-                    "{url}/v1/events?{}&since=24h&limit=50",
-                    enc("type:import.completed")
-                ),
-            ),
-            (
-                "Q2 data.org (indexed), 7d",
-                format!(
-                    "{url}/v1/events?{}&since=7d&limit=50",
-                    enc("data.org:org-0150")
-                ),
-            ),
-            (
-                "Q2b largest org, 7d",
-                format!(
-                    "{url}/v1/events?{}&since=7d&limit=50",
-                    enc("data.org:org-0001")
-                ),
-            ),
-        ];
-        for (name, u) in cases {
-            let (hist, rows) = time_http(&client, &u, a.runs).await?;
-            out.push(QueryStat { name, hist, rows });
-        }
-        // Keyset page 100 (50 per page) of a filtered listing.
-        let base = format!("{url}/v1/events?{}&limit=50", enc("type:product.edited"));
-        let mut cursor = String::new();
-        for _ in 0..99 {
-            let u = if cursor.is_empty() {
-                base.clone()
-            } else {
-                format!("{base}&cursor={cursor}")
-            };
-            let v: serde_json::Value = client.get(&u).send().await?.json().await?;
-            cursor = v["next_cursor"]
-                .as_str()
-                .context("fewer than 100 pages")?
-                .to_owned();
-        }
-        let (hist, rows) = time_http(&client, &format!("{base}&cursor={cursor}"), a.runs).await?;
-        out.push(QueryStat {
-            name: "Q6 keyset page 100",
-            hist,
-            rows,
-        });
-        anyhow::Ok(out)
-    })?;
+    // The same listings as a read key with 10 principals sees them: the access rule joins
+    // every query (only internal events of its tenants and private events naming it).
+    let principals: Vec<String> = (1..=8)
+        .map(|i| format!("tenant:org-{i:04}"))
+        .chain(["user:42".to_owned(), "group:analysts".to_owned()])
+        .collect();
+    let read_key = client_rt.block_on(server.read_key(principals))?;
+    let herald = client_rt.block_on(run_queries(&url, a.runs, None))?;
+    let with_key = client_rt.block_on(run_queries(&url, a.runs, Some(&read_key)))?;
     drop(server);
 
     let baseline: Option<Vec<QueryStat>> = if a.common.no_baseline {
@@ -657,5 +630,86 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         }
         println!("{line}");
     }
+    println!("\nthe same through a read key with 10 principals (8 tenants, a user, a group):");
+    for (h, k) in herald.iter().zip(&with_key) {
+        let ms = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:<28} key  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} rows)   p50 vs no key {:>+5.0}%",
+            k.name,
+            ms(&k.hist, 0.5),
+            ms(&k.hist, 0.99),
+            k.rows,
+            100.0 * (ms(&k.hist, 0.5) / ms(&h.hist, 0.5) - 1.0)
+        );
+    }
     Ok(())
+}
+
+/// Q1, Q2, Q2b and Q6 through HTTP, optionally with a key.
+async fn run_queries(url: &str, runs: usize, key: Option<&str>) -> anyhow::Result<Vec<QueryStat>> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))?,
+        );
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    let enc = |s: &str| -> String {
+        let mut u = reqwest::Url::parse("http://x/").expect("static URL");
+        u.query_pairs_mut().append_pair("filter", s);
+        u.query().unwrap_or_default().to_owned()
+    };
+    let mut out = Vec::new();
+    let cases: [(&'static str, String); 3] = [
+        (
+            "Q1 last 50 of a type, 1d",
+            format!(
+                "{url}/v1/events?{}&since=24h&limit=50",
+                enc("type:import.completed")
+            ),
+        ),
+        (
+            "Q2 data.org (indexed), 7d",
+            format!(
+                "{url}/v1/events?{}&since=7d&limit=50",
+                enc("data.org:org-0150")
+            ),
+        ),
+        (
+            "Q2b largest org, 7d",
+            format!(
+                "{url}/v1/events?{}&since=7d&limit=50",
+                enc("data.org:org-0001")
+            ),
+        ),
+    ];
+    for (name, u) in cases {
+        let (hist, rows) = time_http(&client, &u, runs).await?;
+        out.push(QueryStat { name, hist, rows });
+    }
+    // Keyset page 100 (50 per page) of a filtered listing.
+    let base = format!("{url}/v1/events?{}&limit=50", enc("type:product.edited"));
+    let mut cursor = String::new();
+    for _ in 0..99 {
+        let u = if cursor.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}&cursor={cursor}")
+        };
+        let v: serde_json::Value = client.get(&u).send().await?.json().await?;
+        cursor = v["next_cursor"]
+            .as_str()
+            .context("fewer than 100 pages")?
+            .to_owned();
+    }
+    let (hist, rows) = time_http(&client, &format!("{base}&cursor={cursor}"), runs).await?;
+    out.push(QueryStat {
+        name: "Q6 keyset page 100",
+        hist,
+        rows,
+    });
+    Ok(out)
 }
