@@ -10,7 +10,8 @@
 //! - it is `private` and one of its `readers` is one of the caller's principals (a private
 //!   event without readers is for admins only);
 //!
-//! and, for a key restricted to some tenants, the event belongs to one of them.
+//! and, for a key restricted to some tenants, the event belongs to one of them; for a viewer
+//! token restricted to a subject, the event is about it.
 
 use crate::event::PreparedEvent;
 use herald_wire::Visibility;
@@ -26,6 +27,8 @@ pub struct Access {
     pub principals: Vec<String>,
     /// When set, only events of these tenants (a read key's restriction).
     pub only_tenants: Option<Vec<String>>,
+    /// When set, only events with this subject (a viewer token for one resource).
+    pub only_subject: Option<String>,
 }
 
 impl Access {
@@ -56,6 +59,11 @@ impl Access {
             match &ev.tenant {
                 Some(t) if only.iter().any(|o| o == t) => {}
                 _ => return false,
+            }
+        }
+        if let Some(s) = &self.only_subject {
+            if ev.subject.as_deref() != Some(s.as_str()) {
+                return false;
             }
         }
         if self.admin {
@@ -103,6 +111,7 @@ mod tests {
             authenticated: true,
             principals: principals.iter().map(|s| s.to_string()).collect(),
             only_tenants: only.map(|o| o.iter().map(|s| s.to_string()).collect()),
+            only_subject: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Caller {
     pub role: Option<Role>,
     /// What the caller may read.
     pub access: Access,
+    /// The viewer token presented, if the caller is a host application's user.
+    pub viewer: Option<crate::viewer::Claims>,
 }
 
 impl Caller {
@@ -84,6 +86,7 @@ impl Caller {
             key: None,
             role: None,
             access: Access::public_only(),
+            viewer: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl Caller {
             key: None,
             role: Some(Role::Admin),
             access: Access::all(),
+            viewer: None,
         }
     }
 
@@ -104,11 +108,13 @@ impl Caller {
             authenticated: true,
             principals: key.principals.clone(),
             only_tenants,
+            only_subject: None,
         };
         Caller {
             role: Some(key.role),
             key: Some(key),
             access,
+            viewer: None,
         }
     }
 
@@ -134,8 +140,22 @@ impl Caller {
         }
     }
 
+    fn from_viewer(claims: crate::viewer::Claims) -> Caller {
+        Caller {
+            key: None,
+            role: Some(Role::Read),
+            access: claims.access(),
+            viewer: Some(claims),
+        }
+    }
+
     /// May manage keys and settings.
     pub fn admin(&self) -> Result<(), ApiError> {
+        if self.viewer.is_some() {
+            return Err(ApiError::Forbidden(
+                "a viewer token only reads events".into(),
+            ));
+        }
         match self.role {
             Some(Role::Admin) => Ok(()),
             Some(_) => Err(ApiError::Forbidden("this needs an admin key".into())),
@@ -178,6 +198,8 @@ type Cached = (Option<KeyInfo>, Instant);
 #[derive(Default)]
 pub struct KeyCache {
     keys: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Viewer token ids and whether they are revoked.
+    tokens: Mutex<HashMap<String, (bool, Instant)>>,
     touched: Mutex<HashMap<String, Instant>>,
 }
 
@@ -197,10 +219,28 @@ impl KeyCache {
         }
     }
 
-    /// Forgets every cached key (after a revocation).
+    /// Forgets every cached key and token (after a revocation).
     pub fn clear(&self) {
         if let Ok(mut map) = self.keys.lock() {
             map.clear();
+        }
+        if let Ok(mut map) = self.tokens.lock() {
+            map.clear();
+        }
+    }
+
+    fn token(&self, jti: &str) -> Option<bool> {
+        let map = self.tokens.lock().ok()?;
+        let (revoked, at) = map.get(jti)?;
+        (at.elapsed() < CACHE_TTL).then_some(*revoked)
+    }
+
+    fn put_token(&self, jti: String, revoked: bool) {
+        if let Ok(mut map) = self.tokens.lock() {
+            if map.len() > 10_000 {
+                map.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            }
+            map.insert(jti, (revoked, Instant::now()));
         }
     }
 
@@ -251,8 +291,35 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    // Every read through a viewer token is audited (after the answer, off its path).
+    let audit = caller.viewer.as_ref().map(|_| {
+        (
+            caller.clone(),
+            req.uri().path().to_owned(),
+            req.uri().query().unwrap_or("").to_owned(),
+        )
+    });
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let res = next.run(req).await;
+    if let Some((caller, path, query)) = audit {
+        let status = res.status().as_u16();
+        tokio::spawn(async move {
+            let v = caller.viewer.as_ref();
+            crate::audit::record(
+                &st,
+                "herald.audit.viewer.read",
+                &caller,
+                serde_json::json!({
+                    "token": v.map(|c| c.jti.as_str()),
+                    "principal": v.map(|c| c.principal.as_str()),
+                    "tenant": v.map(|c| c.tenant.as_str()),
+                    "path": path, "query": query, "status": status,
+                }),
+            )
+            .await;
+        });
+    }
+    res
 }
 
 async fn resolve(st: &AppState, token: Option<String>) -> Result<Caller, ApiError> {
@@ -263,6 +330,25 @@ async fn resolve(st: &AppState, token: Option<String>) -> Result<Caller, ApiErro
             Caller::local()
         });
     };
+    let now = crate::query::now_micros();
+    if secret.starts_with("hvt_") {
+        let claims = crate::viewer::verify(&st.viewer_secret().await?, &secret, now)
+            .map_err(|e| ApiError::Unauthorized(e.into()))?;
+        let revoked = match st.key_cache.token(&claims.jti) {
+            Some(r) => r,
+            None => {
+                let r = st.keys.token_revoked(claims.jti.clone()).await?;
+                st.key_cache.put_token(claims.jti.clone(), r);
+                r
+            }
+        };
+        if revoked {
+            return Err(ApiError::Unauthorized(
+                "the viewer token was revoked".into(),
+            ));
+        }
+        return Ok(Caller::from_viewer(claims));
+    }
     let hash = hash_secret(&secret);
     let key = match st.key_cache.get(&hash) {
         Some(k) => k,
@@ -272,7 +358,6 @@ async fn resolve(st: &AppState, token: Option<String>) -> Result<Caller, ApiErro
             k
         }
     };
-    let now = crate::query::now_micros();
     let key = key
         .filter(|k| k.usable(now))
         .ok_or_else(|| ApiError::Unauthorized("the key is unknown, revoked or expired".into()))?;
@@ -434,6 +519,14 @@ pub async fn create_key(
     let secret = new_secret()?;
     let key = st.keys.create(key, hash_secret(&secret)).await?;
     tracing::info!(key = %key.id, role = key.role.as_str(), "key created");
+    crate::audit::record(
+        &st,
+        "herald.audit.key.created",
+        &caller,
+        serde_json::json!({"key": key.id, "name": key.name, "role": key.role.as_str(),
+                           "principals": key.principals}),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -483,6 +576,13 @@ pub async fn revoke_key(
     }
     st.key_cache.clear();
     tracing::info!(key = %id, "key revoked");
+    crate::audit::record(
+        &st,
+        "herald.audit.key.revoked",
+        &caller,
+        serde_json::json!({"key": id}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

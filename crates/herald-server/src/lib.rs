@@ -11,6 +11,7 @@
 //! id and answered as an opaque 500 carrying that id. Nothing here blocks the runtime on disk:
 //! the store runs SQLite on its own threads.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod stream;
+pub mod viewer;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -50,6 +52,8 @@ pub struct AppState {
     /// Requests without a key are anonymous (public events only) rather than local admins.
     pub auth_required: bool,
     pub public_feed: bool,
+    /// The key that signs viewer tokens (read from the database on first use).
+    viewer_secret: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl AppState {
@@ -64,6 +68,7 @@ impl AppState {
             key_cache: auth::KeyCache::default(),
             auth_required: cfg.auth.required(&cfg.server.listen),
             public_feed: cfg.auth.public_feed,
+            viewer_secret: tokio::sync::OnceCell::new(),
             store,
             limits: cfg.limits.clone(),
             query: cfg.query.clone(),
@@ -74,6 +79,23 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             hub: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The viewer token signing key (created in the database on first use).
+    pub async fn viewer_secret(&self) -> Result<Vec<u8>, error::ApiError> {
+        self.viewer_secret
+            .get_or_try_init(|| async {
+                use ring::rand::SecureRandom;
+                let mut candidate = [0u8; 32];
+                ring::rand::SystemRandom::new()
+                    .fill(&mut candidate)
+                    .map_err(|_| {
+                        error::ApiError::Internal("the system random generator failed".into())
+                    })?;
+                Ok::<_, error::ApiError>(self.keys.signing_key(candidate).await?)
+            })
+            .await
+            .cloned()
     }
 
     /// The stream hub (started on the current runtime on first use).
@@ -93,6 +115,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/public/events", get(query::list_public))
         .route("/v1/keys", post(auth::create_key).get(auth::list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(auth::revoke_key))
+        .route("/v1/viewer-tokens", post(viewer::issue))
+        .route(
+            "/v1/viewer-tokens/{id}",
+            axum::routing::delete(viewer::revoke),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

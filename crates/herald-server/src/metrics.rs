@@ -46,6 +46,7 @@ pub struct Metrics {
     pub stream_hub_lagged: Counter,
     pub stream_disconnected: Family<ReasonLabel, Counter>,
     pub stream_latency: Histogram,
+    pub audit_failed: Counter,
 }
 
 impl Metrics {
@@ -143,7 +144,14 @@ impl Metrics {
             "From receiving an event to handing it to a live subscriber's connection",
             stream_latency.clone(),
         );
+        let audit_failed = Counter::default();
+        registry.register(
+            "herald_audit_failed",
+            "Audit events that could not be recorded (see the log)",
+            audit_failed.clone(),
+        );
         Arc::new(Metrics {
+            audit_failed,
             stream_subscribers,
             stream_sent,
             stream_lagged,

@@ -18,6 +18,8 @@ use utoipa::OpenApi;
         crate::auth::create_key,
         crate::auth::list_keys,
         crate::auth::revoke_key,
+        crate::viewer::issue,
+        crate::viewer::revoke,
         crate::stream::stream,
         crate::ops::healthz,
         crate::ops::readyz,
@@ -36,6 +38,8 @@ use utoipa::OpenApi;
         crate::auth::NewKey,
         crate::auth::KeyView,
         crate::auth::CreatedKey,
+        crate::viewer::NewViewerToken,
+        crate::viewer::ViewerToken,
     )),
     tags(
         (name = "events", description = "Ingest and query events"),

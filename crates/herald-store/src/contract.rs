@@ -515,6 +515,8 @@ fn random_access(rng: &mut Rng) -> Access {
                 principals,
                 only_tenants: (rng.below(4) == 0)
                     .then(|| vec![rng.pick(&["acme", "beta", "run-1"]).to_owned()]),
+                only_subject: (rng.below(5) == 0)
+                    .then(|| rng.pick(&["p-1", "p-2", "user:1"]).to_owned()),
             }
         }
     }

@@ -205,6 +205,60 @@ impl KeyStore {
         .await
     }
 
+    /// The key that signs viewer tokens: `candidate` (fresh random bytes) becomes it unless
+    /// one was stored before.
+    pub async fn signing_key(&self, candidate: [u8; 32]) -> Result<Vec<u8>, StoreError> {
+        self.with(move |c| {
+            let hex: String = candidate.iter().map(|b| format!("{b:02x}")).collect();
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('viewer_token_key', ?1)",
+                params![hex],
+            )?;
+            let stored: String = c.query_row(
+                "SELECT value FROM meta WHERE key = 'viewer_token_key'",
+                [],
+                |r| r.get(0),
+            )?;
+            (0..stored.len() / 2)
+                .map(|i| u8::from_str_radix(&stored[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|_| StoreError::Database("the viewer token key is corrupt".into()))
+        })
+        .await
+    }
+
+    /// Revokes a viewer token until it expires.
+    pub async fn revoke_token(
+        &self,
+        jti: String,
+        expires_us: i64,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM revoked_tokens WHERE expires < ?1",
+                params![now_us],
+            )?;
+            c.execute(
+                "INSERT OR IGNORE INTO revoked_tokens (jti, expires) VALUES (?1, ?2)",
+                params![jti, expires_us],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether a viewer token was revoked.
+    pub async fn token_revoked(&self, jti: String) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM revoked_tokens WHERE jti = ?1")?
+                    .exists(params![jti])?,
+            )
+        })
+        .await
+    }
+
     /// Whether any key exists (a first start creates an admin key when none does).
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
         self.with(|c| {

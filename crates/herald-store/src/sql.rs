@@ -162,6 +162,11 @@ pub fn access_clause(w: &mut Where, access: &Access) {
             w.sql.push(')');
         }
     }
+    if let Some(s) = &access.only_subject {
+        w.and();
+        w.sql.push_str("subject = ");
+        w.param(SqlValue::Text(s.clone()));
+    }
     if access.admin {
         return;
     }

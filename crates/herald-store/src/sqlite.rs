@@ -136,6 +136,10 @@ CREATE TABLE keys (
     last_used    INTEGER
 );
 "#,
+    // 4: revoked viewer tokens (kept until they would have expired anyway).
+    r#"
+CREATE TABLE revoked_tokens (jti TEXT PRIMARY KEY, expires INTEGER NOT NULL);
+"#,
 ];
 
 /// Fills the `readers` column of events stored before it existed.

@@ -648,3 +648,242 @@ async fn roles_revocation_expiry_and_restrictions() {
     assert_eq!(res.status().as_u16(), 400);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_tokens_show_one_users_events_and_are_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
+        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
+            .await
+            .expect("bootstrap");
+    }
+    let srv = TestServer::start_at(dir.path(), |c| {
+        c.auth.mode = herald_server::config::AuthMode::Required;
+    })
+    .await;
+    let url = srv.url.clone();
+    let mut events = specs("v");
+    // Some events about a subject, to check subject-limited tokens.
+    for (i, e) in events.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            e.id = format!("{}-subj", e.id);
+        }
+    }
+    let body: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let mut j = event_json(e);
+            if e.id.ends_with("-subj") {
+                j["subject"] = json!("order-7");
+            }
+            j
+        })
+        .collect();
+    let res = req(
+        reqwest::Method::POST,
+        format!("{url}/v1/events"),
+        Some(ADMIN),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+
+    let (_, acme_reader) = create_key(
+        &srv,
+        json!({"name":"host app","role":"read","principals":["tenant:acme"]}),
+    )
+    .await;
+    let issue = |key: String, body: Value| {
+        let url = url.clone();
+        async move {
+            let res = req(
+                reqwest::Method::POST,
+                format!("{url}/v1/viewer-tokens"),
+                Some(&key),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // A read key issues tokens for its own tenant only.
+    let (status, tok) = issue(
+        acme_reader.clone(),
+        json!({"principal":"user:1","tenant":"acme"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_owned();
+    let token_id = tok["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        issue(
+            acme_reader.clone(),
+            json!({"principal":"user:1","tenant":"beta"})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        issue(
+            acme_reader.clone(),
+            json!({"principal":"nobody","tenant":"acme"})
+        )
+        .await
+        .0,
+        400
+    );
+
+    // The token reads what user:1 may read in tenant acme, on every read path.
+    let viewer = Who {
+        name: "viewer",
+        admin: false,
+        anonymous: false,
+        principals: vec!["user:1", "tenant:acme"],
+        only_tenants: vec!["acme"],
+    };
+    let want: BTreeSet<String> = events
+        .iter()
+        .filter(|e| allowed(e, &viewer))
+        .map(|e| e.id.clone())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(
+        listed(&srv, "/v1/events", Some(&token)).await,
+        (200, want.clone())
+    );
+    assert_eq!(
+        streamed(&srv, "/v1/stream", Some(&token), want.len()).await,
+        want
+    );
+    // A subject-limited token sees only that subject's share.
+    let (_, subj) = issue(
+        ADMIN.to_owned(),
+        json!({"principal":"user:1","tenant":"acme","subject":"order-7","ttl":"1h"}),
+    )
+    .await;
+    let subj_token = subj["token"].as_str().unwrap().to_owned();
+    let want_subj: BTreeSet<String> = want
+        .iter()
+        .filter(|id| id.ends_with("-subj"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        listed(&srv, "/v1/events", Some(&subj_token)).await,
+        (200, want_subj)
+    );
+
+    // A token does nothing but read.
+    assert_eq!(
+        req(reqwest::Method::GET, format!("{url}/v1/keys"), Some(&token))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        issue(token.clone(), json!({"principal":"user:2","tenant":"acme"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        req(
+            reqwest::Method::POST,
+            format!("{url}/v1/events"),
+            Some(&token)
+        )
+        .json(&json!({"type":"a.b","source":"/s"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        403
+    );
+
+    // Tampered, expired and revoked tokens are refused everywhere.
+    let (payload, sig) = token.split_once('.').unwrap();
+    let mut forged_sig = sig.to_owned();
+    forged_sig.replace_range(0..1, if sig.starts_with('A') { "B" } else { "A" });
+    let tampered = format!("{payload}.{forged_sig}");
+    let (_, short) = issue(
+        ADMIN.to_owned(),
+        json!({"principal":"user:1","tenant":"acme","ttl":"1s"}),
+    )
+    .await;
+    let short = short["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        req(
+            reqwest::Method::DELETE,
+            format!("{url}/v1/viewer-tokens/{token_id}"),
+            Some(&acme_reader)
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        204
+    );
+    for bad in [&tampered, &short, &token] {
+        for path in ["/v1/events", "/v1/events/1", "/v1/stream"] {
+            let status = req(reqwest::Method::GET, format!("{url}{path}"), Some(bad))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            assert_eq!(status, 401, "{path} with a refused token");
+        }
+    }
+
+    // The audit trail: key creation, token issue and revocation, and the viewer's reads;
+    // admins read it, other keys do not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit = |key: String| {
+        let url = url.clone();
+        async move {
+            let v: Value = req(
+                reqwest::Method::GET,
+                format!("{url}/v1/events?filter=type:herald.audit.*&limit=1000"),
+                Some(&key),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["type"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let types = audit(ADMIN.to_owned()).await;
+    for t in [
+        "herald.audit.key.created",
+        "herald.audit.viewer_token.issued",
+        "herald.audit.viewer_token.revoked",
+        "herald.audit.viewer.read",
+    ] {
+        assert!(types.iter().any(|x| x == t), "no {t} in {types:?}");
+    }
+    assert!(
+        audit(acme_reader.clone()).await.is_empty(),
+        "audit events are for admins"
+    );
+    srv.stop().await;
+}
