@@ -258,6 +258,52 @@ impl KeyCache {
     }
 }
 
+/// Per-caller token buckets (`auth.rate_limit`, `auth.rate_burst`).
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Takes one request from `who`'s bucket; `Err(seconds)` to wait when it is empty.
+    pub fn take(&self, who: &str) -> Result<(), u32> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let Ok(mut b) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if b.len() > 100_000 {
+            // Forget callers whose buckets are full again.
+            let (rate, burst) = (self.rate, self.burst);
+            b.retain(|_, (t, at)| *t + at.elapsed().as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = b.entry(who.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u32)
+        }
+    }
+}
+
 fn bearer(req: &Request) -> Result<Option<String>, ApiError> {
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -291,6 +337,22 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    let who = match (&caller.key, &caller.viewer) {
+        (Some(k), _) => k.id.clone(),
+        (None, Some(v)) => v.jti.clone(),
+        (None, None) => req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "anonymous".into()),
+    };
+    if let Err(secs) = st.rate.take(&who) {
+        return ApiError::TooManyRequests {
+            detail: format!("more than {} requests per second", st.rate_limit()),
+            retry_after_secs: secs,
+        }
+        .into_response();
+    }
     // Every read through a viewer token is audited (after the answer, off its path).
     let audit = caller.viewer.as_ref().map(|_| {
         (

@@ -53,6 +53,16 @@ pub struct ServerConfig {
     pub listen: String,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
+    /// Browser origins allowed to call the API (CORS): pages that embed a public feed or a
+    /// user's events with a viewer token. "*" allows any origin.
+    pub cors_origins: Vec<String>,
+    /// A client must send a request's headers within this many seconds (slow clients that
+    /// hold connections open are cut off).
+    pub header_timeout_secs: u64,
+    /// PEM files of a TLS certificate chain and its private key; both empty: plain HTTP
+    /// (put a reverse proxy in front).
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +70,10 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:8470".into(),
             log: "info".into(),
+            cors_origins: Vec::new(),
+            header_timeout_secs: 10,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -132,6 +146,11 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     /// Serve `/v1/public/events` and `/v1/public/stream` (public events) to anyone.
     pub public_feed: bool,
+    /// Requests per second per key, viewer token, or (without either) client address;
+    /// 0: unlimited. Beyond it: 429 with Retry-After.
+    pub rate_limit: u32,
+    /// Requests a caller may make at once above the rate.
+    pub rate_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -139,6 +158,8 @@ impl Default for AuthConfig {
         AuthConfig {
             mode: AuthMode::Auto,
             public_feed: false,
+            rate_limit: 0,
+            rate_burst: 100,
         }
     }
 }
@@ -184,9 +205,6 @@ pub struct StreamConfig {
     /// it is still this many events behind (0: never). A client resuming from an old
     /// position is not limited by it; only one that cannot keep up is.
     pub max_lag_events: u64,
-    /// Origins allowed to open streams from a browser page (CORS), e.g.
-    /// ["https://app.example.org"]; "*" allows any.
-    pub cors_origins: Vec<String>,
 }
 
 impl Default for StreamConfig {
@@ -200,7 +218,6 @@ impl Default for StreamConfig {
             catchup_page: 1000,
             slow_client_timeout_secs: 30,
             max_lag_events: 1_000_000,
-            cors_origins: Vec::new(),
         }
     }
 }

@@ -31,6 +31,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: every event was rejected.
     Unprocessable(Vec<IngestResult>),
+    /// 429 with Retry-After: the caller's rate limit.
+    TooManyRequests {
+        detail: String,
+        retry_after_secs: u32,
+    },
     /// 503 with Retry-After: overloaded or shutting down.
     Unavailable {
         detail: String,
@@ -108,6 +113,10 @@ impl IntoResponse for ApiError {
                     results: Some(results),
                     ..problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-event", "Invalid event", detail)
                 }
+            }
+            ApiError::TooManyRequests { detail, retry_after_secs } => {
+                retry_after = Some(retry_after_secs);
+                problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", Some(detail))
             }
             ApiError::Unavailable { detail, retry_after_secs } => {
                 retry_after = Some(retry_after_secs);

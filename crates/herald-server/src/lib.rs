@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub public_feed: bool,
     /// The key that signs viewer tokens (read from the database on first use).
     viewer_secret: tokio::sync::OnceCell<Vec<u8>>,
+    pub cors_origins: Vec<String>,
+    pub rate: auth::RateLimiter,
 }
 
 impl AppState {
@@ -69,6 +72,8 @@ impl AppState {
             auth_required: cfg.auth.required(&cfg.server.listen),
             public_feed: cfg.auth.public_feed,
             viewer_secret: tokio::sync::OnceCell::new(),
+            cors_origins: cfg.server.cors_origins.clone(),
+            rate: auth::RateLimiter::new(cfg.auth.rate_limit, cfg.auth.rate_burst),
             store,
             limits: cfg.limits.clone(),
             query: cfg.query.clone(),
@@ -96,6 +101,11 @@ impl AppState {
             })
             .await
             .cloned()
+    }
+
+    /// Requests per second allowed per caller (0: unlimited).
+    pub fn rate_limit(&self) -> f64 {
+        self.rate.rate()
     }
 
     /// The stream hub (started on the current runtime on first use).
@@ -130,28 +140,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     // Streams live as long as the client wants: no request timeout; their own heartbeats
     // and slow-client limit apply instead.
-    let mut streams = Router::new()
+    let streams = Router::new()
         .route("/v1/stream", get(stream::stream))
         .route("/v1/public/stream", get(stream::public_stream));
-    if let Some(cors) = stream_cors(&state.stream.cors_origins) {
-        streams = streams.layer(cors);
+    let mut app = requests.merge(streams).fallback(ops::not_found);
+    // Outside authentication: a browser's preflight carries no key.
+    if let Some(cors) = cors(&state.cors_origins) {
+        app = app.layer(cors);
     }
-    requests
-        .merge(streams)
-        .fallback(ops::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .with_state(state)
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
+    .with_state(state)
 }
 
-/// CORS for browser pages on other origins that open streams (`stream.cors_origins`).
-fn stream_cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+/// CORS for browser pages on other origins (`server.cors_origins`).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {
         return None;
@@ -168,8 +177,20 @@ fn stream_cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([axum::http::Method::GET])
-            .allow_headers([axum::http::HeaderName::from_static("last-event-id")]),
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                axum::http::HeaderName::from_static("herald-next-cursor"),
+                axum::http::header::RETRY_AFTER,
+            ]),
     )
 }
 
@@ -180,24 +201,33 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+    serve_with(
+        listener,
+        state,
+        None,
+        std::time::Duration::from_secs(10),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with TLS and a header-read timeout (`server.tls_*`, `server.header_timeout_secs`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(state.clone());
     let st = state.clone();
-    // Answers and stream frames are small: without TCP_NODELAY, Nagle's algorithm holds
-    // them back until the peer's delayed ACK (up to 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            st.ready.store(false, Ordering::SeqCst);
-            st.shutdown.send_replace(true);
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-        })
-        .await;
+    let result = listen::run(listener, app, tls, header_timeout, async move {
+        shutdown.await;
+        st.ready.store(false, Ordering::SeqCst);
+        st.shutdown.send_replace(true);
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+    })
+    .await;
     state.store.close().await;
     tracing::info!("store closed");
     result

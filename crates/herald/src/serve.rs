@@ -63,6 +63,17 @@ pub fn run(
         let addr = listener.local_addr()?;
         let state = AppState::new(Arc::new(store), keys, &cfg, metrics);
         tracing::info!(%addr, data_dir = %cfg.store.data_dir.display(), "herald is listening");
+        let tls = match (cfg.server.tls_cert.as_str(), cfg.server.tls_key.as_str()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                anyhow::bail!("TLS needs both server.tls_cert and server.tls_key")
+            }
+            (cert, key) => Some(
+                herald_server::listen::tls_acceptor(cert, key)
+                    .context("cannot load the TLS certificate")?,
+            ),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // Whoever started us may have stopped reading stdout: never fail on it.
         let say = |line: String| {
             use std::io::Write;
@@ -71,7 +82,7 @@ pub fn run(
             let _ = out.flush();
         };
         say(format!(
-            "Herald listening on http://{addr} (data in {})",
+            "Herald listening on {scheme}://{addr} (data in {})",
             cfg.store.data_dir.display()
         ));
         if state.auth_required {
@@ -90,7 +101,14 @@ pub fn run(
                 "First admin key (shown once, store it now): {secret}"
             ));
         }
-        herald_server::serve(listener, state, shutdown_signal()).await?;
+        herald_server::serve_with(
+            listener,
+            state,
+            tls,
+            std::time::Duration::from_secs(cfg.server.header_timeout_secs.max(1)),
+            shutdown_signal(),
+        )
+        .await?;
         anyhow::Ok(())
     })
 }

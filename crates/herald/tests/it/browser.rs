@@ -164,7 +164,7 @@ es.addEventListener("browser.tick", e => {{
     let dir = tempfile::tempdir().expect("tempdir");
     let configure = |c: &mut herald_server::Config| {
         c.server.listen = herald_addr.clone();
-        c.stream.cors_origins = vec![page.clone()];
+        c.server.cors_origins = vec![page.clone()];
         c.stream.retry_ms = 300;
     };
     let srv = TestServer::start_at(dir.path(), configure).await;
