@@ -887,3 +887,98 @@ async fn viewer_tokens_show_one_users_events_and_are_audited() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let srv = TestServer::start_with(|c| {
+        c.auth.rate_limit = 5;
+        c.auth.rate_burst = 5;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let res = http_client()
+            .get(format!("{}/v1/events?limit=1", srv.url))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status().as_u16() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+    // The bucket refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let res = http_client()
+        .get(format!("{}/v1/events?limit=1", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start_with(|c| c.server.header_timeout_secs = 2).await;
+    let addr = srv.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // ... and never finishes the headers: the server closes the connection.
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a half-sent request open");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed too early"
+    );
+    srv.stop().await;
+}
+
+#[test]
+fn tls_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let server = crate::harness::BinServer::start_env(
+        &dir.path().join("data"),
+        None,
+        &[
+            ("HERALD_SERVER__TLS_CERT", cert_path.to_str().unwrap()),
+            ("HERALD_SERVER__TLS_KEY", key_path.to_str().unwrap()),
+        ],
+    );
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _ = http_client();
+        let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([root])
+            .build()
+            .unwrap();
+        let res = client
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .expect("https request");
+        assert_eq!(res.status().as_u16(), 200);
+        // Plain HTTP on the TLS port gets nowhere.
+        let plain = http_client()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    });
+}

@@ -54,10 +54,17 @@ impl TestServer {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let header_timeout = cfg.server.header_timeout_secs.max(1);
         let task = tokio::spawn(async move {
-            herald_server::serve(listener, state, async {
-                let _ = rx.await;
-            })
+            herald_server::serve_with(
+                listener,
+                state,
+                None,
+                std::time::Duration::from_secs(header_timeout),
+                async {
+                    let _ = rx.await;
+                },
+            )
             .await
             .expect("serve");
         });
@@ -244,11 +251,14 @@ impl BinServer {
                 sink.clear();
             }
         });
-        let url = line
+        let Some(url) = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in banner: {line:?}"))
-            .to_owned();
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .map(str::to_owned)
+        else {
+            let _ = child.kill();
+            panic!("no URL in banner: {line:?}");
+        };
         BinServer { url, child }
     }
 
