@@ -100,6 +100,7 @@ mod tests {
             now_us: 0,
             now_text: "1970-01-01T00:00:00Z",
             require_specversion: false,
+            default_visibility: None,
             new_id: &mut new_id,
         };
         prepare_json(json, "", &mut ctx).expect("valid")

@@ -142,6 +142,8 @@ pub struct PrepareCtx<'a> {
     pub now_text: &'a str,
     /// CloudEvents modes require `specversion`; plain JSON lets it default to 1.0.
     pub require_specversion: bool,
+    /// Visibility of events that do not say (the ingesting key's default); `None`: internal.
+    pub default_visibility: Option<Visibility>,
     /// Generates an id (UUIDv7) for events without one.
     pub new_id: &'a mut dyn FnMut() -> String,
 }
@@ -794,7 +796,10 @@ impl<'a> Builder<'a> {
                 push_member(&mut out, name, s.token);
             }
         }
-        let visibility = self.visibility.unwrap_or_default();
+        let visibility = self
+            .visibility
+            .or(ctx.default_visibility)
+            .unwrap_or_default();
         out.push_str(",\"visibility\":\"");
         out.push_str(visibility.as_str());
         out.push('"');
@@ -918,6 +923,7 @@ mod tests {
             now_us: 1_000_000,
             now_text: "1970-01-01T00:00:01.000000Z",
             require_specversion: false,
+            default_visibility: None,
             new_id: &mut new_id,
         };
         prepare_json(raw, "/0", &mut ctx)
@@ -1054,6 +1060,7 @@ mod tests {
             now_us: 0,
             now_text: "1970-01-01T00:00:00.000000Z",
             require_specversion: true,
+            default_visibility: None,
             new_id: &mut new_id,
         };
         let attrs = [

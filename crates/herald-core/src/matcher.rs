@@ -263,6 +263,7 @@ mod tests {
             now_us: 1_000_000,
             now_text: "1970-01-01T00:00:01Z",
             require_specversion: false,
+            default_visibility: None,
             new_id: &mut new_id,
         };
         LiveEvent::new(7, prepare_json(json, "", &mut ctx).expect("valid event"))

@@ -165,6 +165,11 @@ impl Caller {
         }
     }
 
+    /// Visibility of the events this caller sends that do not say.
+    pub fn default_visibility(&self) -> Option<herald_wire::Visibility> {
+        self.key.as_ref()?.restrictions.visibility
+    }
+
     /// Why this caller may not send an event of this type and source, if it may not.
     pub fn refuses(&self, ty: &str, source: &str) -> Option<String> {
         let r = &self.key.as_ref()?.restrictions;
@@ -455,6 +460,9 @@ pub struct NewKey {
     /// Read: tenants whose events the key may read; empty: any it may see.
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Ingest: visibility of events that do not say (`public`, `internal`, `private`).
+    #[serde(default)]
+    pub visibility: Option<String>,
     /// Expiry: a duration from now (`30d`) or an RFC 3339 time.
     pub expires: Option<String>,
 }
@@ -469,6 +477,8 @@ pub struct KeyView {
     pub types: Vec<String>,
     pub sources: Vec<String>,
     pub tenants: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
     pub created: String,
     pub expires: Option<String>,
     pub revoked: Option<String>,
@@ -486,6 +496,7 @@ impl From<&KeyInfo> for KeyView {
             types: k.restrictions.types.clone(),
             sources: k.restrictions.sources.clone(),
             tenants: k.restrictions.tenants.clone(),
+            visibility: k.restrictions.visibility.map(|v| v.as_str().to_owned()),
             created: t(k.created_us),
             expires: k.expires_us.map(t),
             revoked: k.revoked_us.map(t),
@@ -530,6 +541,20 @@ pub fn build_key(req: NewKey, now_us: i64, max_name_len: usize) -> Result<KeyInf
             "tenants restrict read and admin keys only".into(),
         ));
     }
+    let visibility = req
+        .visibility
+        .as_deref()
+        .map(|v| {
+            v.parse::<herald_wire::Visibility>().map_err(|_| {
+                ApiError::BadRequest(format!("visibility `{v}`: public, internal or private"))
+            })
+        })
+        .transpose()?;
+    if visibility.is_some() && role == Role::Read {
+        return Err(ApiError::BadRequest(
+            "a default visibility applies to keys that send events".into(),
+        ));
+    }
     let expires_us = req
         .expires
         .as_deref()
@@ -551,6 +576,7 @@ pub fn build_key(req: NewKey, now_us: i64, max_name_len: usize) -> Result<KeyInf
             types: req.types,
             sources: req.sources,
             tenants: req.tenants,
+            visibility,
         },
         created_us: now_us,
         expires_us,
@@ -668,6 +694,7 @@ pub async fn ensure_bootstrap_key(keys: &KeyStore, secret: &str) -> Result<(), A
             types: Vec::new(),
             sources: Vec::new(),
             tenants: Vec::new(),
+            visibility: None,
             expires: None,
         },
         now,
@@ -691,6 +718,7 @@ pub async fn first_admin_key(keys: &KeyStore) -> Result<Option<String>, ApiError
             types: Vec::new(),
             sources: Vec::new(),
             tenants: Vec::new(),
+            visibility: None,
             expires: None,
         },
         now,

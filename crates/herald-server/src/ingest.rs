@@ -240,6 +240,7 @@ fn prepare_all(
     headers: &HeaderMap,
     body: &[u8],
     limits: &herald_core::Limits,
+    default_visibility: Option<herald_wire::Visibility>,
 ) -> Result<Parsed, ApiError> {
     let now_us = now_micros();
     let now = now_text(now_us);
@@ -249,6 +250,7 @@ fn prepare_all(
         now_us,
         now_text: &now,
         require_specversion: matches!(mode, Mode::Structured | Mode::Batch | Mode::Binary),
+        default_visibility,
         new_id: &mut new_id,
     };
     split_and_prepare(mode, headers, body, &mut ctx)
@@ -323,7 +325,13 @@ pub async fn ingest(
     caller.ingest()?;
     let mode = mode(&headers)?;
     let body = read_body(&headers, body, st.limits.max_body_bytes).await?;
-    let parsed = prepare_all(mode, &headers, &body, &st.limits)?;
+    let parsed = prepare_all(
+        mode,
+        &headers,
+        &body,
+        &st.limits,
+        caller.default_visibility(),
+    )?;
     // Where rejections point: `/type` for a lone event, `/3/type` inside a list.
     let single = !matches!(mode, Mode::Ndjson | Mode::Batch)
         && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[');

@@ -54,6 +54,9 @@ pub struct Restrictions {
     pub sources: Vec<String>,
     /// Read: tenants whose events the key may read; empty: no restriction.
     pub tenants: Vec<String>,
+    /// Ingest: visibility of the events it sends that do not say (default: internal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<herald_wire::Visibility>,
 }
 
 /// A stored key, without its secret.

@@ -610,6 +610,7 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
                 now_us: 0,
                 now_text: "",
                 require_specversion: false,
+                default_visibility: None,
                 new_id: &mut no_id,
             };
             // A stored body is a valid event; preparing it again yields the same search text.
@@ -758,6 +759,7 @@ fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError
             now_us: recorded_us,
             now_text: "",
             require_specversion: false,
+            default_visibility: None,
             new_id: &mut no_id,
         };
         let ev = herald_core::event::prepare_json(body, "", &mut ctx).map_err(|r| {

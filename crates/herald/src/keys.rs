@@ -55,6 +55,9 @@ pub struct CreateArgs {
     /// Read keys: a tenant whose events it may read; repeat for more.
     #[arg(long = "tenant")]
     tenants: Vec<String>,
+    /// Ingest keys: visibility of events that do not say (public, internal, private).
+    #[arg(long)]
+    visibility: Option<String>,
     /// Expiry: a duration from now (30d) or an RFC 3339 time.
     #[arg(long)]
     expires: Option<String>,
@@ -109,6 +112,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 types: a.types,
                 sources: a.sources,
                 tenants: a.tenants,
+                visibility: a.visibility,
                 expires: a.expires,
             };
             let (view, secret) = match &a.target.data {
@@ -125,6 +129,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                     let body = serde_json::json!({
                         "name": req.name, "role": req.role, "principals": req.principals,
                         "types": req.types, "sources": req.sources, "tenants": req.tenants,
+                        "visibility": req.visibility,
                         "expires": req.expires,
                     });
                     let res = crate::client::http(&a.target.remote)?
@@ -215,6 +220,7 @@ struct KeyViewOwned {
     sources: Vec<String>,
     #[serde(default)]
     tenants: Vec<String>,
+    visibility: Option<String>,
     created: String,
     expires: Option<String>,
     revoked: Option<String>,
@@ -231,6 +237,7 @@ impl From<KeyViewOwned> for KeyView {
             types: k.types,
             sources: k.sources,
             tenants: k.tenants,
+            visibility: k.visibility,
             created: k.created,
             expires: k.expires,
             revoked: k.revoked,

@@ -179,6 +179,7 @@ impl Server {
             types: Vec::new(),
             sources: Vec::new(),
             tenants: Vec::new(),
+            visibility: None,
             expires: None,
         };
         let key = herald_server::auth::build_key(req, now_us(), 256)

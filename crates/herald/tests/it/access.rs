@@ -614,6 +614,44 @@ async fn roles_revocation_expiry_and_restrictions() {
         ),
         404
     );
+    // An ingest key's default visibility applies to events that do not say.
+    let (_, public_ingest) = create_key(
+        &srv,
+        json!({"name":"p","role":"ingest","visibility":"public"}),
+    )
+    .await;
+    let res = req(reqwest::Method::POST, format!("{url}/v1/events"), Some(&public_ingest))
+        .json(&json!([{"type":"vis.default","source":"/v"},{"type":"vis.explicit","source":"/v","visibility":"private"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let v: Value = req(
+        reqwest::Method::GET,
+        format!("{url}/v1/events?filter=source:/v"),
+        Some(ADMIN),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let vis: Vec<(&str, &str)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["visibility"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        vis.contains(&("vis.default", "public")) && vis.contains(&("vis.explicit", "private")),
+        "{vis:?}"
+    );
     // Expiry.
     let (_, expired) = create_key(
         &srv,
