@@ -1020,3 +1020,110 @@ fn tls_when_a_certificate_is_configured() {
         assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
     });
 }
+
+/// Random events and random keys through the API: every listing and every stream equals the
+/// brute-force set of events the key may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_keys_see_exactly_the_brute_force_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
+        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
+            .await
+            .expect("bootstrap");
+    }
+    let srv = TestServer::start_at(dir.path(), |c| {
+        c.auth.mode = herald_server::config::AuthMode::Required;
+    })
+    .await;
+    // xorshift: the same cases every run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    const TENANTS: [Option<&str>; 4] = [Some("t1"), Some("t2"), Some("t3"), None];
+    const PRINCIPALS: [&str; 7] = [
+        "user:1",
+        "user:2",
+        "group:a",
+        "group:b",
+        "tenant:t1",
+        "tenant:t2",
+        "tenant:t3",
+    ];
+    let mut events = Vec::new();
+    for i in 0..200 {
+        let readers: Vec<&'static str> = (0..next(3))
+            .map(|_| PRINCIPALS[next(PRINCIPALS.len())])
+            .collect();
+        events.push(Spec {
+            id: format!("rnd-{i}"),
+            visibility: ["public", "internal", "private"][next(3)],
+            tenant: TENANTS[next(TENANTS.len())],
+            readers,
+        });
+    }
+    let body: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let mut j = event_json(e);
+            j["source"] = json!("/acl");
+            j
+        })
+        .collect();
+    let res = req(
+        reqwest::Method::POST,
+        format!("{}/v1/events", srv.url),
+        Some(ADMIN),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    for k in 0..25 {
+        let principals: Vec<&'static str> = (0..next(4))
+            .map(|_| PRINCIPALS[next(PRINCIPALS.len())])
+            .collect();
+        let only: Vec<&'static str> = if next(4) == 0 {
+            vec![["t1", "t2", "t3"][next(3)]]
+        } else {
+            vec![]
+        };
+        let admin = next(6) == 0;
+        let (_, secret) = create_key(
+            &srv,
+            json!({
+                "name": format!("random {k}"), "role": if admin { "admin" } else { "read" },
+                "principals": principals, "tenants": only,
+            }),
+        )
+        .await;
+        let w = Who {
+            name: "random",
+            admin,
+            anonymous: false,
+            principals,
+            only_tenants: only,
+        };
+        let want: BTreeSet<String> = events
+            .iter()
+            .filter(|e| allowed(e, &w))
+            .map(|e| e.id.clone())
+            .collect();
+        let (status, got) = listed(&srv, "/v1/events", Some(&secret)).await;
+        assert_eq!(status, 200);
+        assert_eq!(got, want, "list as {w:?}");
+        if k % 5 == 0 {
+            assert_eq!(
+                streamed(&srv, "/v1/stream", Some(&secret), want.len()).await,
+                want,
+                "stream as {w:?}"
+            );
+        }
+    }
+    srv.stop().await;
+}
