@@ -674,6 +674,24 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// An unrestricted admin key named `name`.
+fn admin_key(name: &str) -> Result<KeyInfo, ApiError> {
+    build_key(
+        NewKey {
+            name: name.into(),
+            role: "admin".into(),
+            principals: Vec::new(),
+            types: Vec::new(),
+            sources: Vec::new(),
+            tenants: Vec::new(),
+            visibility: None,
+            expires: None,
+        },
+        crate::query::now_micros(),
+        256,
+    )
+}
+
 /// Makes sure a key with this secret exists as an admin key (`HERALD_BOOTSTRAP_ADMIN_KEY`).
 pub async fn ensure_bootstrap_key(keys: &KeyStore, secret: &str) -> Result<(), ApiError> {
     if secret.len() < 16 {
@@ -685,22 +703,11 @@ pub async fn ensure_bootstrap_key(keys: &KeyStore, secret: &str) -> Result<(), A
     if keys.find(hash).await?.is_some() {
         return Ok(());
     }
-    let now = crate::query::now_micros();
-    let key = build_key(
-        NewKey {
-            name: "bootstrap admin (HERALD_BOOTSTRAP_ADMIN_KEY)".into(),
-            role: "admin".into(),
-            principals: Vec::new(),
-            types: Vec::new(),
-            sources: Vec::new(),
-            tenants: Vec::new(),
-            visibility: None,
-            expires: None,
-        },
-        now,
-        256,
-    )?;
-    keys.create(key, hash).await?;
+    keys.create(
+        admin_key("bootstrap admin (HERALD_BOOTSTRAP_ADMIN_KEY)")?,
+        hash,
+    )
+    .await?;
     Ok(())
 }
 
@@ -709,23 +716,9 @@ pub async fn first_admin_key(keys: &KeyStore) -> Result<Option<String>, ApiError
     if !keys.is_empty().await? {
         return Ok(None);
     }
-    let now = crate::query::now_micros();
-    let key = build_key(
-        NewKey {
-            name: "first admin key".into(),
-            role: "admin".into(),
-            principals: Vec::new(),
-            types: Vec::new(),
-            sources: Vec::new(),
-            tenants: Vec::new(),
-            visibility: None,
-            expires: None,
-        },
-        now,
-        256,
-    )?;
     let secret = new_secret()?;
-    keys.create(key, hash_secret(&secret)).await?;
+    keys.create(admin_key("first admin key")?, hash_secret(&secret))
+        .await?;
     Ok(Some(secret))
 }
 

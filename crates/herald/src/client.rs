@@ -213,23 +213,29 @@ pub async fn query(a: QueryArgs) -> anyhow::Result<()> {
             if json {
                 writeln!(out, "{line}")?;
             } else {
-                let v: serde_json::Value = serde_json::from_str(line)?;
-                let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-                writeln!(
-                    out,
-                    "{:>8}  {:<27}  {:<8}  {:<28}  {:<20}  {}",
-                    v["seq"].as_u64().unwrap_or(0),
-                    s("time"),
-                    s("severity"),
-                    s("type"),
-                    s("subject"),
-                    s("source")
-                )?;
+                print_row(&mut out, line)?;
             }
             Ok(())
         },
     )
     .await?;
+    Ok(())
+}
+
+/// One event as a table row (`herald query`, `herald tail`).
+pub fn print_row(out: &mut impl Write, event_json: &str) -> anyhow::Result<()> {
+    let v: serde_json::Value = serde_json::from_str(event_json).unwrap_or_default();
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    writeln!(
+        out,
+        "{:>8}  {:<27}  {:<8}  {:<28}  {:<20}  {}",
+        v["seq"].as_u64().unwrap_or(0),
+        s("time"),
+        s("severity"),
+        s("type"),
+        s("subject"),
+        s("source")
+    )?;
     Ok(())
 }
 

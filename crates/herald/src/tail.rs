@@ -165,19 +165,8 @@ async fn connect(client: &reqwest::Client, a: &TailArgs, st: &mut State) -> anyh
 fn print_event(out: &mut impl Write, f: &Frame, json: bool) -> anyhow::Result<()> {
     if json {
         writeln!(out, "{}", f.data)?;
-        return Ok(());
+        Ok(())
+    } else {
+        crate::client::print_row(out, &f.data)
     }
-    let v: serde_json::Value = serde_json::from_str(&f.data).unwrap_or_default();
-    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-    writeln!(
-        out,
-        "{:>8}  {:<27}  {:<8}  {:<28}  {:<20}  {}",
-        v["seq"].as_u64().unwrap_or(0),
-        s("time"),
-        s("severity"),
-        s("type"),
-        s("subject"),
-        s("source")
-    )?;
-    Ok(())
 }
