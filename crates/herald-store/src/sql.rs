@@ -76,9 +76,13 @@ fn prefix_upper(prefix: &str) -> String {
     s
 }
 
-/// Escapes a full-text term as one FTS5 phrase.
-fn fts_phrase(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
+/// An FTS5 query asking for every token (each quoted, so none is read as an operator).
+fn fts_query(tokens: &[String]) -> String {
+    let quoted: Vec<String> = tokens
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
+    quoted.join(" AND ")
 }
 
 /// Text terms on events the full-text index does not hold: a cheap `LIKE` on the body
@@ -240,18 +244,30 @@ pub fn compile(
         w.sql.push('(');
         match &term.kind {
             TermKind::Text(text) => {
-                if let Some(wm) = fts_watermark {
-                    w.sql.push_str(
-                        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
-                    );
-                    w.param(SqlValue::Text(fts_phrase(text)));
-                    w.sql.push_str(") OR (seq > ");
-                    w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
-                    w.sql.push_str(" AND ");
-                    text_scan(&mut w, text);
-                    w.sql.push(')');
-                } else {
-                    text_scan(&mut w, text);
+                let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
+                match (fts_watermark, tokens.as_slice()) {
+                    // No token: matches nothing, as in the index and the live stream.
+                    (_, []) => w.sql.push('0'),
+                    (Some(wm), _) => {
+                        // The index finds the events holding every token; for a phrase of
+                        // several, `herald_text` checks that they are consecutive.
+                        w.sql.push_str(
+                            "(seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
+                        );
+                        w.param(SqlValue::Text(fts_query(&tokens)));
+                        w.sql.push(')');
+                        if tokens.len() > 1 {
+                            w.sql.push_str(" AND herald_text(body, ");
+                            w.param(SqlValue::Text(text.clone()));
+                            w.sql.push(')');
+                        }
+                        w.sql.push_str(") OR (seq > ");
+                        w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
+                        w.sql.push_str(" AND ");
+                        text_scan(&mut w, text);
+                        w.sql.push(')');
+                    }
+                    (None, _) => text_scan(&mut w, text),
                 }
             }
             TermKind::Field { field, cond } => {
@@ -371,14 +387,14 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\' AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
-                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time out\"") Integer(77) Text("%time%") Text("%out%") Text("time out")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) AND herald_text(body, ?)) OR (seq > ? AND body LIKE ? ESCAPE '\' AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
+                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time\" AND \"out\"") Text("time out") Integer(77) Text("%time%") Text("%out%") Text("time out")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ? AND json_extract(body,'$.data."n"') < '') AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND (seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) OR (seq > ? AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
-                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"'quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ? AND json_extract(body,'$.data."n"') < '') AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?)) OR (seq > ? AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
+                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
         );
     }
 }
