@@ -119,6 +119,8 @@ impl KeyStore {
         })?;
         let conn = Connection::open(data_dir.join("herald.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        // Same page size as the event store gives a new database (see `sqlite`).
+        conn.pragma_update(None, "page_size", 16384)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         crate::sqlite::migrate(&conn)?;
