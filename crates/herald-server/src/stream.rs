@@ -513,17 +513,20 @@ enum KeyField {
     Correlation,
     Tenant,
     Type,
+    /// The first segment of the type (`import` for `import.failed`): for type prefixes.
+    TypeRoot,
     Source,
 }
 
 impl KeyField {
     /// Most selective first: the index uses the first one a filter has.
-    const ORDER: [KeyField; 6] = [
+    const ORDER: [KeyField; 7] = [
         KeyField::Actor,
         KeyField::Subject,
         KeyField::Correlation,
         KeyField::Tenant,
         KeyField::Type,
+        KeyField::TypeRoot,
         KeyField::Source,
     ];
 
@@ -547,6 +550,7 @@ impl KeyField {
             KeyField::Correlation => e.correlationid.as_deref(),
             KeyField::Tenant => e.tenant.as_deref(),
             KeyField::Type => Some(&e.ty),
+            KeyField::TypeRoot => Some(e.ty.split('.').next().unwrap_or(&e.ty)),
             KeyField::Source => Some(&e.source),
         }
     }
@@ -567,18 +571,38 @@ fn index_key(filter: &Filter) -> Option<(KeyField, Vec<String>)> {
         else {
             continue;
         };
-        let Some(k) = KeyField::of(field) else {
+        let Some(mut k) = KeyField::of(field) else {
             continue;
         };
-        let values: Option<Vec<String>> = pats
+        let exact: Option<Vec<String>> = pats
             .iter()
             .map(|p| match p {
                 Pattern::Exact(Value::Str(s)) => Some(s.clone()),
                 _ => None,
             })
             .collect();
-        let Some(values) = values else {
-            continue;
+        let values = match exact {
+            Some(v) => v,
+            // Type prefixes that name a whole first segment (`import.*`) can still be
+            // indexed by that segment.
+            None if k == KeyField::Type => {
+                let roots: Option<Vec<String>> = pats
+                    .iter()
+                    .map(|p| match p {
+                        Pattern::Exact(Value::Str(s)) => {
+                            Some(s.split('.').next().unwrap_or(s).to_owned())
+                        }
+                        Pattern::Prefix(p) => p.split_once('.').map(|(root, _)| root.to_owned()),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(mut roots) = roots else { continue };
+                roots.sort();
+                roots.dedup();
+                k = KeyField::TypeRoot;
+                roots
+            }
+            None => continue,
         };
         let rank = |k: KeyField| KeyField::ORDER.iter().position(|x| *x == k);
         if best.as_ref().is_none_or(|(b, _)| rank(k) < rank(*b)) {
@@ -798,7 +822,9 @@ mod tests {
         assert_eq!(key("type:a.b tenant:acme,beta"), "Tenant acme,beta");
         assert_eq!(key("type:a.b,c.d severity:>=error"), "Type a.b,c.d");
         assert_eq!(key("-actor:user:1 source:/x"), "Source /x");
-        assert_eq!(key("type:a.* tenant:x*"), "unindexed");
+        assert_eq!(key("type:a.* tenant:x*"), "TypeRoot a");
+        assert_eq!(key("type:imp* tenant:x*"), "unindexed");
+        assert_eq!(key("type:a.b.*,c.d,a.x"), "TypeRoot a,c");
         assert_eq!(key("actor:user:1 type:a.b"), "Actor user:1");
         assert_eq!(key("data.country:fr \"timeout\""), "unindexed");
     }
