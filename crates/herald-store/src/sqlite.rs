@@ -963,7 +963,8 @@ impl Writer {
         let Some(tx) = &self.index_tx else { return };
         let t = Instant::now();
         if let Ok(mut backlog) = self.backlog.events.lock() {
-            while *backlog > INDEX_BACKLOG {
+            // An indexer that stopped (even by a panic) sets `failed` and wakes us.
+            while *backlog > INDEX_BACKLOG && !self.failed.load(Ordering::Acquire) {
                 match self.backlog.drained.wait(backlog) {
                     Ok(b) => backlog = b,
                     Err(_) => return,
@@ -1092,6 +1093,20 @@ struct Indexer {
     fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
     failed: Arc<AtomicBool>,
     body: String,
+}
+
+/// However the indexer thread ends, the writer must not wait for it any more: an exit
+/// without the writer's leave (a panic) marks the store failed and wakes the writer.
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the indexer stopped unexpectedly; refusing writes until restart (acknowledged events are safe in the write-ahead log)");
+            self.failed.store(true, Ordering::Release);
+        }
+        // Under the lock, so that a writer between its check and its wait cannot miss it.
+        let _guard = self.backlog.events.lock();
+        self.backlog.drained.notify_all();
+    }
 }
 
 impl Indexer {
