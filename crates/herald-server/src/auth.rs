@@ -149,11 +149,17 @@ impl Caller {
         }
     }
 
-    /// May manage keys and settings.
+    /// May manage keys and settings (an admin key limited to some tenants may not: it
+    /// could create a key without that limit).
     pub fn admin(&self) -> Result<(), ApiError> {
         if self.viewer.is_some() {
             return Err(ApiError::Forbidden(
                 "a viewer token only reads events".into(),
+            ));
+        }
+        if self.role == Some(Role::Admin) && self.access.only_tenants.is_some() {
+            return Err(ApiError::Forbidden(
+                "an admin key limited to some tenants cannot manage keys".into(),
             ));
         }
         match self.role {

@@ -311,7 +311,7 @@ impl Subscriber {
                 false
             }
             Start::After(after) => {
-                if after + 1 < range.oldest && range.oldest <= range.last {
+                if after.saturating_add(1) < range.oldest && range.oldest <= range.last {
                     // Retention removed what the client asked for: say so, go on from the
                     // oldest event still stored.
                     self.last = range.oldest - 1;
@@ -353,8 +353,10 @@ impl Subscriber {
         let mut told = self.last;
         loop {
             if self.entry.lagged.load(Ordering::SeqCst) {
-                // The hub stopped feeding us: take part again, then read what was missed
-                // from storage (register-then-read, as at the start).
+                // The hub stopped feeding us: drop what it queued (the catch-up reads it
+                // again), take part again, then read what was missed from storage
+                // (register-then-read, as at the start).
+                while routed.try_recv().is_ok() {}
                 self.entry.lagged.store(false, Ordering::SeqCst);
                 self.st.metrics.stream_lagged.inc();
                 if let Err(e) = self.catch_up(true).await {

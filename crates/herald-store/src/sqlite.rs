@@ -910,9 +910,13 @@ impl Writer {
                 r
             });
         if let Err(e) = result {
-            // Nothing of this group is durable: forget it and give the seqs back.
+            // Nothing of this group was acknowledged: forget it. Its seqs are not handed
+            // out again: part of its records may have reached the file, and a replay must
+            // never take one of them for an acknowledged event with the same seq (at worst
+            // it brings back an event whose sender was told it failed, and a retry with
+            // the same id is then a duplicate).
             self.logs[self.cur].discard_unsynced();
-            self.next_seq = seq_before;
+            let _ = seq_before;
             if let Ok(mut p) = self.pending.lock() {
                 for ev in &stored {
                     if let Some(list) = p.get_mut(&ev.event.dedup_key) {
@@ -1121,7 +1125,12 @@ impl Indexer {
             match next {
                 Ok(batch) => {
                     let n = batch.len();
-                    self.add(batch);
+                    // After a failure nothing more is committed: the events stay in the
+                    // write-ahead log, and the next start replays everything past SQLite's
+                    // last seq (committing later batches would skip the failed ones).
+                    if !self.failed.load(Ordering::Acquire) {
+                        self.add(batch);
+                    }
                     if let Ok(mut b) = self.backlog.events.lock() {
                         *b = b.saturating_sub(n);
                     }
@@ -1129,6 +1138,9 @@ impl Indexer {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.failed.load(Ordering::Acquire) {
+                continue;
             }
             if let Some(started) = self.txn_started {
                 if self.txn_events >= TXN_MAX_EVENTS
@@ -1139,7 +1151,7 @@ impl Indexer {
                 }
             }
         }
-        if self.txn_started.is_some() {
+        if self.txn_started.is_some() && !self.failed.load(Ordering::Acquire) {
             self.commit();
         }
         self.fts_tx = None;

@@ -652,6 +652,19 @@ async fn roles_revocation_expiry_and_restrictions() {
         vis.contains(&("vis.default", "public")) && vis.contains(&("vis.explicit", "private")),
         "{vis:?}"
     );
+    // An admin key limited to a tenant cannot make itself an unlimited one.
+    let (_, beta_admin) =
+        create_key(&srv, json!({"name":"ba","role":"admin","tenants":["beta"]})).await;
+    let res = req(
+        reqwest::Method::POST,
+        format!("{url}/v1/keys"),
+        Some(&beta_admin),
+    )
+    .json(&json!({"name":"x","role":"admin"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
     // Expiry.
     let (_, expired) = create_key(
         &srv,
@@ -864,7 +877,7 @@ async fn viewer_tokens_show_one_users_events_and_are_audited() {
         req(
             reqwest::Method::DELETE,
             format!("{url}/v1/viewer-tokens/{token_id}"),
-            Some(&acme_reader)
+            Some(ADMIN)
         )
         .send()
         .await
