@@ -105,7 +105,46 @@ pub async fn stream(
     Query(p): Query<StreamParams>,
 ) -> Result<Response, ApiError> {
     let access = caller.read()?.clone();
-    open(st, access, headers, p).await
+    let credential = match (&caller.key, &caller.viewer) {
+        (Some(k), _) => Credential::Key(k.id.clone(), k.expires_us),
+        (None, Some(v)) => Credential::Token(v.jti.clone(), v.exp),
+        (None, None) => Credential::None,
+    };
+    open(st, access, credential, headers, p).await
+}
+
+/// What a stream was opened with: it ends when that expires or is revoked.
+#[derive(Debug, Clone)]
+enum Credential {
+    None,
+    /// A key id and its expiry.
+    Key(String, Option<i64>),
+    /// A viewer token id and its expiry.
+    Token(String, i64),
+}
+
+impl Credential {
+    fn expires_us(&self) -> Option<i64> {
+        match self {
+            Credential::None => None,
+            Credential::Key(_, e) => *e,
+            Credential::Token(_, e) => Some(*e),
+        }
+    }
+
+    /// Still valid (checked with heartbeats). A failed lookup counts as valid: the store's
+    /// trouble is not the client's.
+    async fn valid(&self, st: &AppState) -> bool {
+        let now = now_micros();
+        if self.expires_us().is_some_and(|e| now >= e) {
+            return false;
+        }
+        match self {
+            Credential::None => true,
+            Credential::Key(id, _) => st.keys.usable(id.clone(), now).await.unwrap_or(true),
+            Credential::Token(jti, _) => !st.keys.token_revoked(jti.clone()).await.unwrap_or(false),
+        }
+    }
 }
 
 /// `GET /v1/public/stream`
@@ -129,12 +168,13 @@ pub async fn public_stream(
             "the public feed is off (auth.public_feed)".into(),
         ));
     }
-    open(st, Access::public_only(), headers, p).await
+    open(st, Access::public_only(), Credential::None, headers, p).await
 }
 
 async fn open(
     st: Arc<AppState>,
     access: Access,
+    credential: Credential,
     headers: HeaderMap,
     p: StreamParams,
 ) -> Result<Response, ApiError> {
@@ -195,6 +235,7 @@ async fn open(
         _registration: registration,
         filter,
         access,
+        credential,
         tx,
         last: 0,
         since_us: None,
@@ -236,6 +277,7 @@ enum EndReason {
     TooFarBehind,
     Shutdown,
     StoreFailed,
+    CredentialsEnded,
 }
 
 impl EndReason {
@@ -246,6 +288,7 @@ impl EndReason {
             EndReason::TooFarBehind => "too_far_behind",
             EndReason::Shutdown => "shutdown",
             EndReason::StoreFailed => "store_failed",
+            EndReason::CredentialsEnded => "credentials_ended",
         }
     }
 
@@ -256,6 +299,7 @@ impl EndReason {
             EndReason::TooFarBehind => "the client fell too far behind the live events",
             EndReason::Shutdown => "the server is shutting down",
             EndReason::StoreFailed => "the server could not read stored events",
+            EndReason::CredentialsEnded => "the key or viewer token expired or was revoked",
         }
     }
 }
@@ -267,6 +311,7 @@ struct Subscriber {
     _registration: Registration,
     filter: Filter,
     access: Access,
+    credential: Credential,
     tx: mpsc::Sender<Bytes>,
     /// Every event up to this seq was sent or skipped as not matching.
     last: u64,
@@ -351,6 +396,10 @@ impl Subscriber {
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut shutdown = self.st.shutdown.subscribe();
         let mut told = self.last;
+        let expiry = self.credential.expires_us().map(|e| {
+            let left = (e - now_micros()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_micros(left)
+        });
         loop {
             if self.entry.lagged.load(Ordering::SeqCst) {
                 // The hub stopped feeding us: drop what it queued (the catch-up reads it
@@ -373,7 +422,16 @@ impl Subscriber {
                     None => return EndReason::Shutdown,
                 },
                 _ = self.entry.wake.notified() => {}
+                _ = async {
+                    match expiry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => return EndReason::CredentialsEnded,
                 _ = ticker.tick() => {
+                    if !self.credential.valid(&self.st).await {
+                        return EndReason::CredentialsEnded;
+                    }
                     // Everything the hub routed up to `done` is queued; if the queue is empty
                     // and we are not lagging, nothing else up to there matched.
                     let done = self.hub.done.load(Ordering::SeqCst);

@@ -253,6 +253,19 @@ impl KeyStore {
         .await
     }
 
+    /// Whether the key with this id exists and may be used at `now_us`.
+    pub async fn usable(&self, id: String, now_us: i64) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            Ok(
+                c.prepare_cached(&format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"))?
+                    .query_row(params![id], row)
+                    .optional()?
+                    .is_some_and(|k| k.usable(now_us)),
+            )
+        })
+        .await
+    }
+
     /// Whether a viewer token was revoked.
     pub async fn token_revoked(&self, jti: String) -> Result<bool, StoreError> {
         self.with(move |c| {

@@ -1140,3 +1140,69 @@ async fn random_keys_see_exactly_the_brute_force_set() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn streams_end_when_their_key_or_token_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
+        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
+            .await
+            .expect("bootstrap");
+    }
+    let srv = TestServer::start_at(dir.path(), |c| {
+        c.auth.mode = herald_server::config::AuthMode::Required;
+        c.stream.heartbeat_secs = 1;
+    })
+    .await;
+    let url = srv.url.clone();
+    let reason_of = |mut s: SseStream| async move {
+        while let Some(f) = s.next(Duration::from_secs(10)).await {
+            if f.event.as_deref() == Some("disconnect") {
+                let v: Value = serde_json::from_str(&f.data).expect("json");
+                return v["reason"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+        String::new()
+    };
+    let open = |key: String| {
+        let url = url.clone();
+        async move {
+            let res = req(reqwest::Method::GET, format!("{url}/v1/stream"), Some(&key))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200);
+            SseStream::from_response(res)
+        }
+    };
+    // A viewer token that expires.
+    let res = req(
+        reqwest::Method::POST,
+        format!("{url}/v1/viewer-tokens"),
+        Some(ADMIN),
+    )
+    .json(&json!({"principal":"user:1","tenant":"acme","ttl":"2s"}))
+    .send()
+    .await
+    .unwrap();
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(reason_of(open(token).await).await, "credentials_ended");
+    // A key that is revoked while its stream is open.
+    let (id, key) = create_key(&srv, json!({"name":"r","role":"read"})).await;
+    let s = open(key).await;
+    let res = req(
+        reqwest::Method::DELETE,
+        format!("{url}/v1/keys/{id}"),
+        Some(ADMIN),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(reason_of(s).await, "credentials_ended");
+    srv.stop().await;
+}
