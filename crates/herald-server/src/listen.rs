@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
+/// Largest request head (request line and headers) accepted; beyond, the connection is
+/// answered 431 and closed.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Loads a certificate chain and key (PEM) into a TLS acceptor.
 pub fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
@@ -73,7 +77,10 @@ pub async fn run(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+            .header_read_timeout(header_timeout)
+            // Request line and headers must fit in this (bodies have their own limit).
+            .max_buf_size(MAX_HEADER_BYTES)
+            .max_headers(100);
         match &tls {
             None => {
                 let conn = builder

@@ -1206,3 +1206,21 @@ async fn streams_end_when_their_key_or_token_ends() {
     assert_eq!(reason_of(s).await, "credentials_ended");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused() {
+    let srv = TestServer::start().await;
+    let res = http_client()
+        .get(format!("{}/v1/events", srv.url))
+        .header("x-padding", "a".repeat(100_000))
+        .send()
+        .await;
+    match res {
+        Ok(r) => assert_eq!(r.status().as_u16(), 431),
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
+    }
+    // The server is fine afterwards.
+    let (status, _) = srv.get("/healthz").await;
+    assert_eq!(status, 200);
+    srv.stop().await;
+}
