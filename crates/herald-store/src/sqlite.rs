@@ -827,9 +827,13 @@ struct Backlog {
 const INDEX_BACKLOG: usize = 200_000;
 
 /// The indexer commits its SQLite transaction after this many events, or when it is this
-/// old, or when a reader needs to see what was acknowledged, whichever comes first.
+/// old, or when a reader needs to see what was acknowledged, whichever comes first. Each
+/// commit writes every index page it touched; a second's worth of events shares those pages
+/// (a measured ~25% more sustained ingest than 200 ms), and readers never wait for the age
+/// (they ask for a commit). The events of the open transaction are kept in memory for a
+/// retry, which bounds it by count.
 const TXN_MAX_EVENTS: usize = 100_000;
-const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
+const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The writer thread: the durability point. It never writes to SQLite, so SQLite's commits
 /// (hundreds of milliseconds for large transactions) never hold up acknowledgements.
