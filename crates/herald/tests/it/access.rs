@@ -84,6 +84,26 @@ fn event_json(s: &Spec) -> Value {
     e
 }
 
+/// A server that requires keys, with the bootstrap admin key [`ADMIN`]; keep the directory
+/// alive as long as the server.
+async fn secured(
+    adjust: impl FnOnce(&mut herald_server::Config),
+) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
+        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
+            .await
+            .expect("bootstrap");
+    }
+    let srv = TestServer::start_at(dir.path(), |c| {
+        c.auth.mode = herald_server::config::AuthMode::Required;
+        adjust(c);
+    })
+    .await;
+    (dir, srv)
+}
+
 async fn create_key(srv: &TestServer, body: Value) -> (String, String) {
     let res = http_client()
         .post(format!("{}/v1/keys", srv.url))
@@ -166,15 +186,7 @@ async fn streamed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_path_shows_exactly_what_the_caller_may_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
-        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
-            .await
-            .expect("bootstrap");
-    }
-    let srv = TestServer::start_at(dir.path(), |c| {
-        c.auth.mode = herald_server::config::AuthMode::Required;
+    let (_dir, srv) = secured(|c| {
         c.auth.public_feed = true;
     })
     .await;
@@ -398,17 +410,7 @@ async fn every_read_path_shows_exactly_what_the_caller_may_read() {
 
 #[tokio::test]
 async fn roles_revocation_expiry_and_restrictions() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
-        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
-            .await
-            .expect("bootstrap");
-    }
-    let srv = TestServer::start_at(dir.path(), |c| {
-        c.auth.mode = herald_server::config::AuthMode::Required;
-    })
-    .await;
+    let (_dir, srv) = secured(|_| {}).await;
     let url = &srv.url;
     let status = |r: reqwest::Response| r.status().as_u16();
     let ev = json!({"type":"acl.x","source":"/s"});
@@ -702,17 +704,7 @@ async fn roles_revocation_expiry_and_restrictions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_tokens_show_one_users_events_and_are_audited() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
-        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
-            .await
-            .expect("bootstrap");
-    }
-    let srv = TestServer::start_at(dir.path(), |c| {
-        c.auth.mode = herald_server::config::AuthMode::Required;
-    })
-    .await;
+    let (_dir, srv) = secured(|_| {}).await;
     let url = srv.url.clone();
     let mut events = specs("v");
     // Some events about a subject, to check subject-limited tokens.
@@ -1038,17 +1030,7 @@ fn tls_when_a_certificate_is_configured() {
 /// brute-force set of events the key may read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_keys_see_exactly_the_brute_force_set() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
-        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
-            .await
-            .expect("bootstrap");
-    }
-    let srv = TestServer::start_at(dir.path(), |c| {
-        c.auth.mode = herald_server::config::AuthMode::Required;
-    })
-    .await;
+    let (_dir, srv) = secured(|_| {}).await;
     // xorshift: the same cases every run.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |n: usize| {
@@ -1143,15 +1125,7 @@ async fn random_keys_see_exactly_the_brute_force_set() {
 
 #[tokio::test]
 async fn streams_end_when_their_key_or_token_ends() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let keys = herald_store::KeyStore::open(dir.path()).expect("keys");
-        herald_server::auth::ensure_bootstrap_key(&keys, ADMIN)
-            .await
-            .expect("bootstrap");
-    }
-    let srv = TestServer::start_at(dir.path(), |c| {
-        c.auth.mode = herald_server::config::AuthMode::Required;
+    let (_dir, srv) = secured(|c| {
         c.stream.heartbeat_secs = 1;
     })
     .await;
