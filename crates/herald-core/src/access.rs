@@ -89,22 +89,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{prepare_json, PrepareCtx};
-    use crate::Limits;
-
-    fn ev(json: &str) -> PreparedEvent {
-        let limits = Limits::default();
-        let mut new_id = || "x".to_owned();
-        let mut ctx = PrepareCtx {
-            limits: &limits,
-            now_us: 0,
-            now_text: "1970-01-01T00:00:00Z",
-            require_specversion: false,
-            default_visibility: None,
-            new_id: &mut new_id,
-        };
-        prepare_json(json, "", &mut ctx).expect("valid")
-    }
+    use crate::event::test_event as ev;
 
     fn key(admin: bool, principals: &[&str], only: Option<&[&str]>) -> Access {
         Access {

@@ -897,6 +897,22 @@ fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
+/// A valid test event from JSON, received at 1970-01-01T00:00:01Z (for this crate's tests).
+#[cfg(test)]
+pub(crate) fn test_event(json: &str) -> PreparedEvent {
+    let limits = Limits::default();
+    let mut new_id = || "generated".to_owned();
+    let mut ctx = PrepareCtx {
+        limits: &limits,
+        now_us: 1_000_000,
+        now_text: "1970-01-01T00:00:01Z",
+        require_specversion: false,
+        default_visibility: None,
+        new_id: &mut new_id,
+    };
+    prepare_json(json, "", &mut ctx).expect("a valid test event")
+}
+
 /// Formats "now" for [`PrepareCtx::now_text`].
 pub fn now_text(now_us: Micros) -> String {
     format_rfc3339(now_us)

@@ -86,10 +86,15 @@ pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
 /// phrase without any token matches nothing, as in the full-text index.
 pub fn phrase_in(haystack: &[String], phrase: &str) -> bool {
     let want: Vec<String> = tokens(phrase).collect();
+    tokens_in(haystack, &want)
+}
+
+/// [`phrase_in`] with the phrase already cut into tokens.
+pub fn tokens_in(haystack: &[String], want: &[String]) -> bool {
     if want.is_empty() || want.len() > haystack.len() {
         return false;
     }
-    haystack.windows(want.len()).any(|w| w == want.as_slice())
+    haystack.windows(want.len()).any(|w| w == want)
 }
 
 /// A value as SQLite sees it, for comparisons.
@@ -235,38 +240,63 @@ fn term_value(ev: &LiveEvent, field: &Field, cond: &Cond) -> Option<bool> {
 }
 
 /// True when every term of `filter` matches the event.
+/// (For one evaluation; to evaluate a filter on many events, build a [`Matcher`] once.)
 pub fn matches(filter: &Filter, ev: &LiveEvent) -> bool {
-    filter.terms.iter().all(|t| {
-        let v = match &t.kind {
-            TermKind::Text(phrase) => Some(phrase_in(ev.text(), phrase)),
-            TermKind::Field { field, cond } => term_value(ev, field, cond),
-        };
-        if t.negated {
-            !v.unwrap_or(false)
-        } else {
-            v.unwrap_or(false)
-        }
-    })
+    Matcher::new(filter.clone()).matches(ev)
+}
+
+/// A filter ready to be evaluated on many events: its phrases are cut into tokens once.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    filter: Filter,
+    /// The tokens of each term's phrase (empty for field terms), by term position.
+    phrases: Vec<Vec<String>>,
+}
+
+impl Matcher {
+    pub fn new(filter: Filter) -> Matcher {
+        let phrases = filter
+            .terms
+            .iter()
+            .map(|t| match &t.kind {
+                TermKind::Text(phrase) => tokens(phrase).collect(),
+                TermKind::Field { .. } => Vec::new(),
+            })
+            .collect();
+        Matcher { filter, phrases }
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// True when every term of the filter matches the event.
+    pub fn matches(&self, ev: &LiveEvent) -> bool {
+        self.filter
+            .terms
+            .iter()
+            .zip(&self.phrases)
+            .all(|(t, phrase)| {
+                let v = match &t.kind {
+                    TermKind::Text(_) => Some(tokens_in(ev.text(), phrase)),
+                    TermKind::Field { field, cond } => term_value(ev, field, cond),
+                };
+                if t.negated {
+                    !v.unwrap_or(false)
+                } else {
+                    v.unwrap_or(false)
+                }
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{prepare_json, PrepareCtx};
-    use crate::Limits;
+    use crate::event::test_event;
 
     fn live(json: &str) -> LiveEvent {
-        let limits = Limits::default();
-        let mut new_id = || "generated".to_owned();
-        let mut ctx = PrepareCtx {
-            limits: &limits,
-            now_us: 1_000_000,
-            now_text: "1970-01-01T00:00:01Z",
-            require_specversion: false,
-            default_visibility: None,
-            new_id: &mut new_id,
-        };
-        LiveEvent::new(7, prepare_json(json, "", &mut ctx).expect("valid event"))
+        LiveEvent::new(7, test_event(json))
     }
 
     fn check(json: &str, cases: &[(&str, bool)]) {

@@ -285,13 +285,14 @@ impl RateLimiter {
         }
     }
 
-    pub fn rate(&self) -> f64 {
-        self.rate
+    /// Whether any limit applies (`auth.rate_limit` above 0).
+    pub fn enabled(&self) -> bool {
+        self.rate > 0.0
     }
 
     /// Takes one request from `who`'s bucket; `Err(seconds)` to wait when it is empty.
     pub fn take(&self, who: &str) -> Result<(), u32> {
-        if self.rate <= 0.0 {
+        if !self.enabled() {
             return Ok(());
         }
         let Ok(mut b) = self.buckets.lock() else {
@@ -348,21 +349,23 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let who = match (&caller.key, &caller.viewer) {
-        (Some(k), _) => k.id.clone(),
-        (None, Some(v)) => v.jti.clone(),
-        (None, None) => req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "anonymous".into()),
-    };
-    if let Err(secs) = st.rate.take(&who) {
-        return ApiError::TooManyRequests {
-            detail: format!("more than {} requests per second", st.rate_limit()),
-            retry_after_secs: secs,
+    if st.rate.enabled() {
+        let who = match (&caller.key, &caller.viewer) {
+            (Some(k), _) => k.id.clone(),
+            (None, Some(v)) => v.jti.clone(),
+            (None, None) => req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "anonymous".into()),
+        };
+        if let Err(secs) = st.rate.take(&who) {
+            return ApiError::TooManyRequests {
+                detail: format!("more than {} requests per second", st.rate.rate),
+                retry_after_secs: secs,
+            }
+            .into_response();
         }
-        .into_response();
     }
     // Every read through a viewer token is audited (after the answer, off its path).
     let audit = caller.viewer.as_ref().map(|_| {

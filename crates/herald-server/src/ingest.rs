@@ -8,6 +8,7 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::query::now_micros;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Extension, State};
@@ -19,7 +20,6 @@ use herald_store::AppendOutcome;
 use herald_wire::{IngestResponse, IngestResult, IngestStatus};
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How the body carries events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +67,6 @@ fn mode(headers: &HeaderMap) -> Result<Mode, ApiError> {
             "a Content-Type is required; use {ACCEPTED_TYPES}"
         ))),
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Reads the body up to the configured limit (413 beyond), checking Content-Length first so

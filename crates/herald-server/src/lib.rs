@@ -103,11 +103,6 @@ impl AppState {
             .cloned()
     }
 
-    /// Requests per second allowed per caller (0: unlimited).
-    pub fn rate_limit(&self) -> f64 {
-        self.rate.rate()
-    }
-
     /// The stream hub (started on the current runtime on first use).
     pub fn hub(&self) -> Arc<stream::Hub> {
         self.hub

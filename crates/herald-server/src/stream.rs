@@ -44,8 +44,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::filter::Filter;
 use herald_core::filter::{Cond, Field, Pattern, TermKind, Value};
-use herald_core::matcher::matches;
 use herald_core::matcher::LiveEvent;
+use herald_core::matcher::Matcher;
 use herald_core::timespec::parse_bound;
 use herald_core::Access;
 use herald_store::{LiveBatch, ScanQuery, Store};
@@ -217,7 +217,7 @@ async fn open(
     let hub = st.hub();
     let (routed_tx, routed) = mpsc::channel::<Routed>(st.stream.client_buffer.max(1));
     let entry = Arc::new(Entry {
-        filter: filter.clone(),
+        matcher: Matcher::new(filter.clone()),
         access: access.clone(),
         tx: routed_tx,
         lagged: AtomicBool::new(false),
@@ -230,9 +230,8 @@ async fn open(
     let (final_tx, final_rx) = oneshot::channel::<Bytes>();
     let sub = Subscriber {
         st: st.clone(),
-        hub,
         entry,
-        _registration: registration,
+        registration,
         filter,
         access,
         credential,
@@ -306,9 +305,9 @@ impl EndReason {
 
 struct Subscriber {
     st: Arc<AppState>,
-    hub: Arc<Hub>,
     entry: Arc<Entry>,
-    _registration: Registration,
+    /// Keeps the subscriber registered with the hub while it lives.
+    registration: Registration,
     filter: Filter,
     access: Access,
     credential: Credential,
@@ -434,7 +433,7 @@ impl Subscriber {
                     }
                     // Everything the hub routed up to `done` is queued; if the queue is empty
                     // and we are not lagging, nothing else up to there matched.
-                    let done = self.hub.done.load(Ordering::SeqCst);
+                    let done = self.registration.hub.done.load(Ordering::SeqCst);
                     if routed.is_empty() && !self.entry.lagged.load(Ordering::SeqCst) {
                         self.last = self.last.max(done);
                     }
@@ -555,7 +554,7 @@ pub struct Routed {
 
 /// A subscriber as the hub sees it.
 pub struct Entry {
-    filter: Filter,
+    matcher: Matcher,
     /// What the subscriber may read: applied with the filter, as the store applies it.
     access: Access,
     tx: mpsc::Sender<Routed>,
@@ -733,7 +732,7 @@ impl Hub {
     }
 
     fn register(self: &Arc<Self>, entry: Arc<Entry>) -> Registration {
-        let key = index_key(&entry.filter);
+        let key = index_key(entry.matcher.filter());
         let mut r = match self.routes.lock() {
             Ok(r) => r,
             Err(p) => p.into_inner(),
@@ -797,7 +796,7 @@ impl Hub {
                     let mut consider = |id: u64| {
                         if let Some(e) = r.entries.get(&id) {
                             if !e.lagged.load(Ordering::SeqCst)
-                                && matches(&e.filter, ev)
+                                && e.matcher.matches(ev)
                                 && e.access.can_read(&ev.event)
                             {
                                 routed.entry(id).or_default().push(i as u32);

@@ -7,7 +7,7 @@
 use crate::{AppendOutcome, EventQuery, LiveEvent, ScanQuery, Store};
 use herald_core::event::{prepare_json, PrepareCtx};
 use herald_core::filter::Filter;
-use herald_core::matcher::matches;
+use herald_core::matcher::Matcher;
 use herald_core::{Access, Limits, PreparedEvent};
 
 /// "Now" for the contract's events: 2026-11-01T00:00:00Z.
@@ -556,10 +556,11 @@ async fn memory_matcher_agrees_with_queries(store: &dyn Store) {
                 Ok(f) => f,
                 Err(e) => panic!("generated filter `{text}` does not parse: {e}"),
             };
+            let matcher = Matcher::new(filter.clone());
             let access = random_access(&mut rng);
             let mut want: Vec<u64> = live
                 .iter()
-                .filter(|e| matches(&filter, e) && access.can_read(&e.event))
+                .filter(|e| matcher.matches(e) && access.can_read(&e.event))
                 .map(|e| e.seq)
                 .collect();
             want.sort_unstable();

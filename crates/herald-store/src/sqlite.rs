@@ -152,16 +152,7 @@ fn backfill_readers(conn: &Connection) -> rusqlite::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut update = conn.prepare("UPDATE events SET readers = ?1 WHERE seq = ?2")?;
     for (seq, body) in rows {
-        let readers: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| {
-                v["readers"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
+        let readers = reprepare(&body, 0).map(|e| e.readers).unwrap_or_default();
         update.execute(params![crate::sql::readers_column(&readers), seq])?;
     }
     Ok(())
@@ -210,13 +201,18 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
         2,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
+            // The phrase is the same on every row of a statement: cut it once.
+            let phrase = ctx.get_or_create_aux(1, |v| {
+                Ok::<_, rusqlite::Error>(
+                    herald_core::matcher::tokens(v.as_str().unwrap_or("")).collect::<Vec<_>>(),
+                )
+            })?;
             let body = ctx.get_raw(0).as_str().unwrap_or("");
-            let phrase = ctx.get_raw(1).as_str().unwrap_or("");
             let Some(text) = herald_core::event::search_text_of(body) else {
                 return Ok(false);
             };
             let toks: Vec<String> = herald_core::matcher::tokens(&text).collect();
-            Ok(herald_core::matcher::phrase_in(&toks, phrase))
+            Ok(herald_core::matcher::tokens_in(&toks, &phrase))
         },
     )
 }
@@ -591,15 +587,30 @@ fn fts_seq(conn: &Connection) -> Result<u64, StoreError> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-/// Indexes the text of events stored after the FTS watermark (after a crash, or when full
-/// text was turned on again). Returns the new watermark.
-fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreError> {
-    let from = fts_seq(fts)?;
+/// Prepares a stored body again (it was valid when stored, so no limit applies), for log
+/// replay and full-text catch-up. `recorded_us` becomes its `recorded` column.
+fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core::Rejection> {
     let limits = herald_core::Limits {
         max_event_bytes: usize::MAX,
         max_depth: usize::MAX,
         ..herald_core::Limits::default()
     };
+    let mut no_id = String::new;
+    let mut ctx = herald_core::event::PrepareCtx {
+        limits: &limits,
+        now_us: recorded_us,
+        now_text: "",
+        require_specversion: false,
+        default_visibility: None,
+        new_id: &mut no_id,
+    };
+    herald_core::event::prepare_json(body, "", &mut ctx)
+}
+
+/// Indexes the text of events stored after the FTS watermark (after a crash, or when full
+/// text was turned on again). Returns the new watermark.
+fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreError> {
+    let from = fts_seq(fts)?;
     let mut last = from;
     let tx = fts.unchecked_transaction()?;
     {
@@ -610,17 +621,8 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
         while let Some(r) = it.next()? {
             let seq: i64 = r.get(0)?;
             let body: String = r.get(1)?;
-            let mut no_id = String::new;
-            let mut ctx = herald_core::event::PrepareCtx {
-                limits: &limits,
-                now_us: 0,
-                now_text: "",
-                require_specversion: false,
-                default_visibility: None,
-                new_id: &mut no_id,
-            };
             // A stored body is a valid event; preparing it again yields the same search text.
-            if let Ok(ev) = herald_core::event::prepare_json(&body, "", &mut ctx) {
+            if let Ok(ev) = reprepare(&body, 0) {
                 ins.execute(params![seq, ev.search_text()])?;
             }
             last = seq as u64;
@@ -728,11 +730,6 @@ fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError
             })?,
         );
     }
-    let limits = herald_core::Limits {
-        max_event_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        ..herald_core::Limits::default()
-    };
     let mut parsed = Vec::with_capacity(records.len());
     for body in &records {
         let seq = body
@@ -759,16 +756,7 @@ fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError
                     .and_then(herald_core::timespec::parse_rfc3339)
             })
             .unwrap_or(0);
-        let mut no_id = String::new;
-        let mut ctx = herald_core::event::PrepareCtx {
-            limits: &limits,
-            now_us: recorded_us,
-            now_text: "",
-            require_specversion: false,
-            default_visibility: None,
-            new_id: &mut no_id,
-        };
-        let ev = herald_core::event::prepare_json(body, "", &mut ctx).map_err(|r| {
+        let ev = reprepare(body, recorded_us).map_err(|r| {
             StoreError::Database(format!(
                 "a write-ahead log record does not parse: {}",
                 r.reason
@@ -899,7 +887,6 @@ impl Writer {
             }
             return;
         }
-        let seq_before = self.next_seq;
         let mut stored: Vec<LiveEvent> = Vec::with_capacity(n);
         let mut outcomes = Vec::with_capacity(jobs.len());
         let result = self
@@ -920,7 +907,6 @@ impl Writer {
             // it brings back an event whose sender was told it failed, and a retry with
             // the same id is then a duplicate).
             self.logs[self.cur].discard_unsynced();
-            let _ = seq_before;
             if let Ok(mut p) = self.pending.lock() {
                 for ev in &stored {
                     if let Some(list) = p.get_mut(&ev.event.dedup_key) {

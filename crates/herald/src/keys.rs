@@ -65,12 +65,7 @@ pub struct CreateArgs {
     target: Target,
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use herald_server::query::now_micros as now_us;
 
 fn print_keys(keys: &[KeyView], json: bool) -> anyhow::Result<()> {
     if json {

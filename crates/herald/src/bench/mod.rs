@@ -19,7 +19,7 @@ use herald_server::{AppState, Config};
 use herald_store::{SqliteOptions, SqliteStore};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -98,12 +98,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use herald_server::query::now_micros as now_us;
 
 /// A Herald server on its own runtime, so that the load generator does not share one.
 struct Server {

@@ -149,6 +149,15 @@ async fn paced_ingest(
     let mut hist = new_hist();
     let mut tasks = tokio::task::JoinSet::new();
     let mut events = 0;
+    // One answered request: its latency, and each event's acknowledgement time by seq.
+    let mut record = |(seqs, acked, lat): (Vec<u64>, Instant, Duration)| {
+        let _ = hist.record(lat.as_micros() as u64);
+        let n = seqs.len();
+        acks.lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .extend(seqs.into_iter().map(|s| (s, acked)));
+        anyhow::Ok(n)
+    };
     for (i, body) in bodies.iter().enumerate() {
         let due = started + Duration::from_secs_f64(i as f64 / per_sec);
         tokio::time::sleep_until(due.into()).await;
@@ -171,21 +180,11 @@ async fn paced_ingest(
             anyhow::Ok((seqs, acked, acked - t))
         });
         while let Some(r) = tasks.try_join_next() {
-            let (seqs, acked, lat) = r??;
-            events += seqs.len();
-            let _ = hist.record(lat.as_micros() as u64);
-            acks.lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .extend(seqs.into_iter().map(|s| (s, acked)));
+            events += record(r??)?;
         }
     }
     while let Some(r) = tasks.join_next().await {
-        let (seqs, acked, lat) = r??;
-        events += seqs.len();
-        let _ = hist.record(lat.as_micros() as u64);
-        acks.lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .extend(seqs.into_iter().map(|s| (s, acked)));
+        events += record(r??)?;
     }
     Ok((events, hist, started.elapsed()))
 }
