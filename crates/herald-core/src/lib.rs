@@ -1,5 +1,5 @@
 //! Herald's domain logic: validation and canonical form of events, the filter language, time
-//! bounds and cursors.
+//! bounds and cursors, event types and their schemas, sampling and pipeline processors.
 //!
 //! This crate exists to keep every rule about *what* an event or a query is in one place that
 //! does no IO, has no async and reads no clock: the caller passes "now" in. Bad input is data
@@ -14,7 +14,10 @@ pub mod filter;
 pub mod json;
 pub mod limits;
 pub mod matcher;
+pub mod pipeline;
+pub mod schema;
 pub mod timespec;
+pub mod types;
 
 pub use access::Access;
 pub use event::{PreparedEvent, Rejection};

@@ -209,6 +209,24 @@ pub enum IngestStatus {
     Conflict,
     /// The event is invalid; `reason` and `pointer` say why and where.
     Rejected,
+    /// The event failed its type's schema (enforced) or a pipeline processor: it is kept in
+    /// the quarantine, not in the event log; `reason` and `errors` say why. Do not resend it:
+    /// it can be replayed from the quarantine once the cause is fixed.
+    Quarantined,
+    /// The event was dropped on purpose (sampled out, or its actor opted out); `reason` says
+    /// which. Do not resend it.
+    Dropped,
+}
+
+/// One JSON Schema violation, reported as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SchemaError {
+    /// JSON pointer (RFC 6901) into the event's `data`.
+    pub pointer: String,
+    /// The schema keyword that failed (`required`, `type`, `additionalProperties`, ...).
+    pub keyword: String,
+    pub message: String,
 }
 
 /// The result for one event, in the order of the request.
@@ -227,6 +245,10 @@ pub struct IngestResult {
     /// JSON pointer (RFC 6901) into the request body of the offending member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
+    /// Schema violations: why a `quarantined` event failed, or, for an event `stored` under
+    /// validation mode `warn`, what is wrong with it (it is stored with `schemaerrors` set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<SchemaError>,
 }
 
 /// The answer to `POST /v1/events`.
@@ -237,6 +259,10 @@ pub struct IngestResponse {
     pub duplicates: usize,
     pub conflicts: usize,
     pub rejected: usize,
+    #[serde(default)]
+    pub quarantined: usize,
+    #[serde(default)]
+    pub dropped: usize,
     pub results: Vec<IngestResult>,
 }
 
