@@ -41,6 +41,8 @@ pub struct PreparedEvent {
     pub tenant: Option<String>,
     pub causationid: Option<String>,
     pub correlationid: Option<String>,
+    /// The schema the producer says `data` follows (its type's schema version).
+    pub dataschema: Option<String>,
     pub severity: Severity,
     pub visibility: Visibility,
     /// Principals that may read a `private` event.
@@ -144,6 +146,9 @@ pub struct PrepareCtx<'a> {
     pub require_specversion: bool,
     /// Visibility of events that do not say (the ingesting key's default); `None`: internal.
     pub default_visibility: Option<Visibility>,
+    /// The default visibility of an event type (from the type registry). When both this
+    /// and `default_visibility` apply, the stricter wins.
+    pub type_visibility: Option<&'a dyn Fn(&str) -> Option<Visibility>>,
     /// Generates an id (UUIDv7) for events without one.
     pub new_id: &'a mut dyn FnMut() -> String,
 }
@@ -796,10 +801,22 @@ impl<'a> Builder<'a> {
                 push_member(&mut out, name, s.token);
             }
         }
-        let visibility = self
-            .visibility
-            .or(ctx.default_visibility)
-            .unwrap_or_default();
+        let visibility = match self.visibility {
+            Some(v) => v,
+            None => {
+                let by_type = ctx.type_visibility.and_then(|f| f(&ty.value));
+                match (ctx.default_visibility, by_type) {
+                    (Some(a), Some(b)) => {
+                        if a.rank() >= b.rank() {
+                            a
+                        } else {
+                            b
+                        }
+                    }
+                    (a, b) => a.or(b).unwrap_or_default(),
+                }
+            }
+        };
         out.push_str(",\"visibility\":\"");
         out.push_str(visibility.as_str());
         out.push('"');
@@ -872,6 +889,7 @@ impl<'a> Builder<'a> {
             tenant: self.tenant.map(|s| s.value.into_owned()),
             causationid: self.causationid.map(|s| s.value.into_owned()),
             correlationid: self.correlationid.map(|s| s.value.into_owned()),
+            dataschema: self.dataschema.as_ref().map(|s| s.value.to_string()),
             severity,
             visibility,
             readers: self.readers,
@@ -908,6 +926,7 @@ pub(crate) fn test_event(json: &str) -> PreparedEvent {
         now_text: "1970-01-01T00:00:01Z",
         require_specversion: false,
         default_visibility: None,
+        type_visibility: None,
         new_id: &mut new_id,
     };
     prepare_json(json, "", &mut ctx).expect("a valid test event")
@@ -940,6 +959,7 @@ mod tests {
             now_text: "1970-01-01T00:00:01.000000Z",
             require_specversion: false,
             default_visibility: None,
+            type_visibility: None,
             new_id: &mut new_id,
         };
         prepare_json(raw, "/0", &mut ctx)
@@ -1077,6 +1097,7 @@ mod tests {
             now_text: "1970-01-01T00:00:00.000000Z",
             require_specversion: true,
             default_visibility: None,
+            type_visibility: None,
             new_id: &mut new_id,
         };
         let attrs = [

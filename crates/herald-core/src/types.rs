@@ -253,6 +253,50 @@ pub fn sampled_rate(rate: f64) -> u64 {
     (1.0 / rate).round().max(1.0) as u64
 }
 
+/// A type settings file (`herald types push DIR`, `pipeline.types_dir`): the settings'
+/// members plus `type` (the type or pattern) and `schemas` (version → JSON Schema).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeFile {
+    pub pattern: String,
+    pub settings: TypeSettings,
+    /// Oldest version first.
+    pub schemas: Vec<(semver::Version, serde_json::Value)>,
+}
+
+impl TypeFile {
+    pub fn from_value(v: serde_json::Value) -> Result<TypeFile, String> {
+        let serde_json::Value::Object(mut m) = v else {
+            return Err("a type file is an object".into());
+        };
+        let pattern = match m.remove("type") {
+            Some(serde_json::Value::String(s)) => s,
+            _ => return Err("`type` (the type or pattern, e.g. \"import.*\") is required".into()),
+        };
+        TypePattern::parse(&pattern)?;
+        let mut schemas = Vec::new();
+        match m.remove("schemas") {
+            None => {}
+            Some(serde_json::Value::Object(s)) => {
+                for (version, schema) in s {
+                    let v = semver::Version::parse(&version)
+                        .map_err(|e| format!("schemas: version `{version}`: {e}"))?;
+                    schemas.push((v, schema));
+                }
+            }
+            Some(_) => return Err("`schemas` maps versions to JSON Schemas".into()),
+        }
+        schemas.sort_by(|a, b| a.0.cmp(&b.0));
+        let settings: TypeSettings = serde_json::from_value(serde_json::Value::Object(m))
+            .map_err(|e| format!("settings: {e}"))?;
+        settings.check()?;
+        Ok(TypeFile {
+            pattern,
+            settings,
+            schemas,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +366,12 @@ mod tests {
         assert!(bad.check().is_err());
         let parsed: Result<TypeSettings, _> = serde_json::from_str(r#"{"validaton":"warn"}"#);
         assert!(parsed.is_err(), "unknown members are refused");
+        let f = TypeFile::from_value(serde_json::json!({"type": "import.*", "owner": "o",
+            "schemas": {"1.10.0": {}, "1.2.0": {"type": "object"}}}))
+        .unwrap();
+        assert_eq!(f.schemas[0].0.to_string(), "1.2.0");
+        assert_eq!(f.settings.owner.as_deref(), Some("o"));
+        assert!(TypeFile::from_value(serde_json::json!({"owner": "o"})).is_err());
+        assert!(TypeFile::from_value(serde_json::json!({"type": "a", "bogus": 1})).is_err());
     }
 }

@@ -34,6 +34,7 @@ pub async fn record(st: &AppState, ty: &str, caller: &Caller, data: serde_json::
             now_text: &now_text,
             require_specversion: false,
             default_visibility: None,
+            type_visibility: None,
             new_id: &mut new_id,
         };
         herald_core::event::prepare_json(&event.to_string(), "", &mut ctx)

@@ -21,6 +21,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub stream: StreamConfig,
     pub auth: AuthConfig,
+    pub pipeline: crate::registry::PipelineConfig,
 }
 
 impl Config {

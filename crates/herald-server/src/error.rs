@@ -57,6 +57,7 @@ impl From<StoreError> for ApiError {
                 retry_after_secs: 5,
             },
             StoreError::Database(msg) => ApiError::Internal(msg),
+            StoreError::Conflict(msg) => ApiError::BadRequest(msg),
         }
     }
 }

@@ -8,14 +8,18 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::pipeline::Outcome;
 use crate::query::now_micros;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Extension, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::event::{now_text, prepare_binary, prepare_json, HeaderAttr, PrepareCtx};
+use herald_core::pipeline::RequestInfo;
+use herald_core::types::ValidationMode;
 use herald_core::{PreparedEvent, Rejection};
+use herald_store::registry::{NewQuarantined, StatDelta};
 use herald_store::AppendOutcome;
 use herald_wire::{IngestResponse, IngestResult, IngestStatus};
 use serde_json::value::RawValue;
@@ -234,8 +238,9 @@ fn prepare_all(
     body: &[u8],
     limits: &herald_core::Limits,
     default_visibility: Option<herald_wire::Visibility>,
+    type_visibility: &dyn Fn(&str) -> Option<herald_wire::Visibility>,
+    now_us: i64,
 ) -> Result<Parsed, ApiError> {
-    let now_us = now_micros();
     let now = now_text(now_us);
     let mut new_id = || uuid::Uuid::now_v7().to_string();
     let mut ctx = PrepareCtx {
@@ -244,6 +249,7 @@ fn prepare_all(
         now_text: &now,
         require_specversion: matches!(mode, Mode::Structured | Mode::Batch | Mode::Binary),
         default_visibility,
+        type_visibility: Some(type_visibility),
         new_id: &mut new_id,
     };
     split_and_prepare(mode, headers, body, &mut ctx)
@@ -284,6 +290,22 @@ fn reason_label(pointer: &str) -> String {
     }
 }
 
+/// The request's counters of one type (few types per request: a linear search).
+fn stat_index(stats: &mut Vec<StatDelta>, ty: &str, now_us: i64) -> usize {
+    match stats.iter().position(|d| d.ty == ty) {
+        Some(i) => i,
+        None => {
+            stats.push(StatDelta {
+                ty: ty.to_owned(),
+                first_us: now_us,
+                last_us: now_us,
+                ..StatDelta::default()
+            });
+            stats.len() - 1
+        }
+    }
+}
+
 /// `POST /v1/events`
 #[utoipa::path(
     post,
@@ -299,32 +321,40 @@ fn reason_label(pointer: &str) -> String {
         )
     ),
     responses(
-        (status = 201, description = "Every event is stored (or was already stored); all are on disk", body = IngestResponse),
-        (status = 207, description = "Mixed results; see each result", body = IngestResponse),
+        (status = 201, description = "Every event is stored (or was already stored, or dropped on purpose: sampled out or opted out); all are on disk", body = IngestResponse),
+        (status = 207, description = "Mixed results (some rejected, quarantined or conflicting); see each result", body = IngestResponse),
         (status = 400, description = "Malformed body", body = herald_wire::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Every event conflicts with a stored one", body = herald_wire::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or batch too large", body = herald_wire::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = herald_wire::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every event was rejected", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every event was rejected or quarantined", body = herald_wire::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Write queue full or shutting down; retry after Retry-After", body = herald_wire::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ingest(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.ingest()?;
     let mode = mode(&headers)?;
     let body = read_body(&headers, body, st.limits.max_body_bytes).await?;
-    let parsed = prepare_all(
-        mode,
-        &headers,
-        &body,
-        &st.limits,
-        caller.default_visibility(),
-    )?;
+    let now_us = now_micros();
+    let snap = st.registry.snapshot();
+    let parsed = {
+        let type_visibility = |ty: &str| snap.table.get(ty).and_then(|e| e.settings.visibility);
+        prepare_all(
+            mode,
+            &headers,
+            &body,
+            &st.limits,
+            caller.default_visibility(),
+            &type_visibility,
+            now_us,
+        )?
+    };
     // Where rejections point: `/type` for a lone event, `/3/type` inside a list.
     let single = !matches!(mode, Mode::Ndjson | Mode::Batch)
         && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[');
@@ -334,34 +364,49 @@ pub async fn ingest(
     }
     let m = &st.metrics;
     m.received.inc_by(parsed.len() as u64);
+    let header_text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let client_ip = peer.map(|Extension(ConnectInfo(a))| a.ip().to_string());
+    let info = RequestInfo {
+        client_ip: client_ip.as_deref(),
+        user_agent: header_text(header::USER_AGENT),
+        hash_key: st.registry.config.hash_key.as_bytes(),
+    };
+    let producer = crate::pipeline::producer_of(&caller);
+    let type_pointer = |index: usize| {
+        if single {
+            "/type".to_owned()
+        } else {
+            format!("/{index}/type")
+        }
+    };
 
+    // Counters per type for the catalog, gathered per request and added once.
+    let mut stats: Vec<StatDelta> = Vec::new();
     let mut results: Vec<IngestResult> = Vec::with_capacity(parsed.len());
     let mut to_store = Vec::with_capacity(parsed.len());
+    let mut stored_stat: Vec<usize> = Vec::with_capacity(parsed.len());
+    let mut quarantine: Vec<NewQuarantined> = Vec::new();
+    let mut quarantine_stat: Vec<usize> = Vec::new();
+    let result = |index: usize, status: IngestStatus| IngestResult {
+        index,
+        status,
+        seq: None,
+        id: None,
+        reason: None,
+        pointer: None,
+        errors: Vec::new(),
+    };
     for (index, p) in parsed.into_iter().enumerate() {
         // A key limited to some types or sources has the others rejected, one by one.
         let p = p.and_then(|ev| match caller.refuses(&ev.ty, &ev.source) {
             Some(reason) => Err(Rejection {
                 reason,
-                pointer: if single {
-                    "/type".into()
-                } else {
-                    format!("/{index}/type")
-                },
+                pointer: type_pointer(index),
             }),
             None => Ok(ev),
         });
-        match p {
-            Ok(ev) => {
-                results.push(IngestResult {
-                    index,
-                    status: IngestStatus::Stored,
-                    seq: None,
-                    id: Some(ev.id.clone()),
-                    reason: None,
-                    pointer: None,
-                });
-                to_store.push(ev);
-            }
+        let ev = match p {
+            Ok(ev) => ev,
             Err(r) => {
                 m.rejected
                     .get_or_create(&crate::metrics::ReasonLabel {
@@ -369,30 +414,126 @@ pub async fn ingest(
                     })
                     .inc();
                 results.push(IngestResult {
-                    index,
-                    status: IngestStatus::Rejected,
-                    seq: None,
-                    id: None,
                     reason: Some(r.reason),
                     pointer: Some(r.pointer),
+                    ..result(index, IngestStatus::Rejected)
+                });
+                continue;
+            }
+        };
+        let si = stat_index(&mut stats, &ev.ty, now_us);
+        stats[si].received += 1;
+        let id = ev.id.clone();
+        let validated = snap
+            .table
+            .get(&ev.ty)
+            .is_some_and(|e| e.settings.validation != ValidationMode::Off && e.latest().is_some());
+        match crate::pipeline::process(&snap, &st.registry, ev, &info) {
+            Outcome::Store { event, warnings } => {
+                if validated {
+                    if warnings.is_empty() {
+                        stats[si].valid += 1;
+                        m.outcome("valid");
+                    } else {
+                        stats[si].invalid += 1;
+                        m.outcome("invalid");
+                    }
+                }
+                results.push(IngestResult {
+                    id: Some(id),
+                    errors: warnings,
+                    ..result(index, IngestStatus::Stored)
+                });
+                to_store.push(event);
+                stored_stat.push(si);
+            }
+            Outcome::Refuse(reason) => {
+                m.outcome("refused");
+                results.push(IngestResult {
+                    id: Some(id),
+                    reason: Some(reason),
+                    pointer: Some(type_pointer(index)),
+                    ..result(index, IngestStatus::Rejected)
+                });
+            }
+            Outcome::Drop { reason, sampled } => {
+                if sampled {
+                    stats[si].sampled_out += 1;
+                    m.outcome("sampled_out");
+                } else {
+                    stats[si].dropped += 1;
+                    m.outcome("opted_out");
+                }
+                results.push(IngestResult {
+                    id: Some(id),
+                    reason: Some(reason),
+                    ..result(index, IngestStatus::Dropped)
+                });
+            }
+            Outcome::Quarantine {
+                event,
+                kind,
+                message,
+                errors,
+            } => {
+                if kind == "processor" {
+                    m.outcome("processor_failed");
+                } else {
+                    stats[si].invalid += 1;
+                    m.outcome("invalid");
+                }
+                quarantine.push(crate::pipeline::quarantine_entry(
+                    &st.registry,
+                    &event,
+                    kind,
+                    &message,
+                    &errors,
+                    &producer,
+                ));
+                quarantine_stat.push(si);
+                results.push(IngestResult {
+                    id: Some(id),
+                    reason: Some(message),
+                    errors,
+                    ..result(index, IngestStatus::Quarantined)
                 });
             }
         }
     }
+    // The quarantine is written before the answer: a quarantined event is kept durably too.
+    if !quarantine.is_empty() {
+        let max = st.registry.config.quarantine_max_events;
+        let evicted = st
+            .registry
+            .store
+            .with(move |c| herald_store::registry::quarantine(c, &quarantine, max))
+            .await?;
+        if evicted > 0 {
+            m.quarantine_evicted.inc_by(evicted);
+            tracing::warn!(evicted, "the quarantine is full; dropped its oldest events");
+        }
+        for si in quarantine_stat {
+            stats[si].quarantined += 1;
+            m.outcome("quarantined");
+        }
+    }
     if !to_store.is_empty() {
         let outcomes = st.store.append(to_store).await?;
-        let mut it = outcomes.into_iter();
+        let mut it = outcomes.into_iter().zip(stored_stat);
         for r in results
             .iter_mut()
             .filter(|r| r.status == IngestStatus::Stored)
         {
             match it.next() {
-                Some(AppendOutcome::Stored(seq)) => r.seq = Some(seq),
-                Some(AppendOutcome::Duplicate(seq)) => {
+                Some((AppendOutcome::Stored(seq), si)) => {
+                    r.seq = Some(seq);
+                    stats[si].stored += 1;
+                }
+                Some((AppendOutcome::Duplicate(seq), _)) => {
                     r.status = IngestStatus::Duplicate;
                     r.seq = Some(seq);
                 }
-                Some(AppendOutcome::Conflict(seq)) => {
+                Some((AppendOutcome::Conflict(seq), _)) => {
                     r.status = IngestStatus::Conflict;
                     r.seq = Some(seq);
                     r.reason = Some(
@@ -407,6 +548,13 @@ pub async fn ingest(
             }
         }
     }
+    let hour = now_us / 3_600_000_000;
+    for d in &mut stats {
+        if d.stored > 0 {
+            d.hours.push((hour, d.stored));
+        }
+    }
+    st.registry.add(stats);
     let mut resp = IngestResponse {
         results: Vec::new(),
         ..IngestResponse::default()
@@ -417,19 +565,21 @@ pub async fn ingest(
             IngestStatus::Duplicate => resp.duplicates += 1,
             IngestStatus::Conflict => resp.conflicts += 1,
             IngestStatus::Rejected => resp.rejected += 1,
+            IngestStatus::Quarantined => resp.quarantined += 1,
+            IngestStatus::Dropped => resp.dropped += 1,
         }
     }
     m.stored.inc_by(resp.stored as u64);
     m.duplicates.inc_by(resp.duplicates as u64);
     m.conflicts.inc_by(resp.conflicts as u64);
     let total = results.len();
-    if resp.rejected == total {
+    if resp.rejected + resp.quarantined == total {
         return Err(ApiError::Unprocessable(results));
     }
     if resp.conflicts == total {
         return Err(ApiError::Conflict(results));
     }
-    let status = if resp.stored + resp.duplicates == total {
+    let status = if resp.stored + resp.duplicates + resp.dropped == total {
         StatusCode::CREATED
     } else {
         StatusCode::MULTI_STATUS

@@ -20,7 +20,9 @@ pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod pipeline;
 pub mod query;
+pub mod registry;
 pub mod stream;
 pub mod viewer;
 
@@ -57,6 +59,8 @@ pub struct AppState {
     viewer_secret: tokio::sync::OnceCell<Vec<u8>>,
     pub cors_origins: Vec<String>,
     pub rate: auth::RateLimiter,
+    /// Type settings, schemas, opt-outs, processors and the catalog's counters.
+    pub registry: registry::Registry,
 }
 
 impl AppState {
@@ -65,8 +69,10 @@ impl AppState {
         keys: herald_store::KeyStore,
         cfg: &Config,
         metrics: Arc<metrics::Metrics>,
-    ) -> Arc<Self> {
-        Arc::new(AppState {
+    ) -> Result<Arc<Self>, String> {
+        let registry = registry::Registry::open(&cfg.store.data_dir, cfg.pipeline.clone())?;
+        Ok(Arc::new(AppState {
+            registry,
             keys,
             key_cache: auth::KeyCache::default(),
             auth_required: cfg.auth.required(&cfg.server.listen),
@@ -83,7 +89,7 @@ impl AppState {
             subscribers: Arc::new(tokio::sync::Semaphore::new(cfg.stream.max_subscribers)),
             shutdown: tokio::sync::watch::Sender::new(false),
             hub: std::sync::OnceLock::new(),
-        })
+        }))
     }
 
     /// The viewer token signing key (created in the database on first use).
@@ -125,6 +131,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/viewer-tokens/{id}",
             axum::routing::delete(viewer::revoke),
         )
+        .route("/v1/types", get(registry::list_types))
+        .route(
+            "/v1/types/{type}",
+            get(registry::get_type)
+                .put(registry::put_type)
+                .delete(registry::delete_type),
+        )
+        .route(
+            "/v1/types/{type}/schemas/{version}",
+            get(registry::get_schema).put(registry::put_schema),
+        )
+        .route("/v1/optout", get(registry::list_optout))
+        .route(
+            "/v1/optout/{actor}",
+            axum::routing::put(registry::put_optout).delete(registry::delete_optout),
+        )
+        .route("/v1/quarantine", get(pipeline::list_quarantine))
+        .route("/v1/quarantine/replay", post(pipeline::replay))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -175,6 +199,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .allow_methods([
                 axum::http::Method::GET,
                 axum::http::Method::POST,
+                axum::http::Method::PUT,
                 axum::http::Method::DELETE,
             ])
             .allow_headers([
@@ -215,6 +240,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    registry::start_flusher(&state);
     let st = state.clone();
     let result = listen::run(listener, app, tls, header_timeout, async move {
         shutdown.await;
@@ -223,6 +249,7 @@ pub async fn serve_with(
         tracing::info!("shutting down: no new connections, finishing requests in flight");
     })
     .await;
+    state.registry.flush(&state.metrics).await;
     state.store.close().await;
     tracing::info!("store closed");
     result

@@ -47,6 +47,11 @@ pub struct Metrics {
     pub stream_disconnected: Family<ReasonLabel, Counter>,
     pub stream_latency: Histogram,
     pub audit_failed: Counter,
+    /// Events by pipeline outcome: valid, invalid (schema), sampled_out, opted_out,
+    /// quarantined, refused (allow/deny).
+    pub pipeline: Family<ReasonLabel, Counter>,
+    pub quarantine_evicted: Counter,
+    pub registry_flush_failed: Counter,
 }
 
 impl Metrics {
@@ -150,7 +155,28 @@ impl Metrics {
             "Audit events that could not be recorded (see the log)",
             audit_failed.clone(),
         );
+        let pipeline = Family::<ReasonLabel, Counter>::default();
+        let quarantine_evicted = Counter::default();
+        let registry_flush_failed = Counter::default();
+        registry.register(
+            "herald_pipeline_events",
+            "Events by pipeline outcome (valid, invalid, sampled_out, opted_out, quarantined, refused, processor_failed)",
+            pipeline.clone(),
+        );
+        registry.register(
+            "herald_quarantine_evicted",
+            "Quarantined events dropped because the quarantine was full (oldest first)",
+            quarantine_evicted.clone(),
+        );
+        registry.register(
+            "herald_registry_flush_failed",
+            "Failed writes of the type catalog's counters (kept and retried; see the log)",
+            registry_flush_failed.clone(),
+        );
         Arc::new(Metrics {
+            pipeline,
+            quarantine_evicted,
+            registry_flush_failed,
             audit_failed,
             stream_subscribers,
             stream_sent,
@@ -169,6 +195,15 @@ impl Metrics {
             commit_events,
             commit_duration,
         })
+    }
+
+    /// Counts one pipeline outcome.
+    pub fn outcome(&self, what: &str) {
+        self.pipeline
+            .get_or_create(&ReasonLabel {
+                reason: what.to_owned(),
+            })
+            .inc();
     }
 
     /// The store's commit observer, feeding the commit histograms.

@@ -27,6 +27,7 @@ pub fn event(json: &str) -> PreparedEvent {
         now_text: "2026-11-01T00:00:00.000000Z",
         require_specversion: false,
         default_visibility: None,
+        type_visibility: None,
         new_id: &mut new_id,
     };
     prepare_json(json, "", &mut ctx).unwrap_or_else(|r| panic!("test event {json} rejected: {r:?}"))

@@ -81,6 +81,25 @@ impl KeyInfo {
     }
 }
 
+/// Opens a connection to the database of a data directory (creating and migrating it when
+/// needed) for the small tables kept beside the events: keys, the type registry.
+pub(crate) fn open_side_connection(data_dir: &Path) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        StoreError::Database(format!(
+            "cannot create data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let conn = Connection::open(data_dir.join("herald.db"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // Same page size as the event store gives a new database (see `sqlite`).
+    conn.pragma_update(None, "page_size", 16384)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    crate::sqlite::migrate(&conn)?;
+    Ok(conn)
+}
+
 /// The key table, behind its own connection.
 #[derive(Clone)]
 pub struct KeyStore {
@@ -111,19 +130,7 @@ impl KeyStore {
     /// Opens the key table of a data directory (creating and migrating the database if
     /// needed). Safe while a server runs on the same directory.
     pub fn open(data_dir: &Path) -> Result<KeyStore, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Database(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let conn = Connection::open(data_dir.join("herald.db"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        // Same page size as the event store gives a new database (see `sqlite`).
-        conn.pragma_update(None, "page_size", 16384)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        crate::sqlite::migrate(&conn)?;
+        let conn = open_side_connection(data_dir)?;
         Ok(KeyStore {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -25,11 +25,13 @@ use std::time::Duration;
 pub mod contract;
 pub mod keys;
 mod log;
+pub mod registry;
 mod sql;
 pub mod sqlite;
 
 pub use herald_core::matcher::LiveEvent;
 pub use keys::{KeyInfo, KeyStore, Restrictions, Role};
+pub use registry::RegistryStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A boxed future, so that [`Store`] can be used as a trait object.
@@ -59,6 +61,10 @@ pub enum StoreError {
     /// was acknowledged.
     #[error("database error: {0}")]
     Database(String),
+    /// The request contradicts what is stored (for example a schema version published
+    /// again with other content).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -140,6 +140,51 @@ CREATE TABLE keys (
     r#"
 CREATE TABLE revoked_tokens (jti TEXT PRIMARY KEY, expires INTEGER NOT NULL);
 "#,
+    // 5: the type registry (see `registry`): settings, schema versions, the catalog's
+    // counters (filled from the stored events by `registry::backfill_stats`), the quarantine
+    // and the opt-out list.
+    r#"
+CREATE TABLE types (pattern TEXT PRIMARY KEY, settings TEXT NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE schemas (
+    pattern   TEXT NOT NULL,
+    version   TEXT NOT NULL,
+    major     INTEGER NOT NULL,
+    minor     INTEGER NOT NULL,
+    patch     INTEGER NOT NULL,
+    schema    TEXT NOT NULL,
+    published INTEGER NOT NULL,
+    forced    TEXT,
+    PRIMARY KEY (pattern, major, minor, patch)
+);
+CREATE TABLE type_stats (
+    type        TEXT PRIMARY KEY,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    received    INTEGER NOT NULL,
+    valid       INTEGER NOT NULL,
+    invalid     INTEGER NOT NULL,
+    sampled_out INTEGER NOT NULL,
+    dropped     INTEGER NOT NULL,
+    stored      INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL
+);
+CREATE TABLE type_volume (type TEXT NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, hour)) WITHOUT ROWID;
+CREATE TABLE quarantine (
+    qid       INTEGER PRIMARY KEY,
+    received  INTEGER NOT NULL,
+    type      TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    id        TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    errors    TEXT NOT NULL,
+    producer  TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    truncated INTEGER NOT NULL,
+    attempts  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX quarantine_key ON quarantine (source, id);
+CREATE TABLE optout (actor TEXT PRIMARY KEY, since INTEGER NOT NULL);
+"#,
 ];
 
 /// Fills the `readers` column of events stored before it existed.
@@ -520,6 +565,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         if i == 1 {
             backfill_readers(&tx)?;
         }
+        if i == 4 {
+            crate::registry::backfill_stats(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
@@ -541,6 +589,34 @@ fn xxhash_path(path: &str) -> u64 {
     h
 }
 
+fn path_index(
+    conn: &Connection,
+    root: &str,
+    segs: &[String],
+    p: &str,
+) -> Result<String, StoreError> {
+    let name = path_index_name(p);
+    let expr = path_expr(root, segs);
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"
+    ))?;
+    Ok(name)
+}
+
+/// Creates the index of one `data.`/`context.` path (a facet added while running); returns
+/// its name.
+pub(crate) fn create_path_index(conn: &Connection, p: &str) -> Result<String, StoreError> {
+    let (root, rest) = p
+        .split_once('.')
+        .filter(|(root, _)| matches!(*root, "data" | "context"))
+        .ok_or_else(|| {
+            StoreError::Database(format!("path `{p}` must start with data. or context."))
+        })?;
+    let segs = parse_path(rest)
+        .ok_or_else(|| StoreError::Database(format!("path `{p}` has an invalid segment")))?;
+    path_index(conn, root, &segs, p)
+}
+
 /// Creates an index for each configured path and drops the ones no longer configured.
 fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreError> {
     let mut wanted = Vec::new();
@@ -556,12 +632,7 @@ fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreErr
         let segs = parse_path(rest).ok_or_else(|| {
             StoreError::Database(format!("indexed path `{p}` has an invalid segment"))
         })?;
-        let name = path_index_name(p);
-        let expr = path_expr(root, &segs);
-        conn.execute_batch(&format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"
-        ))?;
-        wanted.push(name);
+        wanted.push(path_index(conn, root, &segs, p)?);
     }
     let existing: Vec<String> = conn
         .prepare(
@@ -602,6 +673,7 @@ fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core:
         now_text: "",
         require_specversion: false,
         default_visibility: None,
+        type_visibility: None,
         new_id: &mut no_id,
     };
     herald_core::event::prepare_json(body, "", &mut ctx)

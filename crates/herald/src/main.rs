@@ -11,6 +11,7 @@ mod config;
 mod keys;
 mod serve;
 mod tail;
+mod types;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -86,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Event types: push settings and schemas from files, list the catalog.
+    Types {
+        #[command(subcommand)]
+        command: types::TypesCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -126,6 +132,9 @@ fn main() -> ExitCode {
         Command::Export(a) => client::runtime().and_then(|rt| rt.block_on(client::export(a))),
         Command::Keys { command } => {
             client::runtime().and_then(|rt| rt.block_on(keys::run(command)))
+        }
+        Command::Types { command } => {
+            client::runtime().and_then(|rt| rt.block_on(types::run(command)))
         }
         Command::Config { command } => match command {
             ConfigCommand::Default => {

@@ -42,6 +42,7 @@ pub fn run(
         );
     }
     rt.block_on(async move {
+        let mut cfg = cfg;
         let metrics = Metrics::new();
         let keys = herald_store::KeyStore::open(&cfg.store.data_dir)
             .with_context(|| format!("cannot open the keys in {}", cfg.store.data_dir.display()))?;
@@ -53,6 +54,18 @@ pub fn run(
         let first_key = herald_server::auth::first_admin_key(&keys)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin key: {e:?}"))?;
+        // Facets of registered types are indexed like the configured paths.
+        let facets = herald_server::registry::facets(&cfg.store.data_dir).with_context(|| {
+            format!(
+                "cannot read the type registry in {}",
+                cfg.store.data_dir.display()
+            )
+        })?;
+        for f in facets {
+            if !cfg.store.indexed_paths.contains(&f) {
+                cfg.store.indexed_paths.push(f);
+            }
+        }
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
             .with_context(|| {
                 format!("cannot open the store in {}", cfg.store.data_dir.display())
@@ -61,7 +74,19 @@ pub fn run(
             .await
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
         let addr = listener.local_addr()?;
-        let state = AppState::new(Arc::new(store), keys, &cfg, metrics);
+        let state = AppState::new(Arc::new(store), keys, &cfg, metrics)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !cfg.pipeline.types_dir.is_empty() {
+            let dir = PathBuf::from(&cfg.pipeline.types_dir);
+            for (path, f) in crate::types::read_dir(&dir)? {
+                let done = herald_server::registry::apply_type_file(&state, f)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                for line in done {
+                    tracing::info!(file = %path.display(), "{line}");
+                }
+            }
+        }
         tracing::info!(%addr, data_dir = %cfg.store.data_dir.display(), "herald is listening");
         let tls = match (cfg.server.tls_cert.as_str(), cfg.server.tls_key.as_str()) {
             ("", "") => None,

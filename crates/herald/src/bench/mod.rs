@@ -142,7 +142,8 @@ impl Server {
             on_commit: Some(metrics.commit_observer()),
         })?;
         let keys = herald_store::KeyStore::open(&path)?;
-        let state = AppState::new(Arc::new(store), keys.clone(), &cfg, metrics.clone());
+        let state = AppState::new(Arc::new(store), keys.clone(), &cfg, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -48,7 +48,7 @@ impl TestServer {
         let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))
             .expect("open store");
         let keys = herald_store::KeyStore::open(&cfg.store.data_dir).expect("open keys");
-        let state = AppState::new(Arc::new(store), keys, &cfg, metrics);
+        let state = AppState::new(Arc::new(store), keys, &cfg, metrics).expect("state");
         let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
             .await
             .expect("bind");

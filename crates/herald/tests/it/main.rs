@@ -12,3 +12,4 @@ mod ingest;
 mod query;
 mod sdk;
 mod stream;
+mod types;
