@@ -415,7 +415,7 @@ pub async fn apply_type_file(
             continue;
         }
         check_publish(entry.map(|e| &**e), &version, &schema, false)
-            .map_err(|e| format!("{} {version}: {e:?}", f.pattern))?;
+            .map_err(|e| format!("{} {version}: {e}", f.pattern))?;
         let (p, v) = (f.pattern.clone(), version.clone());
         st.registry
             .store
@@ -848,6 +848,28 @@ pub enum PublishError {
     Invalid(String),
     Examples(usize, Vec<herald_wire::SchemaError>),
     Incompatible(String, Vec<Incompatibility>),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Invalid(m) => write!(f, "invalid schema: {m}"),
+            PublishError::Examples(i, errs) => {
+                write!(f, "example {i} does not validate:")?;
+                for e in errs {
+                    write!(f, " {} ({}): {};", e.pointer, e.keyword, e.message)?;
+                }
+                Ok(())
+            }
+            PublishError::Incompatible(prev, list) => {
+                write!(f, "not backward compatible with {prev} (publish a new major version, or with force):")?;
+                for i in list {
+                    write!(f, " {} {};", i.pointer, i.message)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn publish_problem(e: PublishError) -> Response {

@@ -66,8 +66,50 @@ pub struct IngestArgs {
     /// How long the single-event scenario runs.
     #[arg(long, default_value_t = 10)]
     single_seconds: u64,
+    /// Enforce a JSON Schema (draft-07, 20 properties, nested objects, patterns) on every
+    /// event, to measure what validation costs.
+    #[arg(long)]
+    schema: bool,
     #[command(flatten)]
     common: Common,
+}
+
+/// The schema `--schema` enforces: it describes the generated events' `data` exactly.
+fn bench_schema() -> serde_json::Value {
+    serde_json::json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["category", "country", "org", "product", "request", "metrics", "tags", "note"],
+        "properties": {
+            "category": {"type": "string", "enum": ["activity", "audit", "system", "integration", "commerce", "billing", "security", "error"]},
+            "country": {"type": "string", "pattern": "^[a-z]{2}$"},
+            "org": {"type": "string", "pattern": "^org-[0-9]{4}$"},
+            "product": {"type": "string", "maxLength": 16},
+            "request": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["id", "session", "ip", "ua"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "session": {"type": "string"},
+                    "ip": {"type": "string", "format": "ipv4"},
+                    "ua": {"type": "string", "maxLength": 512}
+                }
+            },
+            "metrics": {
+                "type": "object",
+                "required": ["duration_ms", "bytes", "items"],
+                "properties": {
+                    "duration_ms": {"type": "integer", "minimum": 0},
+                    "bytes": {"type": "integer", "minimum": 0},
+                    "items": {"type": "integer", "minimum": 0, "maximum": 1000}
+                }
+            },
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+            "note": {"type": "string", "maxLength": 2000}
+        }
+    })
 }
 
 #[derive(clap::Args)]
@@ -444,9 +486,37 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         .build()?;
 
     let server = Server::start(&a.common, vec!["data.org".into()])?;
+    if a.schema {
+        client_rt.block_on(async {
+            let http = reqwest::Client::new();
+            let base = format!("{}/v1/types/*", server.url);
+            let r = http
+                .put(&base)
+                .json(&serde_json::json!({"validation": "enforce"}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "cannot register the type: {}",
+                r.status()
+            );
+            let r = http
+                .put(format!("{base}/schemas/1.0.0"))
+                .json(&bench_schema())
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "cannot publish the schema: {}",
+                r.text().await?
+            );
+            anyhow::Ok(())
+        })?;
+    }
     println!(
-        "Herald: SQLite WAL synchronous=FULL (fsync per group commit), full-text {}, indexed path data.org; loopback HTTP/1.1",
-        if a.common.no_fulltext { "off" } else { "on" }
+        "Herald: SQLite WAL synchronous=FULL (fsync per group commit), full-text {}, indexed path data.org, schema validation {}; loopback HTTP/1.1",
+        if a.common.no_fulltext { "off" } else { "on" },
+        if a.schema { "enforced on every event" } else { "off" }
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));

@@ -288,3 +288,126 @@ fn keys_offline_bootstrap_and_auth_modes() {
     let (ok, _, err) = with_key(&["query"], &secret);
     assert!(!ok && err.contains("401"), "revoked: {err}");
 }
+
+/// `herald types push DIR` (JSON and TOML files), `herald types list`, a breaking change
+/// refused with its reasons, and `pipeline.types_dir` loaded at start-up.
+#[test]
+fn types_push_list_and_types_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let types = dir.path().join("types");
+    std::fs::create_dir(&types).unwrap();
+    std::fs::write(
+        types.join("import.toml"),
+        r#"
+type = "import.*"
+owner = "data-team@example.org"
+validation = "enforce"
+
+[schemas."1.0.0"]
+type = "object"
+required = ["rows"]
+properties = { rows = { type = "integer", minimum = 0 } }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        types.join("page.json"),
+        r#"{"type": "page.viewed", "sampling": {"rate": 0.5, "unit": "actor"}}"#,
+    )
+    .unwrap();
+    let server = BinServer::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let dir_arg = types.to_str().unwrap();
+    let (ok, out, err) = cli(&["types", "push", dir_arg], &url);
+    assert!(ok, "{err}");
+    assert!(out.contains("import.*: schema 1.0.0 published"), "{out}");
+    // Pushing again changes nothing and succeeds.
+    let (ok, out, err) = cli(&["types", "push", dir_arg], &url);
+    assert!(ok && out.contains("already published"), "{out}{err}");
+    let (ok, _, err) = cli(&["emit", "import.done", "--data", r#"{"rows":-1}"#], &url);
+    assert!(!ok && err.contains("422"), "enforced: {err}");
+    // A breaking 1.1.0 (rows now required to be at most 10) is refused with its reason.
+    std::fs::write(
+        types.join("import.toml"),
+        r#"
+type = "import.*"
+validation = "enforce"
+[schemas."1.0.0"]
+type = "object"
+required = ["rows"]
+properties = { rows = { type = "integer", minimum = 0 } }
+[schemas."1.1.0"]
+type = "object"
+required = ["rows"]
+properties = { rows = { type = "integer", minimum = 0, maximum = 10 } }
+"#,
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["types", "push", dir_arg], &url);
+    assert!(!ok, "breaking change refused");
+    assert!(
+        err.contains("409") && err.contains("/properties/rows/maximum"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["types", "push", dir_arg, "--force", "ticket 7"], &url);
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&["types", "list"], &url);
+    assert!(ok);
+    assert!(
+        out.contains("import.*") && out.contains("1.1.0") && out.contains("page.viewed"),
+        "{out}"
+    );
+    drop(server);
+
+    // A fresh server loads the same files at start-up; it refuses to start on a breaking
+    // change (files carry no force), naming the file and the reason.
+    let data2 = dir.path().join("data2");
+    let out = std::process::Command::new(herald_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data2.to_str().unwrap(),
+        ])
+        .env("HERALD_PIPELINE__TYPES_DIR", dir_arg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("import.toml") && err.contains("/properties/rows/maximum"),
+        "{err}"
+    );
+    std::fs::write(
+        types.join("import.toml"),
+        r#"
+type = "import.*"
+validation = "enforce"
+[schemas."1.0.0"]
+type = "object"
+required = ["rows"]
+properties = { rows = { type = "integer", minimum = 0 } }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        types.join("bad.json"),
+        r#"{"type": "x.y", "validaton": "warn"}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["types", "push", dir_arg], &url);
+    assert!(!ok && err.contains("bad.json"), "the file is named: {err}");
+    std::fs::remove_file(types.join("bad.json")).unwrap();
+    let server = BinServer::start_env(&data2, None, &[("HERALD_PIPELINE__TYPES_DIR", dir_arg)]);
+    let (ok, out, _) = cli(&["types", "list", "--json"], &server.url);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["import.*", "page.viewed"], "{v}");
+}
