@@ -30,6 +30,17 @@ pub enum BenchCommand {
     /// Live stream: latency from ingest acknowledgement to receipt with many subscribers,
     /// and what they cost ingest throughput.
     Stream(stream::StreamArgs),
+    /// CPU cost per event of schema validation (the `--schema` schema) next to the cost of
+    /// validating and canonicalizing the envelope, on one core, in process.
+    Validate(ValidateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
 }
 
 #[derive(clap::Args, Clone)]
@@ -137,6 +148,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(a) => ingest(a),
         BenchCommand::Query(a) => query(a),
         BenchCommand::Stream(a) => stream::stream(a),
+        BenchCommand::Validate(a) => validate(a),
     }
 }
 
@@ -602,6 +614,69 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 p.requests as f64 / p.elapsed.as_secs_f64()
             ))
             .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Per-event CPU time of each ingest step, single-threaded.
+fn validate(a: ValidateArgs) -> anyhow::Result<()> {
+    let now = now_us();
+    let evs = gen_events(7, a.events.max(1000), now - 86_400_000_000, now, "validate");
+    let limits = herald_core::Limits::default();
+    let compiled =
+        herald_core::schema::compile(&bench_schema()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now_text = herald_core::event::now_text(now);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (mut prep_ns, mut val_ns, mut parse_ns) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.runs.max(1) {
+        let mut no_id = String::new;
+        let mut ctx = herald_core::event::PrepareCtx {
+            limits: &limits,
+            now_us: now,
+            now_text: &now_text,
+            require_specversion: false,
+            default_visibility: None,
+            type_visibility: None,
+            new_id: &mut no_id,
+        };
+        let t = Instant::now();
+        let prepared: Vec<_> = evs
+            .iter()
+            .map(|e| herald_core::event::prepare_json(&e.json, "", &mut ctx))
+            .collect::<Result<_, _>>()
+            .map_err(|r| anyhow::anyhow!("{}", r.reason))?;
+        prep_ns.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
+        // What the pipeline does per event under `validation = "enforce"`: parse `data`
+        // out of the canonical body, validate it.
+        let data_of = |p: &herald_core::PreparedEvent| -> anyhow::Result<serde_json::Value> {
+            let range = p.data_range.clone().unwrap_or(0..0);
+            Ok(serde_json::from_str(&p.body_tail[range])?)
+        };
+        let t = Instant::now();
+        for p in &prepared {
+            std::hint::black_box(data_of(p)?);
+        }
+        parse_ns.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
+        let t = Instant::now();
+        let mut invalid = 0usize;
+        for p in &prepared {
+            invalid += usize::from(!compiled.validate(&data_of(p)?).is_empty());
+        }
+        val_ns.push(t.elapsed().as_nanos() as f64 / evs.len() as f64);
+        anyhow::ensure!(
+            invalid == 0,
+            "{invalid} generated events fail the bench schema"
+        );
+    }
+    let (p, v, pa) = (median(prep_ns), median(val_ns), median(parse_ns));
+    println!(
+        "{} events x {} runs (median), one core:\n  envelope validation + canonical form: {p:.0} ns/event\n  schema validation: {v:.0} ns/event ({:.0}% of the envelope step), of which parsing data {pa:.0} ns",
+        evs.len(),
+        a.runs.max(1),
+        v / p * 100.0
     );
     Ok(())
 }
