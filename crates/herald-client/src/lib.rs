@@ -72,6 +72,10 @@ pub use route::Route;
 pub use stats::{Counters, Dropped, Stats};
 pub use tracker::{current_scope, EventBuilder, Scope, Tracker, TrackerBuilder};
 
+/// The guide (`README.md`): every feature with a runnable example.
+#[doc = include_str!("../README.md")]
+pub mod guide {}
+
 /// Errors of setting a tracker up (emitting has none).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

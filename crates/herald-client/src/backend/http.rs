@@ -220,18 +220,21 @@ impl BatchSender {
         lines: &[impl AsRef<[u8]>],
         deadline: Option<Instant>,
     ) -> BatchOutcome {
-        self.send_with(lines, deadline, self.retry.max_attempts).await
+        self.send_with(lines, &|| deadline, self.retry.max_attempts)
+            .await
     }
 
+    /// Sends with a deadline read before every attempt (a shutdown can start meanwhile).
     async fn send_with(
         &self,
         lines: &[impl AsRef<[u8]>],
-        deadline: Option<Instant>,
+        deadline_of: &(dyn Fn() -> Option<Instant> + Sync),
         max_attempts: Option<u32>,
     ) -> BatchOutcome {
         let (mut body, mut gz) = self.body(lines);
         let mut attempt = 0u32;
         loop {
+            let deadline = deadline_of();
             let mut req = self
                 .client
                 .post(&self.endpoint)
@@ -331,7 +334,18 @@ impl BatchSender {
             if let Some(s) = &self.stats {
                 Stats::add(&s.retried, lines.len() as u64);
             }
-            tokio::time::sleep(pause).await;
+            // Sleep in slices, so that a shutdown that starts meanwhile is noticed.
+            let until = Instant::now() + pause;
+            loop {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                if deadline_of().is_some_and(|d| until >= d) {
+                    return BatchOutcome::Unavailable { reason: last_error };
+                }
+                tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+            }
         }
     }
 }
@@ -388,6 +402,8 @@ struct Progress {
     /// Stop after delivering what is there, by this deadline.
     closing: Option<Instant>,
     stopped: bool,
+    /// Events given up because a shutdown deadline passed (without spool).
+    abandoned: u64,
 }
 
 struct Inner {
@@ -474,6 +490,7 @@ impl Backend for HttpBackend {
                 urgent: false,
                 closing: None,
                 stopped: false,
+                abandoned: 0,
             }),
             changed: Condvar::new(),
             wake: tokio::sync::Notify::new(),
@@ -581,7 +598,7 @@ impl Backend for HttpBackend {
             let _ = t.join();
         }
         let p = inner.progress();
-        let left = p.accepted.saturating_sub(p.done);
+        let left = p.accepted.saturating_sub(p.done) + p.abandoned;
         drop(p);
         if let Buffer::Spool(s) = &mut *inner.buffer() {
             let _ = s.sync();
@@ -654,7 +671,8 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
                 loop {
                     inner.wake.notified().await;
                     let (n, b) = buffered(&inner);
-                    if n >= max_n || b >= cfg.batch_bytes || inner.progress().urgent {
+                    let p = inner.progress();
+                    if n >= max_n || b >= cfg.batch_bytes || p.urgent || p.closing.is_some() {
                         break;
                     }
                 }
@@ -675,9 +693,9 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
         // With a spool, events are never given up (they wait on disk); without, the retry
         // limit applies.
         let attempts = if spooled { None } else { cfg.retry.max_attempts };
+        let closing_at = || inner.progress().closing;
         let outcome = loop {
-            let deadline = inner.progress().closing;
-            let o = sender.send_with(&batch.lines, deadline, attempts).await;
+            let o = sender.send_with(&batch.lines, &closing_at, attempts).await;
             if let BatchOutcome::Unavailable { reason } = &o {
                 if spooled && inner.progress().closing.is_none() {
                     tracing::warn!(error = %reason, "Herald unavailable; events wait in the spool");
@@ -708,7 +726,9 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
             }
             outcome => {
                 let n = batch.lines.len() as u64;
-                settle(&inner, &batch.lines, outcome);
+                let abandoned = matches!(outcome, BatchOutcome::Unavailable { .. })
+                    && inner.progress().closing.is_some();
+                settle(&inner, &batch.lines, outcome, abandoned);
                 if let (Some(end), Buffer::Spool(s)) = (batch.end, &mut *inner.buffer()) {
                     if let Err(e) = s.ack(end, n) {
                         tracing::error!(error = %e, "cannot move the spool cursor");
@@ -717,6 +737,9 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
                 max_n = cfg.batch_events.max(1);
                 let mut p = inner.progress();
                 p.done += n;
+                if abandoned {
+                    p.abandoned += n;
+                }
                 drop(p);
                 inner.changed.notify_all();
             }
@@ -734,6 +757,7 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
                     Stats::add(&inner.stats.shutdown, left);
                     let mut p = inner.progress();
                     p.done += left;
+                    p.abandoned += left;
                     drop(p);
                     inner.changed.notify_all();
                     return;
@@ -744,7 +768,7 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
 }
 
 /// Counts and reports the result of every event of a batch.
-fn settle(inner: &Inner, lines: &[Vec<u8>], outcome: BatchOutcome) {
+fn settle(inner: &Inner, lines: &[Vec<u8>], outcome: BatchOutcome, shutdown: bool) {
     let st = &inner.stats;
     let report = |d: Delivery<'_>| {
         if let Some(f) = &inner.on_result {
@@ -803,7 +827,10 @@ fn settle(inner: &Inner, lines: &[Vec<u8>], outcome: BatchOutcome) {
         BatchOutcome::Refused { status, reason } => refuse_all(st, lines, status, &reason, &report),
         BatchOutcome::TooLarge { reason } => refuse_all(st, lines, 413, &reason, &report),
         BatchOutcome::Unavailable { reason } => {
-            Stats::add(&st.gave_up, lines.len() as u64);
+            Stats::add(
+                if shutdown { &st.shutdown } else { &st.gave_up },
+                lines.len() as u64,
+            );
             tracing::warn!(error = %reason, events = lines.len(), "Herald unavailable; events dropped");
             for line in lines {
                 report(Delivery {
