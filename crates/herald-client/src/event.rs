@@ -46,11 +46,13 @@ pub struct Event {
 impl Event {
     /// An event with a new id and the current time, no context and no data.
     pub fn new(ty: impl Into<Cow<'static, str>>, source: Arc<str>) -> Event {
+        // One clock read for both the time and the id's timestamp.
+        let time = Timestamp::now();
         Event {
-            id: new_id(),
+            id: id_at(time.0.div_euclid(1000).max(0) as u64),
             ty: ty.into(),
             source,
-            time: Timestamp::now(),
+            time,
             severity: None,
             subject: None,
             actor: None,
@@ -523,6 +525,11 @@ pub fn new_id() -> Arc<str> {
         Ok(d) => d.as_millis() as u64,
         Err(_) => 0,
     };
+    id_at(ms)
+}
+
+/// A UUIDv7 with this Unix time in milliseconds.
+fn id_at(ms: u64) -> Arc<str> {
     let a = next_random().to_le_bytes();
     let b = next_random().to_le_bytes();
     let mut rand = [0u8; 10];

@@ -181,9 +181,25 @@ impl Queue {
 
     /// Takes everything queued, waiting up to `wait` when there is nothing. `spare` is an
     /// empty buffer that replaces the queue's (so that both keep their capacity).
-    pub(crate) fn take(&self, spare: VecDeque<Arc<Event>>, wait: Duration) -> Take {
+    ///
+    /// When the last take found events (`busy`), it first polls a few times with short sleeps
+    /// before asking producers to wake it: under load, producers then never make a system
+    /// call to wake the worker (which cost more than the rest of an emit), and the worker
+    /// takes larger batches. The price is up to about 2 ms of added latency under load.
+    pub(crate) fn take(&self, spare: VecDeque<Arc<Event>>, wait: Duration, busy: bool) -> Take {
         let mut st = self.lock();
-        if st.buf.is_empty() && st.controls.is_empty() && !st.closed {
+        let empty = |st: &State| st.buf.is_empty() && st.controls.is_empty() && !st.closed;
+        if busy {
+            for _ in 0..4 {
+                if !empty(&st) {
+                    break;
+                }
+                drop(st);
+                std::thread::sleep(Duration::from_micros(500));
+                st = self.lock();
+            }
+        }
+        if empty(&st) {
             st.idle = true;
             st = self
                 .work

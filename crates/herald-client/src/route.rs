@@ -198,9 +198,11 @@ fn run_one(p: &dyn Processor, ev: &Event, stats: &Stats, route: &str) -> Step {
 pub(crate) fn run_worker(queue: Arc<Queue>, mut root: Route, stats: Arc<Stats>) {
     let mut spare = VecDeque::new();
     let mut batch: Vec<Arc<Event>> = Vec::new();
+    let mut busy = false;
     loop {
-        let take = queue.take(std::mem::take(&mut spare), Duration::from_millis(500));
+        let take = queue.take(std::mem::take(&mut spare), Duration::from_millis(500), busy);
         let mut events = take.events;
+        busy = !events.is_empty();
         if !events.is_empty() {
             Stats::add(&stats.processed, events.len() as u64);
             // Route in slices so that one huge backlog does not become one huge batch.
@@ -235,7 +237,7 @@ pub(crate) fn run_worker(queue: Arc<Queue>, mut root: Route, stats: Arc<Stats>) 
 
 fn drain_rest(queue: &Queue, root: &mut Route, stats: &Stats) {
     loop {
-        let take = queue.take(VecDeque::new(), Duration::ZERO);
+        let take = queue.take(VecDeque::new(), Duration::ZERO, false);
         if take.events.is_empty() {
             for c in take.controls {
                 match c {
