@@ -60,13 +60,17 @@ async fn course(State(t): State<Tracker>, Path(id): Path<String>) -> String {
 
 async fn enroll(State(t): State<Tracker>, Path(id): Path<String>) -> (StatusCode, String) {
     let r: Result<(), String> = t
-        .run("enroll", json!({ "course": id, "email": "learner@example.org" }), async {
-            if id == "full" {
-                return Err("the course is full".into());
-            }
-            t.emit("course.seat.taken", json!({ "course": id }));
-            Ok(())
-        })
+        .run(
+            "enroll",
+            json!({ "course": id, "email": "learner@example.org" }),
+            async {
+                if id == "full" {
+                    return Err("the course is full".into());
+                }
+                t.emit("course.seat.taken", json!({ "course": id }));
+                Ok(())
+            },
+        )
         .await;
     match r {
         Ok(()) => (StatusCode::CREATED, "enrolled\n".into()),
@@ -92,13 +96,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (builder.backend(StdoutBackend::new()), None)
     };
     let tracker = builder.build()?;
-    let listen = if self_test { "127.0.0.1:0" } else { "127.0.0.1:3000" };
+    let listen = if self_test {
+        "127.0.0.1:0"
+    } else {
+        "127.0.0.1:3000"
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let service = axum::serve(listener, app(tracker.clone()));
     let server = tokio::spawn(async move { service.await });
     if let Some(seen) = memory {
-        for (method, path) in [("GET", "/courses/rust-101"), ("POST", "/enroll/rust-101"), ("POST", "/enroll/full")] {
+        for (method, path) in [
+            ("GET", "/courses/rust-101"),
+            ("POST", "/enroll/rust-101"),
+            ("POST", "/enroll/full"),
+        ] {
             request(&addr.to_string(), method, path).await?;
         }
         tracker.flush_async(Duration::from_secs(5)).await;
@@ -112,7 +124,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server.abort();
     }
     let left = tracker.shutdown_async(Duration::from_secs(10)).await;
-    eprintln!("shut down; {left} events not delivered; {:?}", tracker.counters());
+    eprintln!(
+        "shut down; {left} events not delivered; {:?}",
+        tracker.counters()
+    );
     Ok(())
 }
 
@@ -120,8 +135,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn request(addr: &str, method: &str, path: &str) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     Ok(())

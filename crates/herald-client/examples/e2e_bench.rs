@@ -21,7 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
     };
     let url = arg("--url").unwrap_or_else(|| "http://127.0.0.1:8470".into());
-    let n: usize = arg("--events").and_then(|v| v.parse().ok()).unwrap_or(300_000);
+    let n: usize = arg("--events")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
     let batch: usize = arg("--batch").and_then(|v| v.parse().ok()).unwrap_or(1000);
     let mut cfg = HttpConfig::new(&url);
     cfg.api_key = std::env::var("HERALD_KEY").ok();

@@ -369,7 +369,10 @@ impl Context {
     /// The merged context as one object.
     pub fn to_map(&self) -> Object {
         let mut out = Object::new();
-        for l in [&self.tracker, &self.scope, &self.own].into_iter().flatten() {
+        for l in [&self.tracker, &self.scope, &self.own]
+            .into_iter()
+            .flatten()
+        {
             for (k, v) in l.iter() {
                 out.insert(k.clone(), v.clone());
             }

@@ -56,12 +56,14 @@ pub mod processor;
 mod queue;
 pub mod route;
 pub mod stats;
-mod tracker;
 #[cfg(feature = "tracing-bridge")]
 pub mod tracing_bridge;
+mod tracker;
 
 pub use backend::file::FileBackend;
-pub use backend::http::{BatchOutcome, BatchSender, Delivery, DeliveryStatus, HttpBackend, HttpConfig, Retry};
+pub use backend::http::{
+    BatchOutcome, BatchSender, Delivery, DeliveryStatus, HttpBackend, HttpConfig, Retry,
+};
 pub use backend::spool;
 pub use backend::{Backend, MemoryBackend, MemoryEvents, StdoutBackend};
 pub use event::{Context, Event, Timestamp};

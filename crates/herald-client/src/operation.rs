@@ -49,8 +49,10 @@ tokio::task_local! {
 /// # assert_eq!(ev[2].causationid.as_deref(), Some(&*ev[1].id));
 /// ```
 pub struct Operation {
+    /// The tracker that started it (its events are not linked by default).
+    origin: Tracker,
+    /// A child of `origin` whose events are linked to this operation.
     tracker: Tracker,
-    linked: Tracker,
     name: Cow<'static, str>,
     id: Arc<str>,
     correlation: Arc<str>,
@@ -61,9 +63,15 @@ pub struct Operation {
 impl Tracker {
     /// Starts an operation: emits `{name}.started` with `data`. Nested when this tracker
     /// belongs to an operation ([`Operation::tracker`]) or the task runs inside one.
-    pub fn operation(&self, name: impl Into<Cow<'static, str>>, data: impl Into<Value>) -> Operation {
+    pub fn operation(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        data: impl Into<Value>,
+    ) -> Operation {
         let name = name.into();
-        let parent = self.link().or_else(|| OPERATION.try_with(|l| l.clone()).ok());
+        let parent = self
+            .link()
+            .or_else(|| OPERATION.try_with(|l| l.clone()).ok());
         let builder = self.event(Cow::Owned(format!("{name}.started")));
         let id = builder.event_id();
         let correlation = parent
@@ -76,8 +84,8 @@ impl Tracker {
         }
         b.emit();
         Operation {
-            linked: self.with_link(correlation.clone(), id.clone()),
-            tracker: self.clone(),
+            tracker: self.with_link(correlation.clone(), id.clone()),
+            origin: self.clone(),
             name,
             id,
             correlation,
@@ -160,12 +168,12 @@ impl Operation {
 
     /// A tracker whose events are linked to this operation.
     pub fn tracker(&self) -> &Tracker {
-        &self.linked
+        &self.tracker
     }
 
     /// A nested operation.
     pub fn child(&self, name: impl Into<Cow<'static, str>>, data: impl Into<Value>) -> Operation {
-        self.linked.operation(name, data)
+        self.tracker.operation(name, data)
     }
 
     fn finish(&mut self, suffix: &str, data: Value, error: Option<String>) {
@@ -182,7 +190,7 @@ impl Operation {
         };
         obj.insert("duration_ms".into(), json!((ms * 1000.0).round() / 1000.0));
         let mut b = self
-            .tracker
+            .origin
             .event(Cow::Owned(format!("{}.{suffix}", self.name)))
             .correlationid(self.correlation.clone())
             .causationid(self.id.clone());

@@ -4,9 +4,7 @@
 use herald_client::processor::{
     from_fn, DropReason, Enrich, Hash, OnFailure, ProcessorError, Redact, Sample, TypeFilter,
 };
-use herald_client::{
-    Backend, Event, MemoryBackend, Overflow, Route, Tracker, Verdict,
-};
+use herald_client::{Backend, Event, MemoryBackend, Overflow, Route, Tracker, Verdict};
 use serde_json::json;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -123,7 +121,13 @@ fn processors_keep_replace_and_drop() {
         }))
         .to(backend);
     let t = tracker_with(root);
-    for ty in ["keep.me", "rename.me", "drop.me", "debug.noise", "debugx.kept"] {
+    for ty in [
+        "keep.me",
+        "rename.me",
+        "drop.me",
+        "debug.noise",
+        "debugx.kept",
+    ] {
         t.emit(ty, json!({}));
     }
     t.flush(WAIT);
@@ -172,7 +176,10 @@ fn a_failing_redaction_drops_the_event_and_a_failing_enrichment_passes_it() {
     for e in &events {
         let json = e.to_json();
         for secret in ["s1", "s2", "s3", "s4"] {
-            assert!(!json.contains(&format!("\"{secret}\"")), "no secret leaves: {json}");
+            assert!(
+                !json.contains(&format!("\"{secret}\"")),
+                "no secret leaves: {json}"
+            );
         }
         assert!(e.data.as_ref().unwrap().get("secret").is_none());
     }
@@ -207,7 +214,11 @@ fn builtin_processors() {
     // Deterministic by actor: an actor is either always in or always out.
     let kept: std::collections::BTreeSet<_> =
         events.iter().map(|e| e.actor.clone().unwrap()).collect();
-    assert!(kept.len() > 3 && kept.len() < 17, "about half: {}", kept.len());
+    assert!(
+        kept.len() > 3 && kept.len() < 17,
+        "about half: {}",
+        kept.len()
+    );
     assert_eq!(events.len(), kept.len() * 10);
     let e = &events[0];
     let d = e.data.as_ref().unwrap();
@@ -217,7 +228,9 @@ fn builtin_processors() {
     assert_eq!(e.context.get("ip"), Some(&json!("[redacted]")));
     assert_eq!(e.context.get("region"), Some(&json!("eu")));
     // The same value hashes the same way in every event.
-    assert!(events.iter().all(|x| x.data.as_ref().unwrap()["user"] == d["user"]));
+    assert!(events
+        .iter()
+        .all(|x| x.data.as_ref().unwrap()["user"] == d["user"]));
 }
 
 #[test]
@@ -261,10 +274,17 @@ fn routing_tree_shares_unchanged_events_and_copies_changed_ones() {
     assert_eq!(all.len(), 3);
     assert_eq!(audit.len(), 1);
     assert_eq!(errors_seen.len(), 1);
-    assert!(Arc::ptr_eq(&all[0], &audit[0]), "no copy for a branch that keeps it");
+    assert!(
+        Arc::ptr_eq(&all[0], &audit[0]),
+        "no copy for a branch that keeps it"
+    );
     assert!(!Arc::ptr_eq(&audit[0], &red[0]), "a copy where it changed");
     assert_eq!(red[0].data, Some(json!({})));
-    assert_eq!(all[0].data, Some(json!({"who": "alice"})), "others unchanged");
+    assert_eq!(
+        all[0].data,
+        Some(json!({"who": "alice"})),
+        "others unchanged"
+    );
     assert_eq!(red[0].id, all[0].id, "the copy keeps the id");
 }
 
@@ -291,7 +311,13 @@ impl Backend for Gate {
     }
 }
 
-fn gated(overflow: Overflow) -> (Tracker, Arc<(Mutex<bool>, Condvar)>, herald_client::MemoryEvents) {
+fn gated(
+    overflow: Overflow,
+) -> (
+    Tracker,
+    Arc<(Mutex<bool>, Condvar)>,
+    herald_client::MemoryEvents,
+) {
     let open = Arc::new((Mutex::new(false), Condvar::new()));
     let (inner, seen) = MemoryBackend::new();
     let t = Tracker::builder("/test")
@@ -350,10 +376,7 @@ fn overflow_drop_oldest() {
     assert_eq!(t.counters().dropped.queue_full, 20);
     release(&open);
     t.flush(WAIT);
-    assert_eq!(
-        indexes(&seen),
-        [-1, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
-    );
+    assert_eq!(indexes(&seen), [-1, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]);
     assert_eq!(t.counters().emitted, 31);
 }
 
@@ -420,7 +443,9 @@ fn operations_link_started_completed_failed() {
         ]
     );
     let root = ev[0].id.clone();
-    assert!(ev.iter().all(|e| e.correlationid.as_deref() == Some(&*root)));
+    assert!(ev
+        .iter()
+        .all(|e| e.correlationid.as_deref() == Some(&*root)));
     assert_eq!(ev[0].causationid, None);
     assert_eq!(ev[1].causationid.as_deref(), Some(&*root));
     assert_eq!(ev[2].causationid.as_deref(), Some(&*root));
@@ -458,7 +483,10 @@ async fn run_links_events_emitted_inside_and_nested_runs() {
     assert_eq!(inner.causationid.as_deref(), Some(&*outer.id));
     assert_eq!(by("inner.step").causationid.as_deref(), Some(&*inner.id));
     assert_eq!(by("outer.step").causationid.as_deref(), Some(&*outer.id));
-    assert_eq!(by("outer.completed").causationid.as_deref(), Some(&*outer.id));
+    assert_eq!(
+        by("outer.completed").causationid.as_deref(),
+        Some(&*outer.id)
+    );
     assert!(ev
         .iter()
         .all(|e| e.correlationid.as_deref() == Some(&*outer.id)));

@@ -31,9 +31,7 @@ struct Fake {
 }
 
 async fn ingest(State(f): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
-    let gz = headers
-        .get("content-encoding")
-        .is_some_and(|v| v == "gzip");
+    let gz = headers.get("content-encoding").is_some_and(|v| v == "gzip");
     let text = if gz {
         let mut s = String::new();
         flate2::read::GzDecoder::new(&body[..])
@@ -111,11 +109,17 @@ fn config(url: &str) -> HttpConfig {
     cfg
 }
 
-fn tracker(cfg: HttpConfig) -> (Tracker, Arc<Mutex<Vec<(DeliveryStatus, u16)>>>) {
-    let results: Arc<Mutex<Vec<(DeliveryStatus, u16)>>> = Arc::default();
+/// The result of every event: status and HTTP status.
+type Results = Arc<Mutex<Vec<(DeliveryStatus, u16)>>>;
+
+fn tracker(cfg: HttpConfig) -> (Tracker, Results) {
+    let results: Results = Arc::default();
     let r = results.clone();
     let t = Tracker::builder("/http-test")
-        .backend(HttpBackend::new(cfg).on_result(move |d| r.lock().unwrap().push((d.status, d.http_status))))
+        .backend(
+            HttpBackend::new(cfg)
+                .on_result(move |d| r.lock().unwrap().push((d.status, d.http_status))),
+        )
         .build()
         .unwrap();
     (t, results)
@@ -145,9 +149,15 @@ async fn retries_429_and_5xx_with_retry_after_then_delivers_once() {
     assert!(seen.requests.iter().all(|r| r.len() == 5));
     // The same ids every time: a retry can never store a second copy.
     let ids = |r: &Vec<Value>| r.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
-    assert!(seen.requests.iter().all(|r| ids(r) == ids(&seen.requests[0])));
+    assert!(seen
+        .requests
+        .iter()
+        .all(|r| ids(r) == ids(&seen.requests[0])));
     assert!(seen.gzip.iter().all(|g| *g), "gzip by default");
-    assert!(seen.auth.iter().all(|a| a.as_deref() == Some("Bearer hk_secret")));
+    assert!(seen
+        .auth
+        .iter()
+        .all(|a| a.as_deref() == Some("Bearer hk_secret")));
     assert_eq!(results.lock().unwrap().len(), 5);
 }
 
@@ -157,7 +167,10 @@ async fn rejected_events_and_4xx_are_reported_not_retried() {
         if n == 1 {
             return (403, None);
         }
-        let bad = lines.iter().filter(|l| l["type"].as_str().unwrap().starts_with("bad.")).count();
+        let bad = lines
+            .iter()
+            .filter(|l| l["type"].as_str().unwrap().starts_with("bad."))
+            .count();
         match bad {
             0 => (201, None),
             b if b == lines.len() => (422, None),

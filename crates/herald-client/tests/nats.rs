@@ -9,7 +9,8 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_to_jetstream_deduplicated_by_id() {
-    let url = std::env::var("HERALD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let url =
+        std::env::var("HERALD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let client = match async_nats::connect(&url).await {
         Ok(c) => c,
         Err(e) => {

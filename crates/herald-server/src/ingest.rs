@@ -92,9 +92,7 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<bytes:
     {
         None => false,
         Some(enc) if enc.eq_ignore_ascii_case("identity") => false,
-        Some(enc) if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") => {
-            true
-        }
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") => true,
         Some(enc) => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "content encoding `{enc}` is not supported; send the body uncompressed or as gzip"
@@ -494,7 +492,10 @@ mod tests {
         let bomb = gz(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 1 << 20);
         assert!(matches!(gunzip(&bomb, 1 << 20), Err(ApiError::TooLarge(_))));
-        assert!(matches!(gunzip(b"not gzip", 1 << 20), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            gunzip(b"not gzip", 1 << 20),
+            Err(ApiError::BadRequest(_))
+        ));
     }
 
     #[test]

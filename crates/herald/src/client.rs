@@ -6,8 +6,7 @@
 use crate::Remote;
 use anyhow::{bail, Context};
 use herald_client::{
-    BatchOutcome, BatchSender, DeliveryStatus, HttpBackend, HttpConfig, Retry,
-    Tracker,
+    BatchOutcome, BatchSender, DeliveryStatus, HttpBackend, HttpConfig, Retry, Tracker,
 };
 use herald_wire::{IngestResponse, IngestStatus, Problem, Severity};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -112,7 +112,10 @@ fn scenario(name: char, emits: usize, payload: &Value) -> Figures {
     let processed = start.elapsed();
     let c = tracker.counters();
     assert_eq!(left, 0);
-    assert_eq!(c.dropped.queue_full, 0, "the queue must not overflow in the benchmark");
+    assert_eq!(
+        c.dropped.queue_full, 0,
+        "the queue must not overflow in the benchmark"
+    );
     let want = if name == 'd' { 0 } else { emits as u64 };
     assert_eq!(c.sent, want);
     assert_eq!(checked.load(Ordering::Relaxed), want > 0);
@@ -137,7 +140,9 @@ pub fn main(allocator: &str) {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let emits: usize = arg("--emits").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let emits: usize = arg("--emits")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(5);
     let payload = json!({
         "user_id": 42,
@@ -148,12 +153,20 @@ pub fn main(allocator: &str) {
     let readme = [
         ('a', "1 backend, no context", "79k-109k"),
         ('b', "1 backend, 2 nested contexts", "68k-91k"),
-        ('c', "2 contexts + allowlist route (pass) -> backend", "52k-66k"),
+        (
+            'c',
+            "2 contexts + allowlist route (pass) -> backend",
+            "52k-66k",
+        ),
         ('d', "2 contexts + allowlist route (drop)", "66k-74k"),
     ];
     let python = arg("--python").and_then(|py| {
         let script = std::env::var("HERALD_EDX_BENCH").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/bench/edx/bench_emit.py").into()
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/bench/edx/bench_emit.py"
+            )
+            .into()
         });
         let out = std::process::Command::new(py)
             .arg(&script)
@@ -167,7 +180,14 @@ pub fn main(allocator: &str) {
     println!("herald-client emit benchmark ({allocator}): {emits} emits x {runs} runs, median; one emitting thread");
     println!(
         "{:<4}{:<48}{:>15}{:>10}{:>15}{:>15}{:>18}{:>8}",
-        "scn", "description", "emit/s (cpu)", "ns/emit", "emit/s (wall)", "pipeline/s", "python ev/s", "ratio"
+        "scn",
+        "description",
+        "emit/s (cpu)",
+        "ns/emit",
+        "emit/s (wall)",
+        "pipeline/s",
+        "python ev/s",
+        "ratio"
     );
     for (name, desc, py_readme) in readme {
         // One short warm-up run, not counted.
@@ -182,17 +202,24 @@ pub fn main(allocator: &str) {
         let (py_text, ratio) = match py_now {
             Some(p) => (format!("{:.0}k (now)", p / 1000.0), cpu / p),
             None => {
-                let lo: f64 = py_readme
+                let top: f64 = py_readme
                     .split('-')
-                    .last()
+                    .next_back()
                     .and_then(|s| s.trim_end_matches('k').parse().ok())
                     .unwrap_or(1.0);
-                (format!("{py_readme} (doc)"), cpu / (lo * 1000.0))
+                (format!("{py_readme} (doc)"), cpu / (top * 1000.0))
             }
         };
         println!(
             "{:<4}{:<48}{:>15.0}{:>10.0}{:>15.0}{:>15.0}{:>18}{:>7.1}x",
-            name, desc, cpu, 1e9 / cpu, emit, pipeline, py_text, ratio
+            name,
+            desc,
+            cpu,
+            1e9 / cpu,
+            emit,
+            pipeline,
+            py_text,
+            ratio
         );
     }
     // Where the time of an emit goes: the caller's copy of the payload is part of it.

@@ -53,7 +53,7 @@ impl Retry {
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.max);
         let half = d / 2;
-        let jitter = (crate::event::random_u64() % (half.as_micros() as u64 + 1)) as u64;
+        let jitter = crate::event::random_u64() % (half.as_micros() as u64 + 1);
         half + Duration::from_micros(jitter)
     }
 }
@@ -131,7 +131,10 @@ type OnResult = Arc<dyn Fn(&Delivery<'_>) + Send + Sync>;
 #[derive(Debug, Clone)]
 pub enum BatchOutcome {
     /// The server answered for every event (201, 207, 409 or 422).
-    Results { status: u16, results: Vec<IngestResult> },
+    Results {
+        status: u16,
+        results: Vec<IngestResult>,
+    },
     /// The server refused the request as a whole and retrying cannot help (400, 401, 403,
     /// 404, ...): every event of the batch gets this reason.
     Refused { status: u16, reason: String },
@@ -163,8 +166,10 @@ impl BatchSender {
         ensure_crypto_provider();
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(k) = &cfg.api_key {
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
-                .map_err(|_| crate::Error::Config("the key contains characters a header cannot".into()))?;
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                    crate::Error::Config("the key contains characters a header cannot".into())
+                })?;
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
@@ -314,7 +319,11 @@ impl BatchSender {
                 }
                 Err(e) => {
                     wait = None;
-                    last_error = format!("cannot reach Herald at {}: {}", self.endpoint, error_chain(&e));
+                    last_error = format!(
+                        "cannot reach Herald at {}: {}",
+                        self.endpoint,
+                        error_chain(&e)
+                    );
                 }
             }
             attempt += 1;
@@ -528,7 +537,11 @@ impl Backend for HttpBackend {
             })
             .collect();
         let accepted = match &mut *inner.buffer() {
-            Buffer::Memory { lines: q, bytes, max } => {
+            Buffer::Memory {
+                lines: q,
+                bytes,
+                max,
+            } => {
                 let mut n = 0u64;
                 for l in lines {
                     if *bytes + l.len() > *max {
@@ -692,7 +705,11 @@ async fn sender_loop(inner: Arc<Inner>, sender: BatchSender, cfg: HttpConfig) {
         }
         // With a spool, events are never given up (they wait on disk); without, the retry
         // limit applies.
-        let attempts = if spooled { None } else { cfg.retry.max_attempts };
+        let attempts = if spooled {
+            None
+        } else {
+            cfg.retry.max_attempts
+        };
         let closing_at = || inner.progress().closing;
         let outcome = loop {
             let o = sender.send_with(&batch.lines, &closing_at, attempts).await;
@@ -779,7 +796,9 @@ fn settle(inner: &Inner, lines: &[Vec<u8>], outcome: BatchOutcome, shutdown: boo
         BatchOutcome::Results { status, results } => {
             let mut seen = vec![false; lines.len()];
             for r in &results {
-                let Some(line) = lines.get(r.index) else { continue };
+                let Some(line) = lines.get(r.index) else {
+                    continue;
+                };
                 seen[r.index] = true;
                 let s = match r.status {
                     IngestStatus::Stored => {

@@ -108,23 +108,13 @@ impl MemoryEvents {
 
     /// Empties the list (returning it).
     pub fn take(&self) -> Vec<Arc<Event>> {
-        std::mem::take(
-            &mut *self
-                .shared
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
+        std::mem::take(&mut *self.shared.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits until at least `n` events arrived or `timeout` passed; returns the count.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
-        let mut g = self
-            .shared
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut g = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
         while g.len() < n {
             let now = Instant::now();
             if now >= deadline {

@@ -216,8 +216,7 @@ impl Spool {
                 continue;
             }
             let cur = self.segments.back().map(|s| s.1).unwrap_or(0);
-            if cur + buf.len() as u64 > 0
-                && cur + buf.len() as u64 + size > self.cfg.segment_bytes
+            if cur + buf.len() as u64 > 0 && cur + buf.len() as u64 + size > self.cfg.segment_bytes
             {
                 self.write_buf(&mut buf)?;
                 self.roll()?;
@@ -407,7 +406,10 @@ impl Spool {
         // A large, fully answered last segment is replaced by a fresh one.
         if self.records == 0 {
             if let Some(&(n, len)) = self.segments.back() {
-                if self.segments.len() == 1 && len >= self.cfg.segment_bytes / 4 && self.head.off >= len {
+                if self.segments.len() == 1
+                    && len >= self.cfg.segment_bytes / 4
+                    && self.head.off >= len
+                {
                     self.roll()?;
                     self.head = Pos { seg: n + 1, off: 0 };
                     self.segments.pop_front();

@@ -95,7 +95,9 @@ async fn gzip_batches_with_rejected_events_reported_not_retried() {
     assert_eq!(ids.len(), 1000);
     assert!(ids.values().all(|&n| n == 1));
     // The context travelled with every event.
-    let (_, page) = server.get("/v1/events?filter=type:client.batch&limit=1").await;
+    let (_, page) = server
+        .get("/v1/events?filter=type:client.batch&limit=1")
+        .await;
     assert_eq!(page["events"][0]["context"]["suite"], "client");
     assert_eq!(tracker.shutdown(Duration::from_secs(10)), 0);
     server.stop().await;
@@ -172,7 +174,10 @@ async fn server_restarted_mid_stream_loses_nothing_and_stores_each_event_once() 
     producer.join().unwrap();
     assert_eq!(tracker.flush_async(Duration::from_secs(60)).await, 0);
     let c = tracker.counters();
-    assert!(during.sent < 6000, "the outage happened mid-stream: {during:?}");
+    assert!(
+        during.sent < 6000,
+        "the outage happened mid-stream: {during:?}"
+    );
     assert!(c.retried > 0, "{c:?}");
     assert_eq!(c.spooled, 6000);
     assert_eq!(c.dropped.total(), 0, "{c:?}");
@@ -224,7 +229,12 @@ fn spool_child() {
     } else {
         let left = tracker.flush(Duration::from_secs(60));
         let c = tracker.counters();
-        writeln!(out, "DRAINED left={left} sent={} rejected={}", c.sent, c.dropped.rejected).unwrap();
+        writeln!(
+            out,
+            "DRAINED left={left} sent={} rejected={}",
+            c.sent, c.dropped.rejected
+        )
+        .unwrap();
         tracker.shutdown(Duration::from_secs(5));
     }
 }
@@ -232,7 +242,12 @@ fn spool_child() {
 fn child(mode: &str, url: &str, dir: &Path, n: usize) -> std::process::Child {
     let log = std::fs::File::create(dir.with_extension(format!("{mode}.log"))).unwrap();
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "client_lib::spool_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "client_lib::spool_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HERALD_SPOOL_CHILD", mode)
         .env("HERALD_SPOOL_URL", url)
         .env("HERALD_SPOOL_DIR", dir)
@@ -286,13 +301,17 @@ async fn spool_survives_a_killed_process_and_delivers_each_event_once() {
         .append(true)
         .open(segs.last().unwrap())
         .unwrap();
-    f.write_all(&[200, 0, 0, 0, 9, 9, 9, 9, b'{', b'"', b'i']).unwrap();
+    f.write_all(&[200, 0, 0, 0, 9, 9, 9, 9, b'{', b'"', b'i'])
+        .unwrap();
     drop(f);
 
     let mut second = child("drain", &server.url, &spool, n);
     let line = read_until(&mut second, "DRAINED", &spool.with_extension("drain.log"));
     assert!(second.wait().unwrap().success());
-    assert!(line.contains("left=0") && line.contains("rejected=0"), "{line}");
+    assert!(
+        line.contains("left=0") && line.contains("rejected=0"),
+        "{line}"
+    );
     let ids = stored_ids(&server.url, "type:client.crash").await;
     assert_eq!(ids.len(), n, "every spooled event arrived");
     assert!(ids.values().all(|&c| c == 1), "and none twice");
