@@ -1,13 +1,19 @@
 //! The client commands (`emit`, `query`, `import`, `export`): they talk to a running server
-//! over its HTTP API, exactly as any other producer or consumer would.
+//! over its HTTP API, exactly as any other producer or consumer would. `emit` and `import`
+//! go through the `herald-client` library (the tracker and its HTTP backend, and the batch
+//! sender), so the CLI exercises the same code as Rust services.
 
 use crate::Remote;
 use anyhow::{bail, Context};
-use herald_wire::{IngestResponse, IngestStatus, Problem};
+use herald_client::{
+    BatchOutcome, BatchSender, DeliveryStatus, HttpBackend, HttpConfig, Retry, Tracker,
+};
+use herald_wire::{IngestResponse, IngestStatus, Problem, Severity};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -77,42 +83,87 @@ pub struct EmitArgs {
     remote: Remote,
 }
 
+/// The library's HTTP settings for a one-shot command against `remote`.
+fn http_config(remote: &Remote) -> HttpConfig {
+    let mut cfg = HttpConfig::new(remote.url.clone());
+    cfg.api_key = remote.key.clone();
+    cfg
+}
+
+/// Sends one event through the client library (the same path as any Rust service) and
+/// reports the server's result for it.
 pub async fn emit(a: EmitArgs) -> anyhow::Result<()> {
-    let mut ev = serde_json::Map::new();
-    ev.insert("type".into(), a.ty.clone().into());
-    ev.insert("source".into(), a.source.clone().into());
-    for (k, v) in [
-        ("severity", &a.severity),
-        ("subject", &a.subject),
-        ("actor", &a.actor),
-        ("tenant", &a.tenant),
-        ("id", &a.id),
-        ("correlationid", &a.correlationid),
-        ("causationid", &a.causationid),
-    ] {
-        if let Some(v) = v {
-            ev.insert(k.into(), v.clone().into());
+    let data: Option<serde_json::Value> = match &a.data {
+        Some(d) => Some(serde_json::from_str(d).context("--data is not valid JSON")?),
+        None => None,
+    };
+    let severity = match &a.severity {
+        Some(s) => Some(s.parse::<Severity>().map_err(|_| {
+            anyhow::anyhow!(
+                "--severity must be one of debug, info, notice, warning, error, critical"
+            )
+        })?),
+        None => None,
+    };
+    let mut cfg = http_config(&a.remote);
+    // One small event: no waiting for a batch to fill, nothing to gain from compression,
+    // and a few retries rather than waiting for an outage to end.
+    cfg.linger = Duration::ZERO;
+    cfg.gzip = false;
+    cfg.timeout = Duration::from_secs(30);
+    cfg.retry = Retry {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+        max_attempts: Some(4),
+    };
+    type Outcome = (DeliveryStatus, u16, Option<u64>, String);
+    let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
+    let slot = outcome.clone();
+    let backend = HttpBackend::new(cfg).on_result(move |d| {
+        let reason = d.reason.unwrap_or_default().to_owned();
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((d.status, d.http_status, d.seq, reason));
+    });
+    let tracker = Tracker::builder(a.source.clone())
+        .backend(backend)
+        .build()
+        .context("cannot start the client")?;
+    let mut ev = tracker.event(a.ty.clone());
+    if let Some(d) = data {
+        ev = ev.data(d);
+    }
+    if let Some(s) = severity {
+        ev = ev.severity(s);
+    }
+    if let Some(v) = &a.subject {
+        ev = ev.subject(v.as_str());
+    }
+    if let Some(v) = &a.actor {
+        ev = ev.actor(v.as_str());
+    }
+    if let Some(v) = &a.tenant {
+        ev = ev.tenant(v.as_str());
+    }
+    if let Some(v) = &a.id {
+        ev = ev.id(v.as_str());
+    }
+    if let Some(v) = &a.correlationid {
+        ev = ev.correlationid(v.as_str());
+    }
+    if let Some(v) = &a.causationid {
+        ev = ev.causationid(v.as_str());
+    }
+    ev.emit();
+    tracker.shutdown_async(Duration::from_secs(60)).await;
+    let got = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match got {
+        Some((DeliveryStatus::Stored, _, seq, _)) => println!("stored seq={}", seq.unwrap_or(0)),
+        Some((DeliveryStatus::Duplicate, _, seq, _)) => {
+            println!("duplicate of seq={}", seq.unwrap_or(0))
         }
-    }
-    if let Some(d) = &a.data {
-        let v: serde_json::Value = serde_json::from_str(d).context("--data is not valid JSON")?;
-        ev.insert("data".into(), v);
-    }
-    let res = http(&a.remote)?
-        .post(format!("{}/v1/events", a.remote.url))
-        .json(&ev)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach Herald at {}", a.remote.url))?;
-    if !res.status().is_success() {
-        return Err(problem(res).await);
-    }
-    let body: IngestResponse = res.json().await.context("unexpected answer")?;
-    let r = body.results.first().context("empty answer")?;
-    match r.status {
-        IngestStatus::Stored => println!("stored seq={}", r.seq.unwrap_or(0)),
-        IngestStatus::Duplicate => println!("duplicate of seq={}", r.seq.unwrap_or(0)),
-        other => bail!("{other:?}: {}", r.reason.clone().unwrap_or_default()),
+        Some((DeliveryStatus::Failed, _, _, reason)) => bail!("{reason}"),
+        Some((status, http, _, reason)) => bail!("{http} {status:?}: {reason}"),
+        None => bail!("no answer from Herald at {}", a.remote.url),
     }
     Ok(())
 }
@@ -306,6 +357,10 @@ struct ImportState {
     duplicates: u64,
     conflicts: u64,
     rejected: u64,
+    #[serde(default)]
+    quarantined: u64,
+    #[serde(default)]
+    dropped: u64,
 }
 
 fn state_path(file: &Path) -> PathBuf {
@@ -321,58 +376,31 @@ fn save_state(path: &Path, st: &ImportState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one batch, retrying while the server is unreachable or overloaded.
-async fn send_batch(
-    client: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-) -> anyhow::Result<IngestResponse> {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=8 {
-        let res = client
-            .post(url)
-            .header("content-type", "application/x-ndjson")
-            .body(body.clone())
-            .send()
-            .await;
-        match res {
-            Ok(r) if r.status().is_success() => return Ok(r.json().await?),
-            Ok(r) if r.status().as_u16() == 422 || r.status().as_u16() == 409 => {
-                let p: Problem = r.json().await?;
-                let results = p.results.unwrap_or_default();
-                let mut resp = IngestResponse::default();
-                for x in &results {
-                    match x.status {
-                        IngestStatus::Rejected => resp.rejected += 1,
-                        IngestStatus::Conflict => resp.conflicts += 1,
-                        _ => {}
-                    }
+/// Sends one batch through the client library's batch sender (gzip, retries with backoff
+/// for timeouts, 429 and 5xx), and returns the per-event results.
+async fn send_batch(sender: &BatchSender, lines: &[&[u8]]) -> anyhow::Result<IngestResponse> {
+    match sender.send(lines, None).await {
+        BatchOutcome::Results { results, .. } => {
+            let mut resp = IngestResponse::default();
+            for x in &results {
+                match x.status {
+                    IngestStatus::Stored => resp.stored += 1,
+                    IngestStatus::Duplicate => resp.duplicates += 1,
+                    IngestStatus::Rejected => resp.rejected += 1,
+                    IngestStatus::Conflict => resp.conflicts += 1,
+                    IngestStatus::Quarantined => resp.quarantined += 1,
+                    IngestStatus::Dropped => resp.dropped += 1,
                 }
-                resp.results = results;
-                return Ok(resp);
             }
-            Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 429 => {
-                let wait = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(delay);
-                tokio::time::sleep(wait).await;
-            }
-            Ok(r) => return Err(problem(r).await),
-            Err(e) if attempt < 8 => {
-                tracing::debug!(error = %e, "retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!("cannot reach Herald at {url}")))
-            }
+            resp.results = results;
+            Ok(resp)
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
+        BatchOutcome::Refused { reason, .. } => bail!("{reason}"),
+        BatchOutcome::TooLarge { reason } => bail!("{reason}; try a smaller --batch"),
+        BatchOutcome::Unavailable { reason } => bail!(
+            "{reason}; Herald stayed unavailable; the import can be resumed by running the same command"
+        ),
     }
-    bail!("Herald stayed unavailable; the import can be resumed by running the same command")
 }
 
 pub async fn import(a: ImportArgs) -> anyhow::Result<()> {
@@ -422,8 +450,14 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(st.offset);
-    let client = http(&a.remote)?;
-    let url = format!("{}/v1/events", a.remote.url);
+    let mut cfg = http_config(&a.remote);
+    cfg.timeout = Duration::from_secs(120);
+    cfg.retry = Retry {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+        max_attempts: Some(8),
+    };
+    let sender = BatchSender::new(&cfg).context("cannot start the client")?;
     let mut lines: Vec<(u64, String)> = Vec::with_capacity(a.batch);
     let mut buf = String::new();
     let mut offset = st.offset;
@@ -439,21 +473,20 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<()> {
             }
         }
         if lines.len() >= a.batch || (n == 0 && !lines.is_empty()) {
-            let mut body = Vec::with_capacity(lines.iter().map(|l| l.1.len() + 1).sum());
-            for (_, l) in &lines {
-                body.extend_from_slice(l.as_bytes());
-                body.push(b'\n');
-            }
-            let resp = send_batch(&client, &url, body).await?;
+            let batch: Vec<&[u8]> = lines.iter().map(|l| l.1.as_bytes()).collect();
+            let resp = send_batch(&sender, &batch).await?;
             st.stored += resp.stored as u64;
             st.duplicates += resp.duplicates as u64;
             st.conflicts += resp.conflicts as u64;
             st.rejected += resp.rejected as u64;
-            for r in resp
-                .results
-                .iter()
-                .filter(|r| matches!(r.status, IngestStatus::Rejected | IngestStatus::Conflict))
-            {
+            st.quarantined += resp.quarantined as u64;
+            st.dropped += resp.dropped as u64;
+            for r in resp.results.iter().filter(|r| {
+                matches!(
+                    r.status,
+                    IngestStatus::Rejected | IngestStatus::Conflict | IngestStatus::Quarantined
+                )
+            }) {
                 let Some((ln, text)) = lines.get(r.index) else {
                     continue;
                 };
@@ -488,17 +521,27 @@ pub async fn import(a: ImportArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let _ = std::fs::remove_file(&spath);
+    let mut extra = String::new();
+    if st.quarantined > 0 {
+        extra.push_str(&format!(", {} quarantined", st.quarantined));
+    }
+    if st.dropped > 0 {
+        extra.push_str(&format!(
+            ", {} dropped (sampled out or opted out)",
+            st.dropped
+        ));
+    }
     println!(
-        "imported {}: {} stored, {} duplicates, {} conflicts, {} rejected",
+        "imported {}: {} stored, {} duplicates, {} conflicts, {} rejected{extra}",
         a.file.display(),
         st.stored,
         st.duplicates,
         st.conflicts,
         st.rejected
     );
-    if st.rejected + st.conflicts > 0 {
+    if st.rejected + st.conflicts + st.quarantined > 0 {
         println!(
-            "rejected and conflicting lines with reasons: {}",
+            "rejected, quarantined and conflicting lines with reasons: {}",
             rejects_path.display()
         );
     }

@@ -6,6 +6,7 @@
 mod access;
 mod browser;
 mod cli;
+mod client_lib;
 mod crash;
 mod harness;
 mod ingest;
