@@ -135,6 +135,9 @@ pub fn dedup_key(source: &str, id: &str) -> i64 {
     h.digest() as i64
 }
 
+/// The default visibility of a type, if its settings give one.
+pub type TypeVisibility<'a> = dyn Fn(&str) -> Option<Visibility> + 'a;
+
 /// What the caller knows about the request an event came in.
 pub struct PrepareCtx<'a> {
     pub limits: &'a Limits,
@@ -148,7 +151,7 @@ pub struct PrepareCtx<'a> {
     pub default_visibility: Option<Visibility>,
     /// The default visibility of an event type (from the type registry). When both this
     /// and `default_visibility` apply, the stricter wins.
-    pub type_visibility: Option<&'a dyn Fn(&str) -> Option<Visibility>>,
+    pub type_visibility: Option<&'a TypeVisibility<'a>>,
     /// Generates an id (UUIDv7) for events without one.
     pub new_id: &'a mut dyn FnMut() -> String,
 }

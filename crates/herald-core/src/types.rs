@@ -214,7 +214,7 @@ impl<T> TypeTable<T> {
                 TypePattern::Any => t.any = Some(v),
             }
         }
-        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         t
     }
 

@@ -823,8 +823,7 @@ pub fn check_publish(
     let prev = entry.and_then(|e| {
         e.schemas
             .iter()
-            .filter(|p| p.version.major == version.major && p.version < *version)
-            .next_back()
+            .rfind(|p| p.version.major == version.major && p.version < *version)
     });
     let Some(prev) = prev else {
         return Ok((None, Vec::new()));
