@@ -302,6 +302,33 @@ fn known(name: &str) -> Option<Known> {
     })
 }
 
+/// Prepares an event Herald produced itself (a stored body, a quarantined event, an event a
+/// processor rewrote): no size or depth limit applies and no id is generated. `recorded_us`
+/// (and `recorded_text`, its RFC 3339 form, written as `recordedtime`) is when it was first
+/// received.
+pub fn prepare_trusted(
+    text: &str,
+    recorded_us: Micros,
+    recorded_text: &str,
+) -> Result<PreparedEvent, Rejection> {
+    let limits = Limits {
+        max_event_bytes: usize::MAX,
+        max_depth: usize::MAX,
+        ..Limits::default()
+    };
+    let mut no_id = String::new;
+    let mut ctx = PrepareCtx {
+        limits: &limits,
+        now_us: recorded_us,
+        now_text: recorded_text,
+        require_specversion: false,
+        default_visibility: None,
+        type_visibility: None,
+        new_id: &mut no_id,
+    };
+    prepare_json(text, "", &mut ctx)
+}
+
 /// Validates one event given as JSON text. `pointer` is the JSON pointer of the event in
 /// the request (`""` for a single event, `/3` for the fourth of an array).
 pub fn prepare_json(

@@ -16,7 +16,7 @@ use crate::registry::{OptOutMode, Snapshot, TypeEntry};
 use crate::AppState;
 use axum::extract::{Extension, Query, State};
 use axum::Json;
-use herald_core::event::{now_text, prepare_json, PrepareCtx};
+use herald_core::event::now_text;
 use herald_core::pipeline::{unit_value, RequestInfo, Step};
 use herald_core::types::{sample_keeps, sampled_rate, ValidationMode};
 use herald_core::PreparedEvent;
@@ -317,28 +317,14 @@ fn remove(m: &mut Map<String, Value>, path: &str) -> Result<(), String> {
 /// The canonical form of a rewritten event, keeping what identifies the producer's content.
 fn rebuild(orig: &PreparedEvent, map: Map<String, Value>) -> Result<PreparedEvent, String> {
     let text = Value::Object(map).to_string();
-    let limits = herald_core::Limits {
-        max_event_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        ..herald_core::Limits::default()
-    };
-    let now = now_text(orig.recorded_us);
-    let mut no_id = String::new;
-    let mut ctx = PrepareCtx {
-        limits: &limits,
-        now_us: orig.recorded_us,
-        now_text: &now,
-        require_specversion: false,
-        default_visibility: None,
-        type_visibility: None,
-        new_id: &mut no_id,
-    };
-    let mut ev = prepare_json(&text, "", &mut ctx).map_err(|r| {
-        format!(
-            "the processed event is invalid: {} at {}",
-            r.reason, r.pointer
-        )
-    })?;
+    let mut ev =
+        herald_core::event::prepare_trusted(&text, orig.recorded_us, &now_text(orig.recorded_us))
+            .map_err(|r| {
+            format!(
+                "the processed event is invalid: {} at {}",
+                r.reason, r.pointer
+            )
+        })?;
     ev.content_hash = orig.content_hash;
     ev.time_given = orig.time_given;
     Ok(ev)
@@ -464,23 +450,7 @@ fn as_live(r: &QuarantineRow) -> Option<herald_core::matcher::LiveEvent> {
 }
 
 fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core::Rejection> {
-    let limits = herald_core::Limits {
-        max_event_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        ..herald_core::Limits::default()
-    };
-    let now = now_text(recorded_us);
-    let mut no_id = String::new;
-    let mut ctx = PrepareCtx {
-        limits: &limits,
-        now_us: recorded_us,
-        now_text: &now,
-        require_specversion: false,
-        default_visibility: None,
-        type_visibility: None,
-        new_id: &mut no_id,
-    };
-    prepare_json(body, "", &mut ctx)
+    herald_core::event::prepare_trusted(body, recorded_us, &now_text(recorded_us))
 }
 
 /// Rows of the quarantine matching a filter and reason, newest first, from `before`.

@@ -661,22 +661,7 @@ fn fts_seq(conn: &Connection) -> Result<u64, StoreError> {
 /// Prepares a stored body again (it was valid when stored, so no limit applies), for log
 /// replay and full-text catch-up. `recorded_us` becomes its `recorded` column.
 fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core::Rejection> {
-    let limits = herald_core::Limits {
-        max_event_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        ..herald_core::Limits::default()
-    };
-    let mut no_id = String::new;
-    let mut ctx = herald_core::event::PrepareCtx {
-        limits: &limits,
-        now_us: recorded_us,
-        now_text: "",
-        require_specversion: false,
-        default_visibility: None,
-        type_visibility: None,
-        new_id: &mut no_id,
-    };
-    herald_core::event::prepare_json(body, "", &mut ctx)
+    herald_core::event::prepare_trusted(body, recorded_us, "")
 }
 
 /// Indexes the text of events stored after the FTS watermark (after a crash, or when full
