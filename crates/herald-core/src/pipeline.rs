@@ -273,7 +273,7 @@ fn split(path: &str) -> (&str, Vec<&str>) {
 
 /// Removes a path; `Ok(false)` when it was absent. Walking through something that is not an
 /// object is an error: the value might hold what should be removed.
-fn remove_path(ev: &mut Map<String, Value>, path: &str) -> Result<bool, String> {
+pub fn remove_path(ev: &mut Map<String, Value>, path: &str) -> Result<bool, String> {
     let (root, segs) = split(path);
     let Some((last, parents)) = segs.split_last() else {
         return Ok(ev.remove(root).is_some());

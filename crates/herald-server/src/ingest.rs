@@ -17,7 +17,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::event::{now_text, prepare_binary, prepare_json, HeaderAttr, PrepareCtx};
 use herald_core::pipeline::RequestInfo;
-use herald_core::types::ValidationMode;
 use herald_core::{PreparedEvent, Rejection};
 use herald_store::registry::{NewQuarantined, StatDelta};
 use herald_store::AppendOutcome;
@@ -319,22 +318,6 @@ fn reason_label(pointer: &str) -> String {
     }
 }
 
-/// The request's counters of one type (few types per request: a linear search).
-fn stat_index(stats: &mut Vec<StatDelta>, ty: &str, now_us: i64) -> usize {
-    match stats.iter().position(|d| d.ty == ty) {
-        Some(i) => i,
-        None => {
-            stats.push(StatDelta {
-                ty: ty.to_owned(),
-                first_us: now_us,
-                last_us: now_us,
-                ..StatDelta::default()
-            });
-            stats.len() - 1
-        }
-    }
-}
-
 /// `POST /v1/events`
 #[utoipa::path(
     post,
@@ -450,15 +433,15 @@ pub async fn ingest(
                 continue;
             }
         };
-        let si = stat_index(&mut stats, &ev.ty, now_us);
+        let si = crate::registry::stat_index(&mut stats, &ev.ty, now_us);
         stats[si].received += 1;
         let id = ev.id.clone();
-        let validated = snap
-            .table
-            .get(&ev.ty)
-            .is_some_and(|e| e.settings.validation != ValidationMode::Off && e.latest().is_some());
         match crate::pipeline::process(&snap, &st.registry, ev, &info) {
-            Outcome::Store { event, warnings } => {
+            Outcome::Store {
+                event,
+                warnings,
+                validated,
+            } => {
                 if validated {
                     if warnings.is_empty() {
                         stats[si].valid += 1;
@@ -577,13 +560,7 @@ pub async fn ingest(
             }
         }
     }
-    let hour = now_us / 3_600_000_000;
-    for d in &mut stats {
-        if d.stored > 0 {
-            d.hours.push((hour, d.stored));
-        }
-    }
-    st.registry.add(stats);
+    st.registry.add(stats, now_us);
     let mut resp = IngestResponse {
         results: Vec::new(),
         ..IngestResponse::default()

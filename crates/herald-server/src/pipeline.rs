@@ -30,10 +30,12 @@ use std::sync::Arc;
 /// What the pipeline decided for one event.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Store it; `warnings` are schema violations under validation mode `warn`.
+    /// Store it; `warnings` are schema violations under validation mode `warn`;
+    /// `validated`: its type has a schema it was checked against.
     Store {
         event: PreparedEvent,
         warnings: Vec<SchemaError>,
+        validated: bool,
     },
     /// Refused by allow/deny (answered `rejected`).
     Refuse(String),
@@ -94,6 +96,9 @@ pub fn process(
         }
     }
     let entry = snap.table.get(&ev.ty).cloned();
+    let validated = entry
+        .as_ref()
+        .is_some_and(|e| e.settings.validation != ValidationMode::Off && e.latest().is_some());
     let mut doc = Doc {
         ev: &ev,
         map: None,
@@ -105,11 +110,16 @@ pub fn process(
                 return Outcome::Store {
                     event: ev,
                     warnings,
+                    validated,
                 };
             }
             let map = doc.map.take().expect("changed implies parsed");
             match rebuild(&ev, map) {
-                Ok(event) => Outcome::Store { event, warnings },
+                Ok(event) => Outcome::Store {
+                    event,
+                    warnings,
+                    validated,
+                },
                 Err(message) => Outcome::Quarantine {
                     event: ev,
                     kind: "processor",
@@ -173,7 +183,7 @@ fn run_steps(
                     let m = doc.get()?;
                     m.remove("actor");
                     for p in &reg.config.optout_paths {
-                        remove(m, p)?;
+                        herald_core::pipeline::remove_path(m, p)?;
                     }
                     doc.changed = true;
                 }
@@ -278,40 +288,6 @@ fn run_steps(
         }
     }
     Ok(Decision::Continue(warnings))
-}
-
-fn remove(m: &mut Map<String, Value>, path: &str) -> Result<(), String> {
-    let (root, rest) = match path.split_once('.') {
-        Some((r, rest)) => (r, Some(rest)),
-        None => (path, None),
-    };
-    let Some(rest) = rest else {
-        m.remove(root);
-        return Ok(());
-    };
-    let mut node = match m.get_mut(root) {
-        Some(n) => n,
-        None => return Ok(()),
-    };
-    let segs: Vec<&str> = rest.split('.').collect();
-    for (i, s) in segs.iter().enumerate() {
-        let Value::Object(o) = node else {
-            return if node.is_null() {
-                Ok(())
-            } else {
-                Err(format!("cannot remove {path}: a parent is not an object"))
-            };
-        };
-        if i + 1 == segs.len() {
-            o.remove(*s);
-            return Ok(());
-        }
-        node = match o.get_mut(*s) {
-            Some(n) => n,
-            None => return Ok(()),
-        };
-    }
-    Ok(())
 }
 
 /// The canonical form of a rewritten event, keeping what identifies the producer's content.
@@ -672,11 +648,14 @@ pub async fn replay(
     if !to_store.is_empty() {
         let events: Vec<PreparedEvent> = to_store.iter().map(|(_, _, e)| e.clone()).collect();
         let outcomes = st.store.append(events).await?;
+        let now = now_micros();
+        let mut stats = Vec::new();
         for ((qid, id, ev), o) in to_store.into_iter().zip(outcomes) {
             let (status, seq) = match o {
                 AppendOutcome::Stored(s) => {
                     resp.stored += 1;
-                    st.registry.count_stored(&ev.ty, now_micros(), 1);
+                    let si = crate::registry::stat_index(&mut stats, &ev.ty, now);
+                    stats[si].stored += 1;
                     ("stored", s)
                 }
                 AppendOutcome::Duplicate(s) => {
@@ -696,6 +675,7 @@ pub async fn replay(
                 reason: None,
             });
         }
+        st.registry.add(stats, now);
     }
     st.registry
         .store

@@ -189,52 +189,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Adds counts for one type.
-    pub fn count(&self, ty: &str, now_us: i64, f: impl FnOnce(&mut StatDelta)) {
-        let mut g = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = g.get_mut(ty) {
-            d.last_us = d.last_us.max(now_us);
-            f(d);
-            return;
-        }
-        if g.len() >= MAX_TYPES_PER_FLUSH {
-            return;
-        }
-        let mut d = StatDelta {
-            ty: ty.to_owned(),
-            first_us: now_us,
-            last_us: now_us,
-            ..StatDelta::default()
-        };
-        f(&mut d);
-        g.insert(ty.to_owned(), d);
-    }
-
-    /// Adds a request's counters (one lock per request).
-    pub fn add(&self, deltas: Vec<StatDelta>) {
+    /// Adds a request's counters (one lock per request); its stored events count in the
+    /// hour of `now_us`.
+    pub fn add(&self, deltas: Vec<StatDelta>, now_us: i64) {
         if deltas.is_empty() {
             return;
         }
-        let mut g = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        for d in deltas {
-            if let Some(cur) = g.get_mut(&d.ty) {
-                merge(cur, &d);
-            } else if g.len() < MAX_TYPES_PER_FLUSH {
-                g.insert(d.ty.clone(), d);
-            }
-        }
-    }
-
-    /// Counts stored events in the hourly volume.
-    pub fn count_stored(&self, ty: &str, now_us: i64, n: u64) {
         let hour = now_us / 3_600_000_000;
-        self.count(ty, now_us, |d| {
-            d.stored += n;
-            match d.hours.iter_mut().find(|(h, _)| *h == hour) {
-                Some((_, c)) => *c += n,
-                None => d.hours.push((hour, n)),
+        let mut g = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        for mut d in deltas {
+            if d.stored > 0 && d.hours.is_empty() {
+                d.hours.push((hour, d.stored));
             }
-        });
+            add_locked(&mut g, d);
+        }
     }
 
     /// Writes the gathered counters; on failure they are kept for the next flush.
@@ -262,13 +230,7 @@ impl Registry {
             tracing::warn!(error = %e, "cannot write the type catalog's counters; keeping them for the next try");
             let mut g = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             for d in batch {
-                let cur = g.entry(d.ty.clone()).or_insert_with(|| StatDelta {
-                    ty: d.ty.clone(),
-                    first_us: d.first_us,
-                    last_us: d.last_us,
-                    ..StatDelta::default()
-                });
-                merge(cur, &d);
+                add_locked(&mut g, d);
             }
         }
     }
@@ -276,6 +238,32 @@ impl Registry {
     /// Counters not yet flushed (so the catalog is exact right after events arrive).
     fn pending(&self) -> HashMap<String, StatDelta> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The counters of type `ty` among a request's, added if new (few types per request: a
+/// linear search).
+pub fn stat_index(stats: &mut Vec<StatDelta>, ty: &str, now_us: i64) -> usize {
+    match stats.iter().position(|d| d.ty == ty) {
+        Some(i) => i,
+        None => {
+            stats.push(StatDelta {
+                ty: ty.to_owned(),
+                first_us: now_us,
+                last_us: now_us,
+                ..StatDelta::default()
+            });
+            stats.len() - 1
+        }
+    }
+}
+
+/// Merges counters into the pending map (new types only below the cap).
+fn add_locked(g: &mut HashMap<String, StatDelta>, d: StatDelta) {
+    if let Some(cur) = g.get_mut(&d.ty) {
+        merge(cur, &d);
+    } else if g.len() < MAX_TYPES_PER_FLUSH {
+        g.insert(d.ty.clone(), d);
     }
 }
 
