@@ -41,7 +41,7 @@ impl Config {
             cache_mib: s.cache_mib,
             fsync: s.fsync,
             live_capacity: self.stream.live_buffer,
-            log_switch_bytes: s.wal_switch_mib << 20,
+            segment_bytes: s.segment_mib.max(1) << 20,
             on_commit,
         }
     }
@@ -90,7 +90,8 @@ pub struct StoreConfig {
     pub read_connections: usize,
     pub cache_mib: usize,
     pub fsync: bool,
-    pub wal_switch_mib: u64,
+    /// Size of an event segment, in MiB.
+    pub segment_mib: u64,
 }
 
 impl Default for StoreConfig {
@@ -104,7 +105,7 @@ impl Default for StoreConfig {
             read_connections: 4,
             cache_mib: 256,
             fsync: true,
-            wal_switch_mib: 64,
+            segment_mib: 256,
         }
     }
 }

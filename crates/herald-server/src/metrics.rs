@@ -105,7 +105,7 @@ impl Metrics {
         );
         registry.register(
             "herald_store_commit_events",
-            "Events per group commit (one fsync of the write-ahead log)",
+            "Events per group commit (one fsync of the event segment)",
             commit_events.clone(),
         );
         registry.register(

@@ -97,6 +97,11 @@ pub(crate) fn open_side_connection(data_dir: &Path) -> Result<Connection, StoreE
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     crate::sqlite::migrate(&conn)?;
+    // Creating a path index (a facet) evaluates event bodies.
+    crate::sqlite::register_body_function(
+        &conn,
+        crate::segment::SegmentReader::new(&crate::sqlite::segments_dir(data_dir)),
+    )?;
     Ok(conn)
 }
 

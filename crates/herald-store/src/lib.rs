@@ -26,6 +26,7 @@ pub mod contract;
 pub mod keys;
 mod log;
 pub mod registry;
+mod segment;
 mod sql;
 pub mod sqlite;
 

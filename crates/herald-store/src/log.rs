@@ -1,12 +1,8 @@
-//! Herald's write-ahead log: the durability point of the embedded store.
-//!
-//! It exists so that acknowledging an event costs one sequential append and one `fdatasync`
-//! of a small file, while SQLite maintains its indexes in large transactions that span many
-//! requests (each SQLite commit rewrites every index page it touched, so few large commits are
-//! far cheaper than many small ones). Every record is the canonical JSON of a stored event,
-//! which carries its `seq`; after a crash, the records past SQLite's last committed `seq` are
-//! inserted again. Once SQLite has durably committed everything in the log, the log is
-//! truncated.
+//! The write-ahead log of earlier versions, kept to read it once: before event segments
+//! (see `segment`), acknowledged events were appended here and their bodies stored in SQLite
+//! afterwards. A data directory that still has `events.log` or `events.log.1` gets their
+//! records past SQLite's last `seq` inserted at start, then the files are removed (see
+//! `sqlite::replay_legacy_logs`). Writing is compiled for tests only, to make such logs.
 //!
 //! Layout: a 16-byte header (`HLOG0001` and the generation, a u64 LE), then records
 //! `len: u32 LE | crc32(generation LE ++ body): u32 LE | body (len bytes)`. A record that
@@ -133,6 +129,7 @@ impl Log {
         Ok(out)
     }
 
+    #[cfg(test)]
     /// Buffers one record.
     pub fn push(&mut self, body: &str) {
         let crc = if self.legacy {
@@ -146,6 +143,7 @@ impl Log {
         self.buf.extend_from_slice(body.as_bytes());
     }
 
+    #[cfg(test)]
     /// Writes the buffered records and, with `fsync`, waits until they are on disk (without it
     /// they survive a crash of the process but not of the machine).
     ///
@@ -166,11 +164,7 @@ impl Log {
         Ok(())
     }
 
-    /// Bytes written in the current generation.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
+    #[cfg(test)]
     /// Forgets buffered records that were not synced (their batch failed).
     pub fn discard_unsynced(&mut self) {
         self.buf.clear();

@@ -4,7 +4,7 @@
 //! It exists apart from the event store for the same reason as [`crate::keys`]: these are
 //! small tables written rarely (a settings change, a quarantined event, a counter flush every
 //! few seconds) that must not go through the event log, and `herald types push` can reach
-//! them without the write-ahead log. It uses its own connection to the same database file;
+//! them without opening the event segments. It uses its own connection to the same database file;
 //! its writes wait for the event indexer's open transaction (at most about a second).
 
 use crate::StoreError;

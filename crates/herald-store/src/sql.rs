@@ -19,10 +19,14 @@ pub struct Where {
     pub params: Vec<SqlValue>,
 }
 
+/// The stored JSON of an event in SQL: `herald_body` (see `sqlite::register_body_function`)
+/// reads it from its segment, or from the row for events stored before segments.
+pub const BODY: &str = "herald_body(body,loc,len)";
+
 /// The SQL expression reading a `data.`/`context.` path out of the stored body. The path
 /// indexes are created on exactly this text, so queries and indexes must both use it.
 pub fn path_expr(root: &str, segs: &[String]) -> String {
-    let mut p = format!("json_extract(body,'$.{root}");
+    let mut p = format!("json_extract({BODY},'$.{root}");
     for s in segs {
         // Segments are [A-Za-z0-9_-] (checked by the parser); quoting keeps `-` literal.
         let _ = write!(p, ".\"{s}\"");
@@ -92,12 +96,15 @@ fn fts_query(tokens: &[String]) -> String {
 fn text_scan(w: &mut Where, text: &str) {
     for tok in herald_core::matcher::tokens(text) {
         if tok.is_ascii() {
-            w.sql.push_str("body LIKE ");
+            w.sql.push_str(BODY);
+            w.sql.push_str(" LIKE ");
             w.param(SqlValue::Text(like_pattern(&tok)));
             w.sql.push_str(" ESCAPE '\\' AND ");
         }
     }
-    w.sql.push_str("herald_text(body, ");
+    w.sql.push_str("herald_text(");
+    w.sql.push_str(BODY);
+    w.sql.push_str(", ");
     w.param(SqlValue::Text(text.to_owned()));
     w.sql.push(')');
 }
@@ -257,7 +264,9 @@ pub fn compile(
                         w.param(SqlValue::Text(fts_query(&tokens)));
                         w.sql.push(')');
                         if tokens.len() > 1 {
-                            w.sql.push_str(" AND herald_text(body, ");
+                            w.sql.push_str(" AND herald_text(");
+                            w.sql.push_str(BODY);
+                            w.sql.push_str(", ");
                             w.param(SqlValue::Text(text.clone()));
                             w.sql.push(')');
                         }
@@ -387,13 +396,13 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(body,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) AND herald_text(body, ?)) OR (seq > ? AND body LIKE ? ESCAPE '\' AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(herald_body(body,loc,len),'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) AND herald_text(herald_body(body,loc,len), ?)) OR (seq > ? AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?)))
                 Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time\" AND \"out\"") Text("time out") Integer(77) Text("%time%") Text("%out%") Text("time out")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(body,'$.data."n"') > ? AND json_extract(body,'$.data."n"') < '') AND NOT COALESCE((json_type(body,'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?)) OR (seq > ? AND body LIKE ? ESCAPE '\' AND herald_text(body, ?)))
+                time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?)) OR (seq > ? AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?)))
                 Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
         );
     }

@@ -1,7 +1,8 @@
-//! The embedded store: one SQLite database in WAL mode behind Herald's own write-ahead log,
-//! written by a single writer thread that acknowledges whatever is waiting with one log fsync
-//! (group commit) and commits SQLite in long transactions; read through a small pool of
-//! read-only connections. See ARCHITECTURE.md for the threads and their invariants.
+//! The embedded store: event segments (see `segment`) hold the events, written by a single
+//! writer thread that acknowledges whatever is waiting with one fsync (group commit); one
+//! SQLite database in WAL mode indexes them, committed in long transactions by an indexer
+//! thread, and is read through a small pool of read-only connections. See ARCHITECTURE.md
+//! for the threads and their invariants.
 //!
 //! Why a dedicated thread: SQLite allows one writer at a time and its calls block, so the
 //! writer lives off the async runtime, and batching the appends of concurrent requests into
@@ -9,7 +10,8 @@
 //! covers one event or ten thousand).
 
 use crate::log::Log;
-use crate::sql::{compile, path_expr};
+use crate::segment::{SegmentReader, SegmentWriter};
+use crate::sql::{compile, path_expr, BODY};
 use crate::{
     AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, LiveBatch, LiveEvent, Page,
     ScanPage, ScanQuery, SeqRange, Store, StoreError, StoredEvent,
@@ -43,16 +45,14 @@ pub struct SqliteOptions {
     pub read_connections: usize,
     /// Page cache per connection, in MiB.
     pub cache_mib: usize,
-    /// fsync the write-ahead log before acknowledging, and SQLite commits
-    /// (`synchronous=FULL`). Turning it off keeps data safe from a process crash but not from
-    /// a power loss.
+    /// fsync the event segment before acknowledging. Turning it off keeps data safe from a
+    /// process crash but not from a power loss.
     pub fsync: bool,
     /// Group commits the live channel holds for subscribers that fall behind; a subscriber
     /// further behind catches up from the database.
     pub live_capacity: usize,
-    /// Size at which the write-ahead log moves on to its other file (once that one holds
-    /// only committed events).
-    pub log_switch_bytes: u64,
+    /// Size at which the writer closes an event segment and starts the next.
+    pub segment_bytes: u64,
     pub on_commit: Option<CommitObserver>,
 }
 
@@ -68,7 +68,7 @@ impl Default for SqliteOptions {
             cache_mib: 256,
             fsync: true,
             live_capacity: 1024,
-            log_switch_bytes: 64 << 20,
+            segment_bytes: 256 << 20,
             on_commit: None,
         }
     }
@@ -185,6 +185,12 @@ CREATE TABLE quarantine (
 CREATE UNIQUE INDEX quarantine_key ON quarantine (source, id);
 CREATE TABLE optout (actor TEXT PRIMARY KEY, since INTEGER NOT NULL);
 "#,
+    // 6: bodies live in the event segments (see `segment`); a row holds where. Rows stored
+    // before keep their body in `body` (and no `loc`); new rows have an empty `body`.
+    r#"
+ALTER TABLE events ADD COLUMN loc INTEGER;
+ALTER TABLE events ADD COLUMN len INTEGER;
+"#,
 ];
 
 /// Fills the `readers` column of events stored before it existed.
@@ -235,6 +241,35 @@ fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
     }
     fts.execute_batch(FTS_SCHEMA)?;
     Ok(())
+}
+
+/// Registers `herald_body(body, loc, len)`, the stored JSON of an event: `body` for rows
+/// stored before segments, else read from its segment (see [`BODY`], the expression every
+/// query and path index uses). Deterministic: a segment's records never change. Every
+/// connection that reads bodies or writes the events table (path indexes evaluate it) needs
+/// it.
+pub(crate) fn register_body_function(
+    conn: &Connection,
+    segments: SegmentReader,
+) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "herald_body",
+        3,
+        FunctionFlags::SQLITE_UTF8
+            | FunctionFlags::SQLITE_DETERMINISTIC
+            | FunctionFlags::SQLITE_INNOCUOUS,
+        move |ctx| {
+            let loc = ctx.get::<Option<i64>>(1)?;
+            let Some(loc) = loc else {
+                return ctx.get::<String>(0);
+            };
+            let len = ctx.get::<i64>(2)?;
+            segments
+                .read(loc, len.max(0) as u64)
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        },
+    )
 }
 
 /// Registers `herald_text(body, phrase)`: true when the phrase occurs in the search text of
@@ -318,32 +353,29 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if opts.fsync { "FULL" } else { "NORMAL" },
-        )?;
+        // SQLite holds no event that is not also in a segment: after a power loss it may
+        // miss its last commits (never be corrupt, in WAL mode), and the start-up replay of
+        // the segments brings them back. So its commits need no fsync.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Checkpoints run on their own thread (see `checkpointer`); the writer checkpoints
         // inline only if the WAL grows past this many pages (~400 MiB), as a safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 100_000)?;
         configure(&conn, &opts)?;
         migrate(&conn)?;
+        let seg_dir = segments_dir(&opts.data_dir);
+        let segments = SegmentReader::new(&seg_dir);
+        register_body_function(&conn, segments.clone())?;
         sync_path_indexes(&conn, &opts.indexed_paths)?;
         conn.execute_batch("PRAGMA optimize=0x10002")?;
-        let open_log = |name: &str| {
-            Log::open(&opts.data_dir.join(name)).map_err(|e| {
-                StoreError::Database(format!(
-                    "cannot open the write-ahead log in {}: {e}",
-                    opts.data_dir.display()
-                ))
-            })
+        replay_legacy_logs(&conn, &opts.data_dir)?;
+        let seg_err = |e: std::io::Error| {
+            StoreError::Database(format!(
+                "cannot open the event segments in {}: {e}",
+                seg_dir.display()
+            ))
         };
-        let mut logs = [open_log("events.log")?, open_log("events.log.1")?];
-        replay_logs(&conn, &mut logs)?;
-        let next_seq: i64 =
-            conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| {
-                r.get(0)
-            })?;
+        let seg_writer = SegmentWriter::open(&seg_dir, opts.segment_bytes).map_err(seg_err)?;
+        let next_seq = replay_segments(&conn, &seg_dir)? as i64 + 1;
         let fts_path = opts.data_dir.join("fts.db");
         let fts_conn = Connection::open(&fts_path)?;
         fts_conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
@@ -373,6 +405,7 @@ impl SqliteStore {
             )?;
             r.pragma_update(None, "query_only", true)?;
             register_functions(&r)?;
+            register_body_function(&r, segments.clone())?;
             readers.push(r);
         }
 
@@ -395,7 +428,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         configure(&probe, &opts)?;
-        let (index_tx, index_rx) = sync_channel::<LiveBatch>(1024);
+        let (index_tx, index_rx) = sync_channel::<IndexBatch>(1024);
         let writer = Writer {
             probe,
             rx,
@@ -403,9 +436,7 @@ impl SqliteStore {
             queued: queued.clone(),
             max_commit_events: opts.max_commit_events.max(1),
             on_commit: opts.on_commit.clone(),
-            logs,
-            log_last: [0, 0],
-            cur: 0,
+            seg: seg_writer,
             progress: progress.clone(),
             pending: pending.clone(),
             backlog: backlog.clone(),
@@ -413,7 +444,6 @@ impl SqliteStore {
             index_tx: Some(index_tx),
             failed: failed.clone(),
             fsync: opts.fsync,
-            log_switch_bytes: opts.log_switch_bytes,
         };
         let mut indexer = Indexer {
             conn,
@@ -427,7 +457,6 @@ impl SqliteStore {
             fts_batch: Vec::new(),
             fts_tx: None,
             failed,
-            body: String::new(),
         };
         let fts_thread = if opts.fulltext {
             let (ftx, frx) = sync_channel(64);
@@ -574,9 +603,10 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The index name for a path: stable, SQL-safe.
+/// The index name for a path: stable, SQL-safe. (`events_path_` named the indexes on the
+/// expression of bodies kept in rows, before segments; `sync_path_indexes` drops them.)
 fn path_index_name(path: &str) -> String {
-    format!("events_path_{:016x}", xxhash_path(path))
+    format!("events_p2_{:016x}", xxhash_path(path))
 }
 
 fn xxhash_path(path: &str) -> u64 {
@@ -636,7 +666,7 @@ fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreErr
     }
     let existing: Vec<String> = conn
         .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_path_%'",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND (name LIKE 'events_path_%' OR name LIKE 'events_p2_%')",
         )?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -671,7 +701,9 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
     let mut last = from;
     let tx = fts.unchecked_transaction()?;
     {
-        let mut rows = conn.prepare("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = conn.prepare(&format!(
+            "SELECT seq, {BODY} FROM events WHERE seq > ?1 ORDER BY seq"
+        ))?;
         let mut ins = tx.prepare("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
         let mut it = rows.query(params![from as i64])?;
         let mut n = 0u64;
@@ -712,7 +744,7 @@ fn slow(what: &str, since: Instant, events: usize) {
 /// Lowers the scheduling priority of the calling thread (Linux: a per-thread nice value).
 /// Background work that can lag without harm (text indexing, checkpoints) then yields the
 /// cores to what answers requests and feeds live streams, whose latency matters.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority with `who = 0` only changes the calling thread's nice value; it
     // reads no memory of ours.
@@ -743,15 +775,26 @@ fn checkpointer(conn: Connection, stop: Arc<AtomicBool>) {
 /// The SQL that inserts one event (shared by the writer and log replay).
 const INSERT_EVENT: &str =
     "INSERT INTO events (seq, time, recorded, type, source, id, subject, severity, actor, tenant, \
-     correlationid, causationid, visibility, dkey, chash, body, readers) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+     correlationid, causationid, visibility, dkey, chash, body, readers, loc, len) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+
+/// Where an event's body is: in a segment (`loc`, `len`), or, for a legacy log replay, in the
+/// row itself.
+enum BodyAt<'a> {
+    Segment(i64, usize),
+    Row(&'a str),
+}
 
 fn insert_event(
     conn: &Connection,
     seq: u64,
     ev: &PreparedEvent,
-    body: &str,
+    at: BodyAt<'_>,
 ) -> rusqlite::Result<()> {
+    let (body, loc, len) = match at {
+        BodyAt::Segment(loc, len) => ("", Some(loc), Some(len as i64)),
+        BodyAt::Row(body) => (body, None, None),
+    };
     conn.prepare_cached(INSERT_EVENT)?.execute(params![
         seq as i64,
         ev.time_us,
@@ -770,7 +813,146 @@ fn insert_event(
         ev.content_hash,
         body,
         crate::sql::readers_column(&ev.readers),
+        loc,
+        len,
     ])?;
+    Ok(())
+}
+
+/// The directory of the event segments in a data directory.
+pub fn segments_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("segments")
+}
+
+/// The seq a stored body starts with (`{"seq":N,...`).
+fn seq_of(body: &str) -> Option<u64> {
+    body.strip_prefix("{\"seq\":")
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
+/// The `recordedtime` of a stored body, in microseconds.
+fn recorded_of(body: &str) -> i64 {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["recordedtime"]
+                .as_str()
+                .and_then(herald_core::timespec::parse_rfc3339)
+        })
+        .unwrap_or(0)
+}
+
+/// Inserts the segment records that SQLite does not hold yet (after a crash, or a power
+/// loss that cost SQLite its last commits), in one transaction. Returns the highest seq.
+fn replay_segments(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
+    // Where indexing got to: the mark the indexer commits with its rows, or (for a
+    // database from before the mark) the newest row. The mark stays when rows are deleted,
+    // so their events are neither indexed again nor their seqs reused.
+    let mark: Option<(i64, Option<i64>, Option<i64>)> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'indexed'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| {
+            let mut it = v.split(' ').map(|x| x.parse::<i64>().ok());
+            Some((it.next()??, Some(it.next()??), Some(it.next()??)))
+        });
+    let newest: Option<(i64, Option<i64>, Option<i64>)> = conn
+        .query_row(
+            "SELECT seq, loc, len FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let from = match (mark, newest) {
+        (Some(m), Some(n)) if n.0 > m.0 => Some(n),
+        (Some(m), _) => Some(m),
+        (None, n) => n,
+    };
+    let mut last = from.map(|n| n.0 as u64).unwrap_or(0);
+    let after = from.and_then(|(_, loc, len)| Some((loc?, len? as u64)));
+    let tx = conn.unchecked_transaction()?;
+    let mut newest_loc = None;
+    let mut replayed = 0usize;
+    let mut failure: Option<StoreError> = None;
+    let res = crate::segment::replay(dir, after, &mut |loc, body| {
+        let step = (|| {
+            let seq = seq_of(body)
+                .ok_or_else(|| StoreError::Database("an event segment record has no seq".into()))?;
+            // Records of a batch whose write failed may follow (their seqs were never
+            // reused, so they are higher); anything at or below what SQLite holds is known.
+            if seq <= last {
+                return Ok(());
+            }
+            let ev = reprepare(body, recorded_of(body)).map_err(|r| {
+                StoreError::Database(format!(
+                    "an event segment record does not parse: {}",
+                    r.reason
+                ))
+            })?;
+            insert_event(&tx, seq, &ev, BodyAt::Segment(loc, body.len()))?;
+            last = seq;
+            newest_loc = Some((loc, body.len()));
+            replayed += 1;
+            Ok(())
+        })();
+        step.map_err(|e| {
+            failure = Some(e);
+            std::io::Error::other("replay stopped")
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    res.map_err(|e| StoreError::Database(format!("cannot read the event segments: {e}")))?;
+    if let Some((loc, len)) = newest_loc {
+        mark_indexed(&tx, last, loc, len)?;
+    }
+    tx.commit()?;
+    if replayed > 0 {
+        tracing::info!(
+            events = replayed,
+            "indexed acknowledged events from the event segments"
+        );
+    }
+    Ok(last)
+}
+
+/// Records, in the index's transaction, the newest event it holds and where its body is:
+/// the start-up replay of the segments continues after it.
+fn mark_indexed(conn: &Connection, seq: u64, loc: i64, len: usize) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('indexed', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![format!("{seq} {loc} {len}")])?;
+    Ok(())
+}
+
+/// Data directories of earlier versions kept recent events in a two-file write-ahead log
+/// (`events.log`, `events.log.1`) and bodies in SQLite: their records SQLite lacks are
+/// inserted the old way (body in the row), then the files are removed.
+fn replay_legacy_logs(conn: &Connection, data_dir: &Path) -> Result<(), StoreError> {
+    let names = [data_dir.join("events.log"), data_dir.join("events.log.1")];
+    if !names.iter().any(|p| p.exists()) {
+        return Ok(());
+    }
+    let open_log = |p: &Path| {
+        Log::open(p).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot open the write-ahead log {}: {e}",
+                p.display()
+            ))
+        })
+    };
+    let mut logs = [open_log(&names[0])?, open_log(&names[1])?];
+    replay_logs(conn, &mut logs)?;
+    drop(logs);
+    for p in &names {
+        std::fs::remove_file(p)
+            .map_err(|e| StoreError::Database(format!("cannot remove {}: {e}", p.display())))?;
+    }
+    tracing::info!("moved from the write-ahead log of an earlier version to event segments");
     Ok(())
 }
 
@@ -789,10 +971,7 @@ fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError
     }
     let mut parsed = Vec::with_capacity(records.len());
     for body in &records {
-        let seq = body
-            .strip_prefix("{\"seq\":")
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse::<u64>().ok())
+        let seq = seq_of(body)
             .ok_or_else(|| StoreError::Database("a write-ahead log record has no seq".into()))?;
         parsed.push((seq, body));
     }
@@ -805,21 +984,13 @@ fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError
         if seq <= last {
             continue;
         }
-        let recorded_us = serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| {
-                v["recordedtime"]
-                    .as_str()
-                    .and_then(herald_core::timespec::parse_rfc3339)
-            })
-            .unwrap_or(0);
-        let ev = reprepare(body, recorded_us).map_err(|r| {
+        let ev = reprepare(body, recorded_of(body)).map_err(|r| {
             StoreError::Database(format!(
                 "a write-ahead log record does not parse: {}",
                 r.reason
             ))
         })?;
-        insert_event(&tx, seq, &ev, body)?;
+        insert_event(&tx, seq, &ev, BodyAt::Row(body))?;
         last = seq;
         replayed += 1;
     }
@@ -890,24 +1061,26 @@ struct Writer {
     queued: Arc<AtomicUsize>,
     max_commit_events: usize,
     on_commit: Option<CommitObserver>,
-    /// Two log files used in turn; `log_last[i]` is the newest seq in `logs[i]`.
-    logs: [Log; 2],
-    log_last: [u64; 2],
-    cur: usize,
+    /// Where the bodies go: the durability point.
+    seg: SegmentWriter,
     progress: Arc<Progress>,
     pending: Arc<Pending>,
     backlog: Arc<Backlog>,
     /// Publishes acknowledged events to live subscribers (never blocks: a full channel
     /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
     live: tokio::sync::broadcast::Sender<LiveBatch>,
-    index_tx: Option<SyncSender<LiveBatch>>,
+    index_tx: Option<SyncSender<IndexBatch>>,
     /// Set when the indexer cannot store events any more: refuse appends.
     failed: Arc<AtomicBool>,
-    /// fsync the log before answering (see [`SqliteOptions::fsync`]).
+    /// fsync the segment before answering (see [`SqliteOptions::fsync`]).
     fsync: bool,
-    /// A log file is switched for the other one once it is this large and the other holds
-    /// only committed events, so the logs stay small and reuse their blocks.
-    log_switch_bytes: u64,
+}
+
+/// Acknowledged events for the indexer, with where each body is in the segments.
+struct IndexBatch {
+    events: LiveBatch,
+    /// `(loc, len)` of each event's body, in the order of `events`.
+    locs: Vec<(i64, usize)>,
 }
 
 impl Writer {
@@ -944,17 +1117,23 @@ impl Writer {
             }
             return;
         }
+        if let Err(e) = self.seg.roll_if_full() {
+            // The current segment just grows past its limit; the next group tries again.
+            tracing::warn!(error = %e, "cannot start a new event segment");
+        }
         let mut stored: Vec<LiveEvent> = Vec::with_capacity(n);
+        let mut locs = Vec::with_capacity(n);
         let mut outcomes = Vec::with_capacity(jobs.len());
         let result = self
-            .write(&mut jobs, &mut stored, &mut outcomes)
+            .write(&mut jobs, &mut stored, &mut locs, &mut outcomes)
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 let t = Instant::now();
-                let r = self.logs[self.cur]
+                let r = self
+                    .seg
                     .sync(self.fsync)
-                    .map_err(|e| format!("write-ahead log: {e}"));
-                slow("write-ahead log fsync", t, n);
+                    .map_err(|e| format!("event segment: {e}"));
+                slow("event segment fsync", t, n);
                 r
             });
         if let Err(e) = result {
@@ -963,7 +1142,7 @@ impl Writer {
             // never take one of them for an acknowledged event with the same seq (at worst
             // it brings back an event whose sender was told it failed, and a retry with
             // the same id is then a duplicate).
-            self.logs[self.cur].discard_unsynced();
+            self.seg.discard_unsynced();
             if let Ok(mut p) = self.pending.lock() {
                 for ev in &stored {
                     if let Some(list) = p.get_mut(&ev.event.dedup_key) {
@@ -981,9 +1160,6 @@ impl Writer {
             return;
         }
         let last = self.next_seq - 1;
-        if !stored.is_empty() {
-            self.log_last[self.cur] = last;
-        }
         self.progress.acked.store(last, Ordering::SeqCst);
         if let Some(cb) = &self.on_commit {
             cb(CommitInfo {
@@ -1005,12 +1181,14 @@ impl Writer {
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(batch.clone());
         }
-        self.hand_to_indexer(batch);
-        self.switch_logs();
+        self.hand_to_indexer(IndexBatch {
+            events: batch,
+            locs,
+        });
     }
 
     /// Hands a batch to the indexer, waiting while it is too far behind.
-    fn hand_to_indexer(&mut self, batch: LiveBatch) {
+    fn hand_to_indexer(&mut self, batch: IndexBatch) {
         let Some(tx) = &self.index_tx else { return };
         let t = Instant::now();
         if let Ok(mut backlog) = self.backlog.events.lock() {
@@ -1021,33 +1199,13 @@ impl Writer {
                     Err(_) => return,
                 }
             }
-            *backlog += batch.len();
+            *backlog += batch.events.len();
         }
-        slow("waiting for the indexer", t, batch.len());
+        slow("waiting for the indexer", t, batch.events.len());
         if tx.send(batch).is_err() {
             tracing::error!("the indexer stopped; refusing writes until restart");
             self.failed.store(true, Ordering::Release);
             self.index_tx = None;
-        }
-    }
-
-    /// Moves to the other log file when the current one is large and the other holds only
-    /// committed events (which SQLite keeps from now on).
-    fn switch_logs(&mut self) {
-        if self.logs[self.cur].position() < self.log_switch_bytes {
-            return;
-        }
-        let other = 1 - self.cur;
-        let committed = *self.progress.committed.borrow();
-        if self.log_last[other] > committed {
-            return;
-        }
-        match self.logs[other].truncate() {
-            Ok(()) => {
-                self.log_last[other] = 0;
-                self.cur = other;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot reset the other write-ahead log file"),
         }
     }
 
@@ -1059,6 +1217,7 @@ impl Writer {
         &mut self,
         jobs: &mut [WriteJob],
         stored: &mut Vec<LiveEvent>,
+        locs: &mut Vec<(i64, usize)>,
         outcomes: &mut Vec<Vec<AppendOutcome>>,
     ) -> rusqlite::Result<()> {
         let pending = self.pending.clone();
@@ -1103,7 +1262,7 @@ impl Writer {
                         body.clear();
                         let live = LiveEvent::new(seq, ev);
                         live.write_body(&mut body);
-                        self.logs[self.cur].push(&body);
+                        locs.push((self.seg.push(&body), body.len()));
                         let e = &live.event;
                         pending.entry(e.dedup_key).or_default().push(PendingEvent {
                             seq,
@@ -1129,13 +1288,13 @@ impl Writer {
 /// long transactions (few large commits rewrite far fewer index pages than many small ones).
 struct Indexer {
     conn: Connection,
-    rx: Receiver<LiveBatch>,
+    rx: Receiver<IndexBatch>,
     progress: Arc<Progress>,
     pending: Arc<Pending>,
     backlog: Arc<Backlog>,
     /// The batches of the open transaction: to drop from `pending` after the commit, and to
     /// insert again if the transaction fails.
-    txn: Vec<LiveBatch>,
+    txn: Vec<IndexBatch>,
     txn_started: Option<Instant>,
     txn_events: usize,
     /// Search texts of events in the open transaction, handed to the full-text thread after
@@ -1143,7 +1302,6 @@ struct Indexer {
     fts_batch: Vec<(u64, String)>,
     fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
     failed: Arc<AtomicBool>,
-    body: String,
 }
 
 /// However the indexer thread ends, the writer must not wait for it any more: an exit
@@ -1151,7 +1309,7 @@ struct Indexer {
 impl Drop for Indexer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!("the indexer stopped unexpectedly; refusing writes until restart (acknowledged events are safe in the write-ahead log)");
+            tracing::error!("the indexer stopped unexpectedly; refusing writes until restart (acknowledged events are safe in the event segments)");
             self.failed.store(true, Ordering::Release);
         }
         // Under the lock, so that a writer between its check and its wait cannot miss it.
@@ -1171,10 +1329,10 @@ impl Indexer {
             };
             match next {
                 Ok(batch) => {
-                    let n = batch.len();
+                    let n = batch.events.len();
                     // After a failure nothing more is committed: the events stay in the
-                    // write-ahead log, and the next start replays everything past SQLite's
-                    // last seq (committing later batches would skip the failed ones).
+                    // event segments, and the next start replays everything past SQLite's
+                    // mark (committing later batches would skip the failed ones).
                     if !self.failed.load(Ordering::Acquire) {
                         self.add(batch);
                     }
@@ -1210,7 +1368,7 @@ impl Indexer {
         }
     }
 
-    fn add(&mut self, batch: LiveBatch) {
+    fn add(&mut self, batch: IndexBatch) {
         if self.txn_started.is_none() {
             if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 tracing::error!(error = %e, "cannot begin an index transaction");
@@ -1226,15 +1384,13 @@ impl Indexer {
             self.retry();
             return;
         }
-        self.txn_events += batch.len();
+        self.txn_events += batch.events.len();
         self.txn.push(batch);
     }
 
-    fn insert(&mut self, batch: &LiveBatch) -> rusqlite::Result<()> {
-        for ev in batch.iter() {
-            self.body.clear();
-            ev.write_body(&mut self.body);
-            insert_event(&self.conn, ev.seq, &ev.event, &self.body)?;
+    fn insert(&mut self, batch: &IndexBatch) -> rusqlite::Result<()> {
+        for (ev, &(loc, len)) in batch.events.iter().zip(&batch.locs) {
+            insert_event(&self.conn, ev.seq, &ev.event, BodyAt::Segment(loc, len))?;
             if self.fts_tx.is_some() {
                 self.fts_batch.push((ev.seq, ev.event.search_text()));
             }
@@ -1257,7 +1413,7 @@ impl Indexer {
             }
             Ok(())
         });
-        self.txn_events = batches.iter().map(|b| b.len()).sum();
+        self.txn_events = batches.iter().map(|b| b.events.len()).sum();
         self.txn = batches;
         match res {
             Ok(()) => self.txn_started = Some(Instant::now()),
@@ -1271,20 +1427,27 @@ impl Indexer {
     fn fail(&mut self) {
         let _ = self.conn.execute_batch("ROLLBACK");
         self.txn_started = None;
-        tracing::error!("the index cannot store events; refusing writes until restart (acknowledged events are safe in the write-ahead log)");
+        tracing::error!("the index cannot store events; refusing writes until restart (acknowledged events are safe in the event segments)");
         self.failed.store(true, Ordering::Release);
     }
 
     /// Commits the open SQLite transaction, publishes what readers can now see, drops the
     /// committed events from `pending`, and hands the search texts to the full-text thread.
     fn commit(&mut self) {
-        let Some(last) = self.txn.last().and_then(|b| b.last()).map(|e| e.seq) else {
+        let Some(last) = self.txn.last().and_then(|b| b.events.last()).map(|e| e.seq) else {
             let _ = self.conn.execute_batch("COMMIT");
             self.txn_started = None;
             return;
         };
         let t = Instant::now();
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        let mark = self
+            .txn
+            .last()
+            .and_then(|b| b.locs.last())
+            .map_or(Ok(()), |&(loc, len)| {
+                mark_indexed(&self.conn, last, loc, len)
+            });
+        if let Err(e) = mark.and_then(|()| self.conn.execute_batch("COMMIT")) {
             tracing::error!(error = %e, "index commit failed; retrying");
             self.retry();
             return;
@@ -1295,7 +1458,7 @@ impl Indexer {
         self.progress.commit_wanted.store(false, Ordering::Release);
         self.progress.committed.send_replace(last);
         if let Ok(mut p) = self.pending.lock() {
-            for ev in self.txn.iter().flat_map(|b| b.iter()) {
+            for ev in self.txn.iter().flat_map(|b| b.events.iter()) {
                 if let Some(list) = p.get_mut(&ev.event.dedup_key) {
                     list.retain(|x| x.seq != ev.seq);
                     if list.is_empty() {
@@ -1442,7 +1605,7 @@ impl Store for SqliteStore {
             let w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
             let limit = q.limit.max(1);
             let sql = format!(
-                "SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
+                "SELECT seq, time, {BODY} FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
                 w.sql,
                 limit + 1
             );
@@ -1472,7 +1635,7 @@ impl Store for SqliteStore {
         crate::sql::access_clause(&mut w, access);
         Box::pin(self.read(move |conn| {
             let sql = format!(
-                "SELECT seq, time, body FROM events WHERE seq = ? AND ({})",
+                "SELECT seq, time, {BODY} FROM events WHERE seq = ? AND ({})",
                 if w.sql.is_empty() { "1" } else { &w.sql }
             );
             w.params.insert(
@@ -1498,7 +1661,7 @@ impl Store for SqliteStore {
         let (source, id) = (source.to_owned(), id.to_owned());
         Box::pin(self.read(move |conn| {
             let sql = format!(
-                "SELECT seq, time, body FROM events WHERE dkey = ? AND source = ? AND id = ? AND ({})",
+                "SELECT seq, time, {BODY} FROM events WHERE dkey = ? AND source = ? AND id = ? AND ({})",
                 if w.sql.is_empty() { "1" } else { &w.sql }
             );
             let mut params = vec![
@@ -1531,7 +1694,7 @@ impl Store for SqliteStore {
                 let mut w = compile(&q.filter, &q.access, q.since_us, None, None, fts);
                 let limit = q.limit.max(1);
                 let sql = format!(
-                    "SELECT seq, time, body FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
+                    "SELECT seq, time, {BODY} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
                     w.sql, limit
                 );
                 w.params.insert(0, rusqlite::types::Value::Integer(upto as i64));
@@ -1613,6 +1776,13 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("herald.db")
 }
 
+/// A connection to a data directory's database (created and migrated if needed) with the
+/// SQL functions its indexes use, for maintenance and tests: a plain SQLite connection
+/// cannot change the events table once a path index exists.
+pub fn open_database(data_dir: &Path) -> Result<Connection, StoreError> {
+    crate::keys::open_side_connection(data_dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1676,6 +1846,116 @@ mod tests {
             (out[0], out2[0]),
             (AppendOutcome::Stored(1), AppendOutcome::Stored(2))
         );
+        store.close().await;
+    }
+
+    async fn all_ids(store: &SqliteStore) -> Vec<String> {
+        let q = EventQuery {
+            limit: 100,
+            access: Access::all(),
+            ..EventQuery::default()
+        };
+        let mut ids: Vec<String> = store
+            .query(q)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_rows_are_not_indexed_again_and_their_seqs_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            indexed_paths: vec!["data.n".into()],
+            ..SqliteOptions::default()
+        };
+        let ev = |id: &str| {
+            crate::contract::event(&format!(
+                r#"{{"id":"{id}","source":"/s","type":"a","data":{{"n":1}}}}"#
+            ))
+        };
+        let store = SqliteStore::open(opts.clone()).expect("open");
+        store.append(vec![ev("1"), ev("2"), ev("3")]).await.unwrap();
+        store.close().await;
+        // Retention (to come) deletes rows; their records stay in the segments.
+        let db = open_database(dir.path()).unwrap();
+        db.execute("DELETE FROM events", []).unwrap();
+        drop(db);
+        let store = SqliteStore::open(opts).expect("reopen");
+        assert!(
+            all_ids(&store).await.is_empty(),
+            "nothing came back from the segments"
+        );
+        let out = store.append(vec![ev("4")]).await.unwrap();
+        assert_eq!(out[0], AppendOutcome::Stored(4));
+        assert_eq!(all_ids(&store).await, ["4"]);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_data_directory_with_the_earlier_write_ahead_log_is_moved_to_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        };
+        // Event 1 reached SQLite with its body in the row; event 2 only the old log.
+        let store = SqliteStore::open(opts.clone()).expect("open");
+        store
+            .append(vec![crate::contract::event(
+                r#"{"id":"1","source":"/s","type":"a"}"#,
+            )])
+            .await
+            .unwrap();
+        store.close().await;
+        let db = open_database(dir.path()).unwrap();
+        let body: String = db
+            .query_row(&format!("SELECT {BODY} FROM events"), [], |r| r.get(0))
+            .unwrap();
+        db.execute(
+            "UPDATE events SET body = ?1, loc = NULL, len = NULL",
+            [&body],
+        )
+        .unwrap();
+        db.execute("DELETE FROM meta WHERE key = 'indexed'", [])
+            .unwrap();
+        drop(db);
+        std::fs::remove_dir_all(segments_dir(dir.path())).unwrap();
+        let mut log = Log::open(&dir.path().join("events.log")).unwrap();
+        log.push(
+            &body
+                .replace(r#""seq":1"#, r#""seq":2"#)
+                .replace(r#""id":"1""#, r#""id":"2""#),
+        );
+        log.sync(true).unwrap();
+        drop(log);
+        let store = SqliteStore::open(opts.clone()).expect("reopen");
+        assert_eq!(all_ids(&store).await, ["1", "2"]);
+        assert!(
+            !dir.path().join("events.log").exists(),
+            "the old log is gone"
+        );
+        let out = store
+            .append(vec![crate::contract::event(
+                r#"{"id":"3","source":"/s","type":"a"}"#,
+            )])
+            .await
+            .unwrap();
+        assert_eq!(out[0], AppendOutcome::Stored(3));
+        store.close().await;
+        let store = SqliteStore::open(opts).expect("reopen again");
+        assert_eq!(all_ids(&store).await, ["1", "2", "3"]);
         store.close().await;
     }
 
@@ -1765,7 +2045,7 @@ mod tests {
             plan("type:import.completed")
         );
         assert!(
-            plan("data.org:org-1").contains("events_path_"),
+            plan("data.org:org-1").contains("events_p2_"),
             "{}",
             plan("data.org:org-1")
         );

@@ -192,7 +192,7 @@ impl Server {
             cache_mib: cfg.store.cache_mib,
             fsync: true,
             live_capacity: cfg.stream.live_buffer,
-            log_switch_bytes: cfg.store.wal_switch_mib << 20,
+            segment_bytes: cfg.store.segment_mib.max(1) << 20,
             on_commit: Some(metrics.commit_observer()),
         })?;
         let keys = herald_store::KeyStore::open(&path)?;

@@ -43,14 +43,11 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
     let log = dir.path().join("server.log");
     let mut total_acked = HashSet::new();
     for round in 0..3 {
-        // From the second round on, the write-ahead log moves between its two files at every
-        // opportunity, so that a kill also lands while events are spread over both.
-        let switch = if round == 0 { "64" } else { "0" };
-        let mut server = BinServer::start_env(
-            &data,
-            Some(&log),
-            &[("HERALD_STORE__WAL_SWITCH_MIB", switch)],
-        );
+        // From the second round on, event segments are 1 MiB, so that the writer moves to a
+        // new one every ~1,200 events and a kill also lands around those moves.
+        let segment = if round == 0 { "256" } else { "1" };
+        let mut server =
+            BinServer::start_env(&data, Some(&log), &[("HERALD_STORE__SEGMENT_MIB", segment)]);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let tasks: Vec<_> = (0..8)
             .map(|w| tokio::spawn(load(server.url.clone(), w + round * 100, acked.clone())))
@@ -95,12 +92,12 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
         "{} acknowledged events lost, e.g. {lost:?}",
         total_acked.difference(&stored).count()
     );
-    // Events acknowledged from the write-ahead log but not yet in SQLite's indexes when the
-    // process died were put back from the log at the next start.
+    // Events acknowledged from their segment but not yet in SQLite's indexes when the
+    // process died were indexed from the segments at the next start.
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("replayed acknowledged events from the write-ahead log"),
-        "no restart replayed the log, so the test did not exercise recovery:\n{log}"
+        log.contains("indexed acknowledged events from the event segments"),
+        "no restart indexed events from the segments, so the test did not exercise recovery:\n{log}"
     );
     eprintln!(
         "kill -9 test: {} acknowledged, {} stored (unacknowledged may or may not be there)",

@@ -265,7 +265,7 @@ async fn reset_when_the_position_is_gone() {
     srv.stop().await;
     // Retention (to come) deletes old events; here the oldest five go by hand.
     {
-        let db = rusqlite::Connection::open(dir.path().join("herald.db")).expect("open db");
+        let db = herald_store::sqlite::open_database(dir.path()).expect("open db");
         db.execute("DELETE FROM events WHERE seq <= ?1", [seqs[4] as i64])
             .expect("delete");
     }
