@@ -243,6 +243,13 @@ fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+thread_local! {
+    /// The event the indexer is inserting (location and body): path index expressions get
+    /// its body from here instead of reading back what the writer just wrote.
+    static INSERTING: std::cell::RefCell<(i64, String)> =
+        const { std::cell::RefCell::new((-1, String::new())) };
+}
+
 /// Registers `herald_body(body, loc, len)`, the stored JSON of an event: `body` for rows
 /// stored before segments, else read from its segment (see [`BODY`], the expression every
 /// query and path index uses). Deterministic: a segment's records never change. Every
@@ -264,6 +271,12 @@ pub(crate) fn register_body_function(
             let Some(loc) = loc else {
                 return ctx.get::<String>(0);
             };
+            if let Some(body) = INSERTING.with(|c| {
+                let c = c.borrow();
+                (c.0 == loc).then(|| c.1.clone())
+            }) {
+                return Ok(body);
+            }
             let len = ctx.get::<i64>(2)?;
             segments
                 .read(loc, len.max(0) as u64)
@@ -1390,6 +1403,12 @@ impl Indexer {
 
     fn insert(&mut self, batch: &IndexBatch) -> rusqlite::Result<()> {
         for (ev, &(loc, len)) in batch.events.iter().zip(&batch.locs) {
+            INSERTING.with(|c| {
+                let mut c = c.borrow_mut();
+                c.0 = loc;
+                c.1.clear();
+                ev.write_body(&mut c.1);
+            });
             insert_event(&self.conn, ev.seq, &ev.event, BodyAt::Segment(loc, len))?;
             if self.fts_tx.is_some() {
                 self.fts_batch.push((ev.seq, ev.event.search_text()));

@@ -180,7 +180,9 @@ impl Server {
             .thread_name("herald-server")
             .enable_all()
             .build()?;
-        let cfg = Config::default();
+        let mut cfg = Config::default();
+        // The registry and keys live in the same data directory as the events.
+        cfg.store.data_dir = path.clone();
         let metrics = Metrics::new();
         let store = SqliteStore::open(SqliteOptions {
             data_dir: path.clone(),
