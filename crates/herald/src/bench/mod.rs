@@ -9,6 +9,7 @@
 mod gen;
 mod pg;
 mod stream;
+mod wrk;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -528,7 +529,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         })?;
     }
     println!(
-        "Herald: SQLite WAL synchronous=FULL (fsync per group commit), full-text {}, indexed path data.org, schema validation {}; loopback HTTP/1.1",
+        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed path data.org, schema validation {}; loopback HTTP/1.1",
         if a.common.no_fulltext { "off" } else { "on" },
         if a.schema { "enforced on every event" } else { "off" }
     );
@@ -561,6 +562,35 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             deadline,
         ))
     })?;
+    // The same from wrk, a load generator in its own process, when it is installed.
+    let wrk_out = if wrk::available() {
+        let dir = tempfile::tempdir()?;
+        let mut out = None;
+        server.measured("single (wrk)", || {
+            let t = Instant::now();
+            let w = wrk::run(
+                &url,
+                &ev1,
+                a.single_connections,
+                a.single_seconds,
+                dir.path(),
+            )?;
+            let o = Outcome {
+                events: w.requests as usize,
+                requests: w.requests as usize,
+                elapsed: t.elapsed(),
+                latency_us: new_hist(),
+                errors: w.errors as usize,
+                settle: Duration::ZERO,
+            };
+            out = Some(w);
+            Ok(o)
+        })?;
+        out
+    } else {
+        eprintln!("wrk is not installed (Debian package wrk): no single-event run from a separate load generator");
+        None
+    };
     drop(server);
 
     let (p1000, p100, p1) = if a.common.no_baseline {
@@ -617,6 +647,12 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             ))
             .unwrap_or_default()
     );
+    if let Some(w) = wrk_out {
+        println!(
+            "single x{} conns, from wrk:  herald {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} errors)",
+            a.single_connections, w.rps, w.p50_ms, w.p99_ms, w.requests, w.errors
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,157 @@
+//! Single-event requests driven by `wrk`, a C load generator in its own process (as pgbench
+//! drives PostgreSQL), so that the figure is not limited by the bench's own HTTP client,
+//! which shares the machine's cores with the server. Used when `wrk` is on `PATH` (Debian
+//! package `wrk`).
+//!
+//! Every request sends one generated event with a unique id: the events are written as
+//! templates (`head` TAB `tail`, the JSON cut where the id's value goes) that a Lua script
+//! completes with the wrk thread's number and a counter.
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+const SCRIPT: &str = r#"
+-- Written by `herald bench ingest`: one event per request, each with a unique id.
+local templates = {}
+local counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  for line in io.lines(args[1]) do
+    local head, tail = line:match("^(.-)\t(.*)$")
+    templates[#templates + 1] = { head, tail }
+  end
+end
+request = function()
+  counter = counter + 1
+  local t = templates[(counter % #templates) + 1]
+  local body = t[1] .. "wrk-" .. tid .. "-" .. counter .. t[2]
+  return wrk.format("POST", "/v1/events", { ["Content-Type"] = "application/json" }, body)
+end
+"#;
+
+/// Where the id goes in a template.
+const MARK: &str = "@@herald-wrk-id@@";
+
+/// What wrk measured.
+pub struct WrkOutcome {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// Whether `wrk` can be run.
+pub fn available() -> bool {
+    Command::new("wrk")
+        .arg("--version")
+        .output()
+        .map(|_| true)
+        .unwrap_or(false)
+}
+
+/// Sends single events to `url` from `connections` connections for `seconds`.
+pub fn run(
+    url: &str,
+    events: &[super::GenEvent],
+    connections: usize,
+    seconds: u64,
+    dir: &Path,
+) -> anyhow::Result<WrkOutcome> {
+    let data = dir.join("wrk-events.tsv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&data)?);
+    for e in events.iter().take(20_000) {
+        let mut v: serde_json::Value = serde_json::from_str(&e.json)?;
+        v["id"] = serde_json::Value::String(MARK.into());
+        let s = v.to_string();
+        let (head, tail) = s
+            .split_once(MARK)
+            .context("the id marker is in the event")?;
+        writeln!(f, "{head}\t{tail}")?;
+    }
+    f.flush()?;
+    drop(f);
+    let script = dir.join("wrk-single.lua");
+    std::fs::write(&script, SCRIPT)?;
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .arg("--")
+        .arg(&data)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "wrk failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse(&text)
+}
+
+/// Reads wrk's report (`--latency`).
+fn parse(text: &str) -> anyhow::Result<WrkOutcome> {
+    let ms = |v: &str| -> Option<f64> {
+        let (n, unit) = v
+            .find(|c: char| c.is_ascii_alphabetic())
+            .map(|i| v.split_at(i))?;
+        let n: f64 = n.parse().ok()?;
+        Some(match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => return None,
+        })
+    };
+    let mut o = WrkOutcome {
+        requests: 0,
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+    };
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["50%", v] => o.p50_ms = ms(v).unwrap_or(0.0),
+            ["99%", v] => o.p99_ms = ms(v).unwrap_or(0.0),
+            ["Requests/sec:", v] => o.rps = v.parse().unwrap_or(0.0),
+            [n, "requests", "in", ..] => o.requests = n.parse().unwrap_or(0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => o.errors += n.parse().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                // connect A, read B, write C, timeout D
+                o.errors += rest
+                    .iter()
+                    .filter_map(|x| x.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    anyhow::ensure!(o.requests > 0, "wrk sent no request:\n{text}");
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_a_wrk_report() {
+        let o = super::parse(
+            "Running 10s test @ http://127.0.0.1:1/\n  2 threads and 64 connections\n  Latency Distribution\n     50%    2.03ms\n     75%    2.90ms\n     90%    4.00ms\n     99%   12.50ms\n  269590 requests in 10.03s, 68.33MB read\n  Socket errors: connect 0, read 1, write 0, timeout 2\n  Non-2xx or 3xx responses: 3\nRequests/sec:  26885.49\n",
+        )
+        .unwrap();
+        assert_eq!(o.requests, 269590);
+        assert_eq!((o.p50_ms, o.p99_ms, o.errors), (2.03, 12.5, 6));
+        assert!((o.rps - 26885.49).abs() < 1e-6);
+    }
+}
