@@ -257,24 +257,29 @@ pub fn compile(
                     (_, []) => w.sql.push('0'),
                     (Some(wm), _) => {
                         // The index finds the events holding every token; for a phrase of
-                        // several, `herald_text` checks that they are consecutive.
+                        // several, `herald_text` checks that they are consecutive. CASE fixes
+                        // the order: SQLite would otherwise call `herald_text` (which reads
+                        // and tokenizes the body) on every row before the cheap membership
+                        // test, seconds over a million events.
                         w.sql.push_str(
-                            "(seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
+                            "(CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
                         );
                         w.param(SqlValue::Text(fts_query(&tokens)));
-                        w.sql.push(')');
+                        w.sql.push_str(") THEN ");
                         if tokens.len() > 1 {
-                            w.sql.push_str(" AND herald_text(");
+                            w.sql.push_str("herald_text(");
                             w.sql.push_str(BODY);
                             w.sql.push_str(", ");
                             w.param(SqlValue::Text(text.clone()));
                             w.sql.push(')');
+                        } else {
+                            w.sql.push('1');
                         }
-                        w.sql.push_str(") OR (seq > ");
+                        w.sql.push_str(" ELSE 0 END) OR (CASE WHEN seq > ");
                         w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
-                        w.sql.push_str(" AND ");
+                        w.sql.push_str(" THEN ");
                         text_scan(&mut w, text);
-                        w.sql.push(')');
+                        w.sql.push_str(" ELSE 0 END)");
                     }
                     (None, _) => text_scan(&mut w, text),
                 }
@@ -396,13 +401,13 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(herald_body(body,loc,len),'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) AND herald_text(herald_body(body,loc,len), ?)) OR (seq > ? AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?)))
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(herald_body(body,loc,len),'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
                 Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time\" AND \"out\"") Text("time out") Integer(77) Text("%time%") Text("%out%") Text("time out")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?)) OR (seq > ? AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?)))
+                time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN 1 ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
                 Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
         );
     }

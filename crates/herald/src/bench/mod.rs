@@ -774,8 +774,14 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         .chain(["user:42".to_owned(), "group:analysts".to_owned()])
         .collect();
     let read_key = client_rt.block_on(server.read_key(principals))?;
-    let herald = client_rt.block_on(run_queries(&url, a.runs, None))?;
-    let with_key = client_rt.block_on(run_queries(&url, a.runs, Some(&read_key)))?;
+    // A token that occurs in one event only: the request id of one in the middle.
+    let needle = serde_json::from_str::<serde_json::Value>(&evs[evs.len() / 2].json)?["data"]
+        ["request"]["id"]
+        .as_str()
+        .context("generated events have a request id")?
+        .to_owned();
+    let herald = client_rt.block_on(run_queries(&url, a.runs, None, &needle))?;
+    let with_key = client_rt.block_on(run_queries(&url, a.runs, Some(&read_key), &needle))?;
     drop(server);
 
     let baseline: Option<Vec<QueryStat>> = if a.common.no_baseline {
@@ -825,8 +831,15 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Q1, Q2, Q2b and Q6 through HTTP, optionally with a key.
-async fn run_queries(url: &str, runs: usize, key: Option<&str>) -> anyhow::Result<Vec<QueryStat>> {
+/// Q1, Q2, Q2b and Q6 through HTTP, optionally with a key; then text queries (Herald only):
+/// Q7 a token held by one event (`needle`), over everything; Q8 a common word within a type,
+/// 7 days.
+async fn run_queries(
+    url: &str,
+    runs: usize,
+    key: Option<&str>,
+    needle: &str,
+) -> anyhow::Result<Vec<QueryStat>> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(k) = key {
         headers.insert(
@@ -891,5 +904,24 @@ async fn run_queries(url: &str, runs: usize, key: Option<&str>) -> anyhow::Resul
         hist,
         rows,
     });
+    let text: [(&'static str, String); 2] = [
+        (
+            "Q7 text, one event, all",
+            format!("{url}/v1/events?{}&limit=50", enc(&format!("\"{needle}\""))),
+        ),
+        (
+            "Q8 type + word, 7d",
+            format!(
+                "{url}/v1/events?{}&since=7d&limit=50",
+                enc("type:import.completed quartz")
+            ),
+        ),
+    ];
+    // Text terms are checked against the index with `seq IN (...)` while the listing walks
+    // the time index, which costs up to hundreds of ms over 1M events: fewer runs.
+    for (name, u) in text {
+        let (hist, rows) = time_http(&client, &u, runs.min(10)).await?;
+        out.push(QueryStat { name, hist, rows });
+    }
     Ok(out)
 }
