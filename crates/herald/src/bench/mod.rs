@@ -82,6 +82,10 @@ pub struct IngestArgs {
     /// event, to measure what validation costs.
     #[arg(long)]
     schema: bool,
+    /// Only the single-event scenarios, on a fresh server (without the batch scenarios'
+    /// events and the background indexing they leave behind).
+    #[arg(long)]
+    single_only: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -535,24 +539,33 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
-    let h1000 = server.measured("batch 1000", || {
-        client_rt.block_on(http_load(
-            &url,
-            b1000.clone(),
-            1000,
-            a.batch_connections,
-            None,
-        ))
-    })?;
-    let h100 = server.measured("batch 100", || {
-        client_rt.block_on(http_load(
-            &url,
-            b100.clone(),
-            100,
-            a.batch_connections * 4,
-            None,
-        ))
-    })?;
+    let batches = !a.single_only;
+    let h1000 = batches
+        .then(|| {
+            server.measured("batch 1000", || {
+                client_rt.block_on(http_load(
+                    &url,
+                    b1000.clone(),
+                    1000,
+                    a.batch_connections,
+                    None,
+                ))
+            })
+        })
+        .transpose()?;
+    let h100 = batches
+        .then(|| {
+            server.measured("batch 100", || {
+                client_rt.block_on(http_load(
+                    &url,
+                    b100.clone(),
+                    100,
+                    a.batch_connections * 4,
+                    None,
+                ))
+            })
+        })
+        .transpose()?;
     let h1 = server.measured("single", || {
         client_rt.block_on(http_load(
             &url,
@@ -598,14 +611,19 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     } else {
         let r = client_rt.block_on(async {
             let pg = pg::Baseline::connect(&a.common.pg).await?;
-            pg.reset().await?;
-            let p1000 = pg
-                .insert_load(&ev1000, 1000, a.batch_connections, None)
-                .await?;
-            pg.reset().await?;
-            let p100 = pg
-                .insert_load(&ev100, 100, a.batch_connections * 4, None)
-                .await?;
+            let (mut p1000, mut p100) = (None, None);
+            if batches {
+                pg.reset().await?;
+                p1000 = Some(
+                    pg.insert_load(&ev1000, 1000, a.batch_connections, None)
+                        .await?,
+                );
+                pg.reset().await?;
+                p100 = Some(
+                    pg.insert_load(&ev100, 100, a.batch_connections * 4, None)
+                        .await?,
+                );
+            }
             pg.reset().await?;
             let p1 = pg
                 .insert_load(&ev1, 1, a.single_connections, deadline)
@@ -614,7 +632,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             anyhow::Ok((p1000, p100, p1))
         });
         match r {
-            Ok((x, y, z)) => (Some(x), Some(y), Some(z)),
+            Ok((x, y, z)) => (x, y, Some(z)),
             Err(e) => {
                 eprintln!("PostgreSQL baseline skipped: {e:#}");
                 (None, None, None)
@@ -622,16 +640,20 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         }
     };
     println!("\ndurable ingest, {} events per batched scenario:", n);
-    print_row(
-        &format!("batch 1000 x{} conns", a.batch_connections),
-        &h1000,
-        p1000.as_ref(),
-    );
-    print_row(
-        &format!("batch 100 x{} conns", a.batch_connections * 4),
-        &h100,
-        p100.as_ref(),
-    );
+    if let Some(h) = &h1000 {
+        print_row(
+            &format!("batch 1000 x{} conns", a.batch_connections),
+            h,
+            p1000.as_ref(),
+        );
+    }
+    if let Some(h) = &h100 {
+        print_row(
+            &format!("batch 100 x{} conns", a.batch_connections * 4),
+            h,
+            p100.as_ref(),
+        );
+    }
     print_row(
         &format!("single x{} conns", a.single_connections),
         &h1,
