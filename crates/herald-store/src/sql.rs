@@ -81,7 +81,7 @@ fn prefix_upper(prefix: &str) -> String {
 }
 
 /// An FTS5 query asking for every token (each quoted, so none is read as an operator).
-fn fts_query(tokens: &[String]) -> String {
+pub(crate) fn fts_query(tokens: &[String]) -> String {
     let quoted: Vec<String> = tokens
         .iter()
         .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))

@@ -1590,6 +1590,61 @@ impl FtsIndexer {
     }
 }
 
+/// A listing with a text term walks the time index and tests each row against the term's
+/// full-text hits: tens of ms over a million events even when one event matches. When a
+/// positive text term has few hits (and the index's unindexed tail is short), this adds the
+/// redundant condition `seq IN (hits ∪ tail)` in front, which SQLite uses to fetch those
+/// rows by seq and sort them instead. Results are the same: the term itself still decides.
+fn drive_by_text_hits(
+    conn: &Connection,
+    filter: &herald_core::Filter,
+    watermark: u64,
+    acked: u64,
+    w: &mut crate::sql::Where,
+) -> Result<(), StoreError> {
+    const FEW: i64 = 2000;
+    if acked.saturating_sub(watermark) > FEW as u64 {
+        return Ok(());
+    }
+    let mut best: Option<(i64, String)> = None;
+    for term in &filter.terms {
+        let herald_core::filter::TermKind::Text(text) = &term.kind else {
+            continue;
+        };
+        if term.negated {
+            continue;
+        }
+        let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        let query = crate::sql::fts_query(&tokens);
+        let hits: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM fts.events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
+            )?
+            .query_row(params![query, FEW + 1], |r| r.get(0))?;
+        if hits <= FEW && best.as_ref().is_none_or(|(n, _)| hits < *n) {
+            best = Some((hits, query));
+        }
+    }
+    if let Some((_, query)) = best {
+        let mut inner = std::mem::take(&mut w.sql);
+        if inner.is_empty() {
+            inner.push('1');
+        }
+        w.sql = format!(
+            "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL SELECT seq FROM events WHERE seq > ?) AND ({inner})"
+        );
+        w.params.insert(
+            0,
+            rusqlite::types::Value::Integer(i64::try_from(watermark).unwrap_or(i64::MAX)),
+        );
+        w.params.insert(0, rusqlite::types::Value::Text(query));
+    }
+    Ok(())
+}
+
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         seq: r.get::<_, i64>(0)? as u64,
@@ -1634,8 +1689,12 @@ impl Store for SqliteStore {
         let fts = self
             .fulltext
             .then(|| self.fts_watermark.load(Ordering::Acquire));
+        let acked = self.progress.acked.load(Ordering::Acquire);
         Box::pin(self.read(move |conn| {
-            let w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
+            let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
+            if let Some(wm) = fts {
+                drive_by_text_hits(conn, &q.filter, wm, acked, &mut w)?;
+            }
             let limit = q.limit.max(1);
             let sql = format!(
                 "SELECT seq, time, {BODY} FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
@@ -2094,6 +2153,67 @@ mod tests {
             calls < 100,
             "herald_text ran {calls} times for one candidate"
         );
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rare_text_term_drives_the_listing_by_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        let events: Vec<_> = (0..3000)
+            .map(|i| {
+                let msg = if i % 1000 == 7 { "kettle tea" } else { "tea" };
+                crate::contract::event(&format!(
+                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"{msg}"}}}}"#
+                ))
+            })
+            .collect();
+        store.append(events).await.unwrap();
+        for _ in 0..250 {
+            if store.fts_watermark.load(Ordering::Acquire) == 3000 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let wm = store.fts_watermark.load(Ordering::Acquire);
+        assert_eq!(wm, 3000);
+        let conn = store.readers.conns.lock().unwrap().pop().unwrap();
+        let plan = |filter: &str| {
+            let f = herald_core::Filter::parse(filter, 0).unwrap();
+            let mut w = compile(&f, &Access::all(), None, None, None, Some(wm));
+            drive_by_text_hits(&conn, &f, wm, wm, &mut w).unwrap();
+            let sql = format!("EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let rows: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            rows.join("; ")
+        };
+        let rare = plan("kettle");
+        assert!(rare.contains("INTEGER PRIMARY KEY"), "{rare}");
+        let common = plan("tea");
+        assert!(!common.contains("INTEGER PRIMARY KEY"), "{common}");
+        store.readers.conns.lock().unwrap().push(conn);
+        let q = |filter: &str| EventQuery {
+            filter: herald_core::Filter::parse(filter, 0).unwrap(),
+            limit: 10,
+            access: Access::all(),
+            ..EventQuery::default()
+        };
+        assert_eq!(store.query(q("kettle")).await.unwrap().events.len(), 3);
+        assert_eq!(
+            store.query(q("\"kettle tea\"")).await.unwrap().events.len(),
+            3
+        );
+        assert_eq!(store.query(q("kettle -tea")).await.unwrap().events.len(), 0);
         store.close().await;
     }
 
