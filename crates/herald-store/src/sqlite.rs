@@ -1964,6 +1964,34 @@ mod tests {
         ids
     }
 
+    /// Waits until the full-text index holds every event up to `seq`.
+    async fn wait_for_fulltext(store: &SqliteStore, seq: u64) {
+        for _ in 0..250 {
+            if store.fts_watermark.load(Ordering::Acquire) >= seq {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the full-text index did not reach {seq}");
+    }
+
+    /// SQLite's plan for a listing with this `WHERE` clause, one line per step.
+    fn plan_of(conn: &Connection, w: &crate::sql::Where) -> String {
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51",
+            w.sql
+        );
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(w.params.iter()), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.join("; ")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleted_rows_are_not_indexed_again_and_their_seqs_not_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2132,13 +2160,7 @@ mod tests {
             ..SqliteOptions::default()
         })
         .expect("reopen");
-        for _ in 0..250 {
-            if store.fts_watermark.load(Ordering::Acquire) == 2000 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert_eq!(store.fts_watermark.load(Ordering::Acquire), 2000);
+        wait_for_fulltext(&store, 2000).await;
         let before = HERALD_TEXT_CALLS.load(Ordering::Relaxed);
         let q = EventQuery {
             filter: herald_core::Filter::parse("\"kettle boiled\"", 0).unwrap(),
@@ -2173,29 +2195,14 @@ mod tests {
             })
             .collect();
         store.append(events).await.unwrap();
-        for _ in 0..250 {
-            if store.fts_watermark.load(Ordering::Acquire) == 3000 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let wm = store.fts_watermark.load(Ordering::Acquire);
-        assert_eq!(wm, 3000);
+        wait_for_fulltext(&store, 3000).await;
+        let wm = 3000;
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let plan = |filter: &str| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
             let mut w = compile(&f, &Access::all(), None, None, None, Some(wm));
             drive_by_text_hits(&conn, &f, wm, wm, &mut w).unwrap();
-            let sql = format!("EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
-            let mut stmt = conn.prepare(&sql).unwrap();
-            let rows: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            rows.join("; ")
+            plan_of(&conn, &w)
         };
         let rare = plan("kettle");
         assert!(rare.contains("INTEGER PRIMARY KEY"), "{rare}");
@@ -2230,16 +2237,7 @@ mod tests {
         let plan = |filter: &str| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
             let w = compile(&f, &Access::all(), Some(0), None, None, Some(0));
-            let sql = format!("EXPLAIN QUERY PLAN SELECT seq, time, body FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 51", w.sql);
-            let mut stmt = conn.prepare(&sql).unwrap();
-            let rows: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            rows.join("; ")
+            plan_of(&conn, &w)
         };
         assert!(
             plan("type:import.completed").contains("events_type_time"),
