@@ -378,7 +378,15 @@ impl SegmentWriter {
             self.spare.prepare(&self.dir, self.next_size);
             return Ok(());
         }
-        let (file, number) = take_spare(&self.dir, self.number + 1)?;
+        let (file, number) = match take_spare(&self.dir, self.number + 1) {
+            Ok(f) => f,
+            Err(e) => {
+                // Prepare another spare for the next try; segment `number + 1`, if it was
+                // renamed already, holds no record and is taken over by that try.
+                self.spare.0.store(SPARE_NONE, Ordering::Release);
+                return Err(e);
+            }
+        };
         self.prepared = file.metadata()?.len();
         self.file = file;
         self.number = number;
