@@ -30,6 +30,7 @@ const HEADER: u64 = 16;
 pub struct Log {
     file: File,
     path: PathBuf,
+    #[cfg(test)]
     buf: Vec<u8>,
     /// Where the next record goes.
     pos: u64,
@@ -59,6 +60,7 @@ impl Log {
         let mut log = Log {
             file,
             path: path.to_owned(),
+            #[cfg(test)]
             buf: Vec::with_capacity(1 << 20),
             pos: HEADER,
             generation: 1,
@@ -173,6 +175,7 @@ impl Log {
     /// Empties the log once SQLite holds (durably) everything in it: a new generation
     /// starts at the beginning of the file. The new header reaches the disk with the first
     /// records of the generation (same `fdatasync`), before any of them is acknowledged.
+    #[cfg(test)]
     pub fn truncate(&mut self) -> io::Result<()> {
         self.buf.clear();
         if self.legacy {

@@ -314,15 +314,16 @@ impl SegmentWriter {
             spare: spare.clone(),
             next_size: max_bytes,
         };
+        // A small segment prepared now: the first of a new store, or one again whose header
+        // never reached the disk; the next (twice as large) is prepared in the background.
+        let fresh = |number: u32| -> io::Result<SegmentWriter> {
+            let first = max_bytes.min(FIRST_SEGMENT);
+            zero_file(&dir.join("spare.tmp"), first)?;
+            let (file, number) = take_spare(dir, number)?;
+            Ok(new(file, number, first))
+        };
         let mut w = match numbers.last() {
-            // A new store: a small first segment prepared now, the next (twice as large) in
-            // the background.
-            None => {
-                let first = max_bytes.min(FIRST_SEGMENT);
-                zero_file(&dir.join("spare.tmp"), first)?;
-                let (file, number) = take_spare(dir, 1)?;
-                new(file, number, first)
-            }
+            None => fresh(1)?,
             Some(&last) => {
                 let file = OpenOptions::new()
                     .read(true)
@@ -331,10 +332,8 @@ impl SegmentWriter {
                 let end = scan_file(&file, last, 0, &mut |_, _| Ok(()))?;
                 let size = file.metadata()?.len();
                 if end < HEADER {
-                    // A segment whose header never reached the disk: start it again.
                     drop(file);
-                    let (file, number) = create(dir, last)?;
-                    new(file, number, HEADER)
+                    fresh(last)?
                 } else {
                     if zero_tail(&file, end)? {
                         tracing::warn!(
@@ -443,23 +442,6 @@ fn take_spare(dir: &Path, n: u32) -> io::Result<(File, u32)> {
     file.write_all_at(&head, 0)?;
     file.sync_data()?;
     std::fs::rename(&spare, segment_path(dir, n))?;
-    File::open(dir)?.sync_all()?;
-    Ok((file, n))
-}
-
-/// Creates segment `n` with its header, durably (the file and its directory entry).
-fn create(dir: &Path, n: u32) -> io::Result<(File, u32)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(segment_path(dir, n))?;
-    let mut head = [0u8; HEADER as usize];
-    head[..8].copy_from_slice(MAGIC);
-    head[8..].copy_from_slice(&(n as u64).to_le_bytes());
-    file.write_all_at(&head, 0)?;
-    file.sync_all()?;
     File::open(dir)?.sync_all()?;
     Ok((file, n))
 }

@@ -251,13 +251,6 @@ fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-thread_local! {
-    /// The event the indexer is inserting (location and body): path index expressions get
-    /// its body from here instead of reading back what the writer just wrote.
-    static INSERTING: std::cell::RefCell<(i64, String)> =
-        const { std::cell::RefCell::new((-1, String::new())) };
-}
-
 /// Registers `herald_body(body, loc, len)`, the stored JSON of an event: `body` for rows
 /// stored before segments, else read from its segment (see [`BODY`], the expression every
 /// query and path index uses). Deterministic: a segment's records never change. Every
@@ -279,12 +272,6 @@ pub(crate) fn register_body_function(
             let Some(loc) = loc else {
                 return ctx.get::<String>(0);
             };
-            if let Some(body) = INSERTING.with(|c| {
-                let c = c.borrow();
-                (c.0 == loc).then(|| c.1.clone())
-            }) {
-                return Ok(body);
-            }
             let len = ctx.get::<i64>(2)?;
             segments
                 .read(loc, len.max(0) as u64)
@@ -858,16 +845,34 @@ fn seq_of(body: &str) -> Option<u64> {
         .and_then(|n| n.parse::<u64>().ok())
 }
 
-/// The `recordedtime` of a stored body, in microseconds.
+/// The `recordedtime` of a stored body, in microseconds (the other members are skipped,
+/// not built).
 fn recorded_of(body: &str) -> i64 {
-    serde_json::from_str::<serde_json::Value>(body)
+    #[derive(serde::Deserialize)]
+    struct Recorded<'a> {
+        #[serde(borrow)]
+        recordedtime: Option<&'a str>,
+    }
+    serde_json::from_str::<Recorded<'_>>(body)
         .ok()
-        .and_then(|v| {
-            v["recordedtime"]
-                .as_str()
-                .and_then(herald_core::timespec::parse_rfc3339)
-        })
+        .and_then(|r| r.recordedtime)
+        .and_then(herald_core::timespec::parse_rfc3339)
         .unwrap_or(0)
+}
+
+/// Indexes one stored body again (start-up replay): its attributes are prepared from it.
+fn index_stored(
+    conn: &Connection,
+    seq: u64,
+    body: &str,
+    at: BodyAt<'_>,
+    origin: &str,
+) -> Result<(), StoreError> {
+    let ev = reprepare(body, recorded_of(body)).map_err(|r| {
+        StoreError::Database(format!("{origin} record does not parse: {}", r.reason))
+    })?;
+    insert_event(conn, seq, &ev, at)?;
+    Ok(())
 }
 
 /// Inserts the segment records that SQLite does not hold yet (after a crash, or a power
@@ -912,13 +917,13 @@ fn replay_segments(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
             if seq <= last {
                 return Ok(());
             }
-            let ev = reprepare(body, recorded_of(body)).map_err(|r| {
-                StoreError::Database(format!(
-                    "an event segment record does not parse: {}",
-                    r.reason
-                ))
-            })?;
-            insert_event(&tx, seq, &ev, BodyAt::Segment(loc, body.len()))?;
+            index_stored(
+                &tx,
+                seq,
+                body,
+                BodyAt::Segment(loc, body.len()),
+                "an event segment",
+            )?;
             last = seq;
             newest_loc = Some((loc, body.len()));
             replayed += 1;
@@ -957,44 +962,22 @@ fn mark_indexed(conn: &Connection, seq: u64, loc: i64, len: usize) -> rusqlite::
 }
 
 /// Data directories of earlier versions kept recent events in a two-file write-ahead log
-/// (`events.log`, `events.log.1`) and bodies in SQLite: their records SQLite lacks are
+/// (`events.log`, `events.log.1`) and bodies in SQLite: the records SQLite lacks are
 /// inserted the old way (body in the row), then the files are removed.
 fn replay_legacy_logs(conn: &Connection, data_dir: &Path) -> Result<(), StoreError> {
     let names = [data_dir.join("events.log"), data_dir.join("events.log.1")];
     if !names.iter().any(|p| p.exists()) {
         return Ok(());
     }
-    let open_log = |p: &Path| {
-        Log::open(p).map_err(|e| {
+    let mut records = Vec::new();
+    for p in &names {
+        let read = Log::open(p).and_then(|mut log| log.records());
+        records.extend(read.map_err(|e| {
             StoreError::Database(format!(
-                "cannot open the write-ahead log {}: {e}",
+                "cannot read the write-ahead log {}: {e}",
                 p.display()
             ))
-        })
-    };
-    let mut logs = [open_log(&names[0])?, open_log(&names[1])?];
-    replay_logs(conn, &mut logs)?;
-    drop(logs);
-    for p in &names {
-        std::fs::remove_file(p)
-            .map_err(|e| StoreError::Database(format!("cannot remove {}: {e}", p.display())))?;
-    }
-    tracing::info!("moved from the write-ahead log of an earlier version to event segments");
-    Ok(())
-}
-
-/// Inserts the records of both log files that SQLite does not hold yet (after a crash),
-/// commits, and empties the logs. Returns the highest stored seq.
-fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError> {
-    let max_seq: i64 =
-        conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
-    let mut records = Vec::new();
-    for log in logs.iter_mut() {
-        records.extend(
-            log.records().map_err(|e| {
-                StoreError::Database(format!("cannot read the write-ahead log: {e}"))
-            })?,
-        );
+        })?);
     }
     let mut parsed = Vec::with_capacity(records.len());
     for body in &records {
@@ -1004,36 +987,35 @@ fn replay_logs(conn: &Connection, logs: &mut [Log; 2]) -> Result<u64, StoreError
     }
     // Two files, each in seq order; together they may interleave.
     parsed.sort_by_key(|(seq, _)| *seq);
-    let mut last = max_seq as u64;
+    let mut last: u64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| {
+        r.get::<_, i64>(0)
+    })? as u64;
     let mut replayed = 0usize;
     let tx = conn.unchecked_transaction()?;
     for (seq, body) in parsed {
         if seq <= last {
             continue;
         }
-        let ev = reprepare(body, recorded_of(body)).map_err(|r| {
-            StoreError::Database(format!(
-                "a write-ahead log record does not parse: {}",
-                r.reason
-            ))
-        })?;
-        insert_event(&tx, seq, &ev, BodyAt::Row(body))?;
+        index_stored(&tx, seq, body, BodyAt::Row(body), "a write-ahead log")?;
         last = seq;
         replayed += 1;
     }
     tx.commit()?;
-    if replayed > 0 {
-        tracing::info!(
-            events = replayed,
-            "replayed acknowledged events from the write-ahead log"
-        );
+    for p in &names {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(StoreError::Database(format!(
+                    "cannot remove {}: {e}",
+                    p.display()
+                )));
+            }
+        }
     }
-    for log in logs.iter_mut() {
-        log.truncate().map_err(|e| {
-            StoreError::Database(format!("cannot truncate the write-ahead log: {e}"))
-        })?;
-    }
-    Ok(last)
+    tracing::info!(
+        events = replayed,
+        "moved from the write-ahead log of an earlier version to event segments"
+    );
+    Ok(())
 }
 
 /// What the writer shares with readers: how far events are durable and visible.
@@ -1417,12 +1399,6 @@ impl Indexer {
 
     fn insert(&mut self, batch: &IndexBatch) -> rusqlite::Result<()> {
         for (ev, &(loc, len)) in batch.events.iter().zip(&batch.locs) {
-            INSERTING.with(|c| {
-                let mut c = c.borrow_mut();
-                c.0 = loc;
-                c.1.clear();
-                ev.write_body(&mut c.1);
-            });
             insert_event(&self.conn, ev.seq, &ev.event, BodyAt::Segment(loc, len))?;
             if self.fts_tx.is_some() {
                 self.fts_batch.push((ev.seq, ev.event.search_text()));
