@@ -35,6 +35,7 @@ impl Config {
             data_dir: s.data_dir.clone(),
             fulltext: s.fulltext,
             indexed_paths: s.indexed_paths.clone(),
+            attribute_indexes: s.attribute_indexes.clone(),
             queue_capacity: s.queue_capacity,
             max_commit_events: s.max_commit_events,
             read_connections: s.read_connections,
@@ -85,6 +86,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub fulltext: bool,
     pub indexed_paths: Vec<String>,
+    /// Envelope attributes with an index (see `herald_store::ATTRIBUTE_INDEXES`).
+    pub attribute_indexes: Vec<String>,
     pub queue_capacity: usize,
     pub max_commit_events: usize,
     pub read_connections: usize,
@@ -100,6 +103,10 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("herald-data"),
             fulltext: true,
             indexed_paths: Vec::new(),
+            attribute_indexes: herald_store::ATTRIBUTE_INDEXES
+                .iter()
+                .map(|a| a.0.to_string())
+                .collect(),
             queue_capacity: 4096,
             max_commit_events: 50_000,
             read_connections: 4,

@@ -33,7 +33,7 @@ pub mod sqlite;
 pub use herald_core::matcher::LiveEvent;
 pub use keys::{KeyInfo, KeyStore, Restrictions, Role};
 pub use registry::RegistryStore;
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStore, ATTRIBUTE_INDEXES};
 
 /// A boxed future, so that [`Store`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

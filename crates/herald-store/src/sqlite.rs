@@ -37,6 +37,9 @@ pub struct SqliteOptions {
     pub fulltext: bool,
     /// `data.`/`context.` paths that get an index, e.g. `data.country`.
     pub indexed_paths: Vec<String>,
+    /// Envelope attributes that get an index, among [`ATTRIBUTE_INDEXES`] (`type`, `time`
+    /// and the duplicate key are always indexed).
+    pub attribute_indexes: Vec<String>,
     /// Write requests that may wait for the writer before appends are refused.
     pub queue_capacity: usize,
     /// Most events acknowledged by one log fsync (one group of requests).
@@ -62,6 +65,7 @@ impl Default for SqliteOptions {
             data_dir: PathBuf::from("herald-data"),
             fulltext: true,
             indexed_paths: Vec::new(),
+            attribute_indexes: ATTRIBUTE_INDEXES.iter().map(|a| a.0.to_string()).collect(),
             queue_capacity: 4096,
             max_commit_events: 50_000,
             read_connections: 4,
@@ -80,6 +84,7 @@ impl std::fmt::Debug for SqliteOptions {
             .field("data_dir", &self.data_dir)
             .field("fulltext", &self.fulltext)
             .field("indexed_paths", &self.indexed_paths)
+            .field("attribute_indexes", &self.attribute_indexes)
             .finish_non_exhaustive()
     }
 }
@@ -380,6 +385,7 @@ impl SqliteStore {
         let segments = SegmentReader::new(&seg_dir);
         register_body_function(&conn, segments.clone())?;
         sync_path_indexes(&conn, &opts.indexed_paths)?;
+        sync_attribute_indexes(&conn, &opts.attribute_indexes)?;
         conn.execute_batch("PRAGMA optimize=0x10002")?;
         replay_legacy_logs(&conn, &opts.data_dir)?;
         let seg_err = |e: std::io::Error| {
@@ -686,6 +692,85 @@ fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreErr
         .collect::<Result<_, _>>()?;
     for name in existing {
         if !wanted.contains(&name) {
+            conn.execute_batch(&format!("DROP INDEX {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The envelope attributes whose index is optional (`store.attribute_indexes`), with the
+/// index each one gets: the name and definition of the first migration. An index costs
+/// ingest: each event inserts an entry at a random place in each of these B-trees, which
+/// makes them the indexer's largest cost (about 1 µs per index and event, measured with
+/// `herald bench ingest`); a filter on an attribute without its index still works, by
+/// scanning within the query's other bounds.
+pub const ATTRIBUTE_INDEXES: &[(&str, &str, &str)] = &[
+    (
+        "tenant",
+        "events_tenant_time",
+        "events(tenant, time) WHERE tenant IS NOT NULL",
+    ),
+    (
+        "actor",
+        "events_actor_time",
+        "events(actor, time) WHERE actor IS NOT NULL",
+    ),
+    (
+        "subject",
+        "events_subject_time",
+        "events(subject, time) WHERE subject IS NOT NULL",
+    ),
+    (
+        "correlationid",
+        "events_correlation",
+        "events(correlationid, time) WHERE correlationid IS NOT NULL",
+    ),
+    (
+        "causationid",
+        "events_causation",
+        "events(causationid) WHERE causationid IS NOT NULL",
+    ),
+];
+
+/// Creates the index of each attribute in `wanted` (building it over the stored events when
+/// it is missing) and drops the others. An unknown name is an error, not ignored.
+fn sync_attribute_indexes(conn: &Connection, wanted: &[String]) -> Result<(), StoreError> {
+    if let Some(bad) = wanted
+        .iter()
+        .find(|w| !ATTRIBUTE_INDEXES.iter().any(|a| a.0 == w.as_str()))
+    {
+        let known: Vec<&str> = ATTRIBUTE_INDEXES.iter().map(|a| a.0).collect();
+        return Err(StoreError::Database(format!(
+            "store.attribute_indexes: `{bad}` cannot be indexed; choose among {} (type and time are always indexed)",
+            known.join(", ")
+        )));
+    }
+    for (attr, name, def) in ATTRIBUTE_INDEXES {
+        let exists: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        let want = wanted.iter().any(|w| w == attr);
+        if want && !exists {
+            tracing::info!(
+                attribute = attr,
+                index = name,
+                "building an attribute index over the stored events"
+            );
+            let t = Instant::now();
+            conn.execute_batch(&format!("CREATE INDEX {name} ON {def}"))?;
+            tracing::info!(
+                attribute = attr,
+                ms = t.elapsed().as_millis() as u64,
+                "attribute index built"
+            );
+        } else if !want && exists {
+            tracing::info!(
+                attribute = attr,
+                index = name,
+                "dropping an attribute index (not in store.attribute_indexes)"
+            );
             conn.execute_batch(&format!("DROP INDEX {name}"))?;
         }
     }
@@ -2198,6 +2283,98 @@ mod tests {
         );
         assert_eq!(store.query(q("kettle -tea")).await.unwrap().events.len(), 0);
         store.close().await;
+    }
+
+    /// `store.attribute_indexes` decides which optional indexes exist: a dropped one is
+    /// gone (and its filter still answers, by scanning), an added one is built over the
+    /// events already stored, and an unknown attribute is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attribute_indexes_follow_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = |attrs: &[&str]| SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            attribute_indexes: attrs.iter().map(|a| a.to_string()).collect(),
+            ..SqliteOptions::default()
+        };
+        let index_names = |store: &SqliteStore| -> Vec<String> {
+            let conn = store.readers.conns.lock().unwrap().pop().unwrap();
+            let names = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<Vec<String>, _>>()
+                .unwrap();
+            store.readers.conns.lock().unwrap().push(conn);
+            names
+        };
+        let actor_plan = |store: &SqliteStore| -> String {
+            let conn = store.readers.conns.lock().unwrap().pop().unwrap();
+            let f = herald_core::Filter::parse("actor:user:7", 0).unwrap();
+            let plan = plan_of(&conn, &compile(&f, &Access::all(), None, None, None, None));
+            store.readers.conns.lock().unwrap().push(conn);
+            plan
+        };
+        async fn by_actor(store: &SqliteStore) -> Vec<u64> {
+            let q = EventQuery {
+                filter: herald_core::Filter::parse("actor:user:7", 0).unwrap(),
+                limit: 100,
+                access: Access::all(),
+                ..EventQuery::default()
+            };
+            let page = store.query(q).await.unwrap();
+            let mut seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+            seqs.sort_unstable();
+            seqs
+        }
+
+        let store = SqliteStore::open(opts(&["tenant"])).expect("open");
+        let names = index_names(&store);
+        assert!(
+            names.contains(&"events_tenant_time".to_string()),
+            "{names:?}"
+        );
+        for gone in [
+            "events_actor_time",
+            "events_subject_time",
+            "events_correlation",
+            "events_causation",
+        ] {
+            assert!(!names.contains(&gone.to_string()), "{gone} in {names:?}");
+        }
+        assert!(names.contains(&"events_type_time".to_string()), "{names:?}");
+        assert!(names.contains(&"events_dkey".to_string()), "{names:?}");
+        let events: Vec<_> = (0..300)
+            .map(|i| {
+                crate::contract::event(&format!(
+                    r#"{{"id":"{i}","source":"/s","type":"a","actor":"user:{}"}}"#,
+                    i % 10
+                ))
+            })
+            .collect();
+        store.append(events).await.expect("append");
+        assert!(!actor_plan(&store).contains("events_actor_time"));
+        let without = by_actor(&store).await;
+        assert_eq!(without.len(), 30);
+        store.close().await;
+
+        let store = SqliteStore::open(opts(&["tenant", "actor"])).expect("reopen");
+        assert!(index_names(&store).contains(&"events_actor_time".to_string()));
+        assert!(
+            actor_plan(&store).contains("events_actor_time"),
+            "{}",
+            actor_plan(&store)
+        );
+        assert_eq!(by_actor(&store).await, without);
+        store.close().await;
+
+        let err = SqliteStore::open(opts(&["tenant", "source"]))
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("`source` cannot be indexed"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -62,6 +62,22 @@ pub struct Common {
     /// Disable the full-text index (to measure its cost).
     #[arg(long)]
     no_fulltext: bool,
+    /// Envelope attributes to index, comma-separated (`none` for none); default: all of
+    /// `store.attribute_indexes` (to measure what each costs).
+    #[arg(long, value_delimiter = ',')]
+    attribute_indexes: Option<Vec<String>>,
+}
+
+impl Common {
+    fn attribute_indexes(&self) -> Vec<String> {
+        match &self.attribute_indexes {
+            None => herald_store::ATTRIBUTE_INDEXES
+                .iter()
+                .map(|a| a.0.to_string())
+                .collect(),
+            Some(v) => v.iter().filter(|a| a.as_str() != "none").cloned().collect(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -193,6 +209,7 @@ impl Server {
             data_dir: path.clone(),
             fulltext: !common.no_fulltext,
             indexed_paths,
+            attribute_indexes: common.attribute_indexes(),
             queue_capacity: cfg.store.queue_capacity,
             max_commit_events: cfg.store.max_commit_events,
             read_connections: cfg.store.read_connections,
@@ -533,8 +550,12 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         })?;
     }
     println!(
-        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed path data.org, schema validation {}; loopback HTTP/1.1",
+        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}; loopback HTTP/1.1",
         if a.common.no_fulltext { "off" } else { "on" },
+        a.common
+            .attribute_indexes()
+            .iter()
+            .fold(String::new(), |acc, x| acc + ", " + x),
         if a.schema { "enforced on every event" } else { "off" }
     );
     let url = server.url.clone();
