@@ -412,12 +412,13 @@ impl SqliteStore {
 
         let mut readers = Vec::with_capacity(opts.read_connections);
         for _ in 0..opts.read_connections.max(1) {
-            let r = Connection::open_with_flags(
+            let mut r = Connection::open_with_flags(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
                     | OpenFlags::SQLITE_OPEN_URI,
             )?;
+            r.progress_handler(1000, Some(read_budget_spent))?;
             configure(&r, &opts)?;
             r.execute(
                 "ATTACH DATABASE ?1 AS fts",
@@ -1651,6 +1652,60 @@ impl FtsIndexer {
     }
 }
 
+thread_local! {
+    /// When a statement on this thread must stop (see [`read_budget_spent`]); `None`: no
+    /// limit.
+    static READ_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The progress handler of read connections (every 1,000 SQLite instructions): true, which
+/// interrupts the statement, once this thread's [`READ_DEADLINE`] has passed.
+fn read_budget_spent() -> bool {
+    READ_DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t))
+}
+
+/// How long a listing may test a common text term row by row before it takes the
+/// full-text index's list of hits instead (see [`SqliteStore::query`]).
+const TEXT_ROW_BUDGET: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Runs `f` with a deadline on this thread's SQLite statements; `Ok(None)` when it was
+/// interrupted by the deadline.
+fn within<T>(
+    budget: std::time::Duration,
+    f: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    /// Clears the deadline however `f` ends (a panic included), so that no later
+    /// statement on this pooled thread is cut short.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            READ_DEADLINE.with(|d| d.set(None));
+        }
+    }
+    READ_DEADLINE.with(|d| d.set(Some(Instant::now() + budget)));
+    let clear = Clear;
+    let res = f();
+    drop(clear);
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// True when the filter has a positive text term with at least one token.
+fn has_positive_text(filter: &herald_core::Filter) -> bool {
+    filter.terms.iter().any(|t| {
+        !t.negated
+            && matches!(&t.kind, herald_core::filter::TermKind::Text(text)
+                if herald_core::matcher::tokens(text).next().is_some())
+    })
+}
+
 /// A listing with a text term walks the time index and tests each row against the term's
 /// full-text hits: tens of ms over a million events even when one event matches. When a
 /// positive text term has few hits (and the index's unindexed tail is short), this adds the
@@ -1662,10 +1717,10 @@ fn drive_by_text_hits(
     watermark: u64,
     acked: u64,
     w: &mut crate::sql::Where,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     const FEW: i64 = 2000;
     if acked.saturating_sub(watermark) > FEW as u64 {
-        return Ok(());
+        return Ok(false);
     }
     let mut best: Option<(i64, String)> = None;
     for term in &filter.terms {
@@ -1689,7 +1744,10 @@ fn drive_by_text_hits(
             best = Some((hits, query));
         }
     }
-    if let Some((_, query)) = best {
+    let Some((_, query)) = best else {
+        return Ok(false);
+    };
+    {
         let mut inner = std::mem::take(&mut w.sql);
         if inner.is_empty() {
             inner.push('1');
@@ -1703,7 +1761,7 @@ fn drive_by_text_hits(
         );
         w.params.insert(0, rusqlite::types::Value::Text(query));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
@@ -1752,20 +1810,36 @@ impl Store for SqliteStore {
             .then(|| self.fts_watermark.load(Ordering::Acquire));
         let acked = self.progress.acked.load(Ordering::Acquire);
         Box::pin(self.read(move |conn| {
-            let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
-            if let Some(wm) = fts {
-                drive_by_text_hits(conn, &q.filter, wm, acked, &mut w)?;
-            }
             let limit = q.limit.max(1);
-            let sql = format!(
-                "SELECT seq, time, {BODY} FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
-                w.sql,
-                limit + 1
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut events: Vec<StoredEvent> = stmt
-                .query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?
-                .collect::<Result<_, _>>()?;
+            let list = |w: &crate::sql::Where| -> rusqlite::Result<Vec<StoredEvent>> {
+                let sql = format!(
+                    "SELECT seq, time, {BODY} FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT {}",
+                    w.sql,
+                    limit + 1
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?;
+                rows.collect()
+            };
+            let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
+            let mut found = None;
+            if let Some(wm) = fts {
+                let driven = drive_by_text_hits(conn, &q.filter, wm, acked, &mut w)?;
+                // A common text term: the index's list of its hits costs tens of ms to build
+                // (every event holding the word), while a listing usually meets its page
+                // after testing a few hundred rows. So test the rows first (as for events
+                // past the index), for a few ms at most, then fall back to the list. Both
+                // answer exactly the same.
+                if !driven && has_positive_text(&q.filter) {
+                    let by_row =
+                        compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, None);
+                    found = within(TEXT_ROW_BUDGET, || list(&by_row))?;
+                }
+            }
+            let mut events = match found {
+                Some(events) => events,
+                None => list(&w)?,
+            };
             let next = if events.len() > limit {
                 events.truncate(limit);
                 events.last().map(|e| Cursor {
@@ -2236,6 +2310,85 @@ mod tests {
             calls < 100,
             "herald_text ran {calls} times for one candidate"
         );
+        store.close().await;
+    }
+
+    /// A listing with a common word tests rows one by one (a page is met after a few rows)
+    /// instead of building the index's list of every event holding the word; both ways
+    /// answer the same, and a statement past its budget is interrupted, not failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_common_text_term_is_tested_row_by_row_within_a_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        let events: Vec<_> = (0..3000)
+            .map(|i| {
+                let msg = if i % 3 == 0 { "green tea" } else { "tea" };
+                crate::contract::event(&format!(
+                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"{msg}"}}}}"#
+                ))
+            })
+            .collect();
+        store.append(events).await.unwrap();
+        wait_for_fulltext(&store, 3000).await;
+        let q = |filter: &str| EventQuery {
+            filter: herald_core::Filter::parse(filter, 0).unwrap(),
+            limit: 10,
+            access: Access::all(),
+            ..EventQuery::default()
+        };
+        let seqs = |page: Page| page.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let before = HERALD_TEXT_CALLS.load(Ordering::Relaxed);
+        let tea = seqs(store.query(q("tea")).await.unwrap());
+        // The list of hits answers a one-word term without `herald_text`; rows tested one by
+        // one call it for each row until the page is full (11 rows here).
+        assert!(HERALD_TEXT_CALLS.load(Ordering::Relaxed) - before >= 11);
+        assert_eq!(tea, (2991..=3000).rev().collect::<Vec<u64>>());
+        let green = seqs(store.query(q("green -kettle")).await.unwrap());
+        assert_eq!(
+            green,
+            vec![2998, 2995, 2992, 2989, 2986, 2983, 2980, 2977, 2974, 2971]
+        );
+
+        // The same listings through the index's list of hits.
+        let conn = store.readers.conns.lock().unwrap().pop().unwrap();
+        for (filter, want) in [("tea", &tea), ("green -kettle", &green)] {
+            let f = herald_core::Filter::parse(filter, 0).unwrap();
+            let w = compile(&f, &Access::all(), None, None, None, Some(3000));
+            let sql = format!(
+                "SELECT seq FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 10",
+                w.sql
+            );
+            let got: Vec<u64> = conn
+                .prepare(&sql)
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(w.params.iter()), |r| {
+                    r.get::<_, i64>(0).map(|s| s as u64)
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(&got, want, "{filter}");
+        }
+
+        // A statement past its budget is interrupted (`None`), and the connection then runs
+        // without a deadline.
+        let long = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 100000000) SELECT count(*) FROM c";
+        let t = Instant::now();
+        let cut = within(std::time::Duration::from_millis(5), || {
+            conn.query_row(long, [], |r| r.get::<_, i64>(0))
+        })
+        .unwrap();
+        assert_eq!(cut, None);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2));
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3000);
+        store.readers.conns.lock().unwrap().push(conn);
         store.close().await;
     }
 
