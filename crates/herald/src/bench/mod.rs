@@ -6,6 +6,7 @@
 //! (durable) configuration; the load comes over loopback HTTP with keep-alive connections.
 //! A benchmark measures and prints; it never asserts a time.
 
+mod cpu;
 mod gen;
 mod pg;
 mod stream;
@@ -293,6 +294,7 @@ impl Server {
         f: impl FnOnce() -> anyhow::Result<Outcome>,
     ) -> anyhow::Result<Outcome> {
         let (c0, e0, s0) = self.commit_totals();
+        let cpu0 = cpu::by_role();
         let t = Instant::now();
         let mut out = f()?;
         let wall = t.elapsed().as_secs_f64();
@@ -315,6 +317,12 @@ impl Server {
             (s1 - s0) * 1000.0 / commits,
             100.0 * (s1 - s0) / wall
         );
+        // The full-text thread indexes after the events are queryable: count its work with
+        // the load that caused it.
+        cpu::wait_for_fulltext_idle(Duration::from_secs(120));
+        if let Some(line) = cpu::per_event_line(&cpu0, &cpu::by_role(), out.events) {
+            eprintln!("  {name}: {line}");
+        }
         Ok(out)
     }
 }

@@ -1,0 +1,134 @@
+//! CPU time by thread of this process, from `/proc/self/task` (Linux), so that the
+//! benchmarks can say where the time goes: per stored event, for each of the store's threads,
+//! the HTTP server and the in-process load generator. Elsewhere it reports nothing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// CPU seconds of the live threads of this process, summed by role (see [`role`]). Threads
+/// that have ended are not counted (the short-lived thread that prepares each next event
+/// segment, for one).
+pub fn by_role() -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // proc(5): after the name come the state (field 3) ... utime and stime (fields 14
+        // and 15), in clock ticks of USER_HZ, which is 100 on Linux.
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *out.entry(role(&stat[open + 1..close])).or_insert(0.0) +=
+            (ticks(11) + ticks(12)) as f64 / 100.0;
+    }
+    out
+}
+
+/// The role of a thread, from its name (Linux keeps the first 15 bytes).
+fn role(name: &str) -> &'static str {
+    match name {
+        "herald-indexer" => "indexer",
+        "herald-fulltext" => "full-text",
+        "herald-writer" => "writer",
+        "herald-segment" => "segments",
+        "herald-checkpoi" => "checkpoints",
+        "herald-server" => "HTTP server",
+        // The load generator's runtime keeps tokio's default thread name
+        // (`tokio-rt-worker`, `tokio-runtime-worker` in older versions).
+        n if n.starts_with("tokio-r") => "load generator",
+        _ => "other",
+    }
+}
+
+/// Waits until the full-text thread has been idle for half a second (it indexes in the
+/// background after the events are queryable), at most `max`, so that its CPU is counted
+/// with the load that caused it.
+pub fn wait_for_fulltext_idle(max: Duration) {
+    let start = Instant::now();
+    let mut last = by_role().get("full-text").copied().unwrap_or(0.0);
+    let mut still = 0;
+    while still < 2 && start.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = by_role().get("full-text").copied().unwrap_or(0.0);
+        still = if now > last { 0 } else { still + 1 };
+        last = now;
+    }
+}
+
+/// One line: CPU microseconds per event by role between two snapshots, largest first, the
+/// total, and the rate that total allows on this machine's cores.
+pub fn per_event_line(
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+    events: usize,
+) -> Option<String> {
+    if events == 0 || after.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(role, t)| {
+            let spent = (t - before.get(role).copied().unwrap_or(0.0)).max(0.0);
+            (*role, spent * 1e6 / events as f64)
+        })
+        .filter(|(_, us)| *us >= 0.05)
+        .collect();
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let list: Vec<String> = parts
+        .iter()
+        .map(|(role, us)| format!("{role} {us:.1}"))
+        .collect();
+    Some(format!(
+        "CPU µs per event: {}; total {total:.1} µs, at most {:.0} events/s on {cores} cores",
+        list.join(", "),
+        cores as f64 * 1e6 / total.max(0.001)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_threads_cpu_is_counted_and_split_per_event() {
+        let before = by_role();
+        if before.is_empty() {
+            return; // not Linux
+        }
+        // Burn a little CPU on a thread of a known role.
+        std::thread::Builder::new()
+            .name("herald-indexer".into())
+            .spawn(|| {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_millis(300) {
+                    x = x.wrapping_mul(31).wrapping_add(7);
+                }
+                std::hint::black_box(x);
+                // Stay alive until the snapshot below is taken.
+                std::thread::sleep(Duration::from_millis(400));
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        let after = by_role();
+        let spent = after.get("indexer").copied().unwrap_or(0.0)
+            - before.get("indexer").copied().unwrap_or(0.0);
+        assert!(spent >= 0.1, "indexer spent {spent} s");
+        let line = per_event_line(&before, &after, 1000).unwrap();
+        assert!(line.starts_with("CPU µs per event: indexer "), "{line}");
+        assert!(line.contains("events/s on"), "{line}");
+    }
+}
