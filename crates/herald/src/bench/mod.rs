@@ -461,7 +461,50 @@ async fn http_load(
     })
 }
 
-fn gen_events(seed: u64, n: usize, start_us: i64, end_us: i64, label: &str) -> Vec<GenEvent> {
+/// Memory one generated event takes, with its request body and some margin (measured about
+/// 2.5 KB: the JSON, the baseline's row, the body sent).
+const GEN_EVENT_BYTES: u64 = 3_500;
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes (Linux).
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses to generate more events than the free memory holds (keeping 2 GiB for the server
+/// and its caches), rather than being killed by the kernel halfway through a run.
+fn check_memory(n: usize, label: &str, available: Option<u64>) -> anyhow::Result<()> {
+    let Some(avail) = available else {
+        return Ok(());
+    };
+    let need = n as u64 * GEN_EVENT_BYTES;
+    let keep = 2u64 << 30;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    anyhow::ensure!(
+        need + keep <= avail,
+        "{n} {label} events need about {:.1} GiB of memory, and {:.1} GiB is available (2 GiB kept for the server); ask for fewer events",
+        gib(need),
+        gib(avail)
+    );
+    Ok(())
+}
+
+fn gen_events(
+    seed: u64,
+    n: usize,
+    start_us: i64,
+    end_us: i64,
+    label: &str,
+) -> anyhow::Result<Vec<GenEvent>> {
+    check_memory(n, label, mem_available())?;
     let t = Instant::now();
     let mut g = Generator::new(seed, n, start_us, end_us);
     let evs: Vec<GenEvent> = (0..n).map(|_| g.next_event()).collect();
@@ -471,7 +514,7 @@ fn gen_events(seed: u64, n: usize, start_us: i64, end_us: i64, label: &str) -> V
         bytes / n.max(1),
         t.elapsed().as_secs_f64()
     );
-    evs
+    Ok(evs)
 }
 
 fn bodies(evs: &[GenEvent], per: usize) -> Vec<Bytes> {
@@ -516,11 +559,15 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let now = now_us();
     let day = 86_400_000_000;
     let n = a.events.max(1000);
-    let single_n = 2_000_000usize.min(a.single_connections * 40_000);
+    // Enough single events for 100,000 requests/s, never more than the other scenarios.
+    let single_n = (a.single_seconds.max(1) as usize * 100_000).min(a.single_connections * 40_000);
     // Distinct events per scenario, so nothing is a duplicate.
-    let ev1000 = gen_events(1, n, now - 30 * day, now, "batch-1000");
-    let ev100 = gen_events(2, n, now - 30 * day, now, "batch-100");
-    let ev1 = gen_events(3, single_n.min(n), now - 30 * day, now, "single");
+    // All three scenarios' events are held at once (the baseline replays them): check the
+    // whole before generating any.
+    check_memory(2 * n + single_n.min(n), "generated", mem_available())?;
+    let ev1000 = gen_events(1, n, now - 30 * day, now, "batch-1000")?;
+    let ev100 = gen_events(2, n, now - 30 * day, now, "batch-100")?;
+    let ev1 = gen_events(3, single_n.min(n), now - 30 * day, now, "single")?;
     let b1000 = Arc::new(bodies(&ev1000, 1000));
     let b100 = Arc::new(bodies(&ev100, 100));
     let b1: Arc<Vec<Bytes>> = Arc::new(ev1.iter().map(|e| Bytes::from(e.json.clone())).collect());
@@ -710,7 +757,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
 /// Per-event CPU time of each ingest step, single-threaded.
 fn validate(a: ValidateArgs) -> anyhow::Result<()> {
     let now = now_us();
-    let evs = gen_events(7, a.events.max(1000), now - 86_400_000_000, now, "validate");
+    let evs = gen_events(7, a.events.max(1000), now - 86_400_000_000, now, "validate")?;
     let limits = herald_core::Limits::default();
     let compiled =
         herald_core::schema::compile(&bench_schema()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -802,7 +849,7 @@ async fn time_http(
 fn query(a: QueryArgs) -> anyhow::Result<()> {
     let now = now_us();
     let day = 86_400_000_000;
-    let evs = gen_events(42, a.events, now - 30 * day, now, "30-day");
+    let evs = gen_events(42, a.events, now - 30 * day, now, "30-day")?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -975,4 +1022,25 @@ async fn run_queries(
         out.push(QueryStat { name, hist, rows });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_refused_beyond_the_available_memory() {
+        let gib = 1u64 << 30;
+        assert!(check_memory(1_000_000, "x", Some(8 * gib)).is_ok());
+        let err = check_memory(6_000_000, "batch-1000", Some(16 * gib)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("6000000 batch-1000 events need about 19.6 GiB"),
+            "{msg}"
+        );
+        assert!(msg.contains("16.0 GiB is available"), "{msg}");
+        // Without /proc/meminfo nothing is checked.
+        assert!(check_memory(usize::MAX / 4096, "x", None).is_ok());
+        assert!(mem_available().is_none_or(|b| b > 0));
+    }
 }

@@ -197,25 +197,25 @@ pub fn stream(a: StreamArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let paced_n = a.rate * a.seconds as usize;
-    let evs = gen_events(11, paced_n, now - day, now, "paced");
+    let evs = gen_events(11, paced_n, now - day, now, "paced")?;
     let bodies = super::bodies(&evs, a.batch.max(1));
     let per_sec = a.rate as f64 / a.batch.max(1) as f64;
     let tp_a = super::bodies(
-        &gen_events(12, a.throughput_events, now - day, now, "throughput-a"),
+        &gen_events(12, a.throughput_events, now - day, now, "throughput-a")?,
         1000,
     );
     let tp_b = super::bodies(
-        &gen_events(13, a.throughput_events, now - day, now, "throughput-b"),
+        &gen_events(13, a.throughput_events, now - day, now, "throughput-b")?,
         1000,
     );
     let tp_c = super::bodies(
-        &gen_events(14, a.throughput_events, now - day, now, "throughput-c"),
+        &gen_events(14, a.throughput_events, now - day, now, "throughput-c")?,
         1000,
     );
     // The database slows as it grows; loaded first, it grows by a smaller share during the
     // three throughput runs, so they compare like with like.
     let preload = super::bodies(
-        &gen_events(15, a.throughput_events * 2, now - day, now, "preload"),
+        &gen_events(15, a.throughput_events * 2, now - day, now, "preload")?,
         1000,
     );
 
