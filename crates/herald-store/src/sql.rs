@@ -266,7 +266,10 @@ pub fn compile(
                         );
                         w.param(SqlValue::Text(fts_query(&tokens)));
                         w.sql.push_str(") THEN ");
-                        if tokens.len() > 1 {
+                        // A single ASCII token is found exactly as `herald_text` would; the
+                        // index's tokenizer cuts some other scripts differently (combining
+                        // marks, final sigma), so `herald_text` confirms those.
+                        if tokens.len() > 1 || tokens.iter().any(|t| !t.is_ascii()) {
                             w.sql.push_str("herald_text(");
                             w.sql.push_str(BODY);
                             w.sql.push_str(", ");
@@ -409,6 +412,23 @@ mod tests {
             expect![[r#"
                 time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN 1 ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
                 Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
+        );
+    }
+
+    /// A single token found by the full-text index is taken as is when ASCII (both
+    /// tokenizers cut ASCII alike) and confirmed by `herald_text` otherwise.
+    #[test]
+    fn non_ascii_tokens_are_confirmed() {
+        let one = |text: &str| {
+            let f = Filter::parse(text, 0).unwrap();
+            compile(&f, &Access::all(), None, None, None, Some(7)).sql
+        };
+        let ascii = one("kettle");
+        assert!(ascii.contains("THEN 1 ELSE 0 END"), "{ascii}");
+        let greek = one("ΟΔΟΣ");
+        assert!(
+            greek.contains("THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END"),
+            "{greek}"
         );
     }
 }

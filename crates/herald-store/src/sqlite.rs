@@ -1697,15 +1697,6 @@ fn within<T>(
     }
 }
 
-/// True when the filter has a positive text term with at least one token.
-fn has_positive_text(filter: &herald_core::Filter) -> bool {
-    filter.terms.iter().any(|t| {
-        !t.negated
-            && matches!(&t.kind, herald_core::filter::TermKind::Text(text)
-                if herald_core::matcher::tokens(text).next().is_some())
-    })
-}
-
 /// A listing with a text term walks the time index and tests each row against the term's
 /// full-text hits: tens of ms over a million events even when one event matches. When a
 /// positive text term has few hits (and the index's unindexed tail is short), this adds the
@@ -1717,12 +1708,13 @@ fn drive_by_text_hits(
     watermark: u64,
     acked: u64,
     w: &mut crate::sql::Where,
-) -> Result<bool, StoreError> {
+) -> Result<TextDrive, StoreError> {
     const FEW: i64 = 2000;
     if acked.saturating_sub(watermark) > FEW as u64 {
-        return Ok(false);
+        return Ok(TextDrive::Unknown);
     }
     let mut best: Option<(i64, String)> = None;
+    let mut common = false;
     for term in &filter.terms {
         let herald_core::filter::TermKind::Text(text) = &term.kind else {
             continue;
@@ -1742,10 +1734,16 @@ fn drive_by_text_hits(
             .query_row(params![query, FEW + 1], |r| r.get(0))?;
         if hits <= FEW && best.as_ref().is_none_or(|(n, _)| hits < *n) {
             best = Some((hits, query));
+        } else if hits > FEW {
+            common = true;
         }
     }
     let Some((_, query)) = best else {
-        return Ok(false);
+        return Ok(if common {
+            TextDrive::Common
+        } else {
+            TextDrive::Unknown
+        });
     };
     {
         let mut inner = std::mem::take(&mut w.sql);
@@ -1761,7 +1759,18 @@ fn drive_by_text_hits(
         );
         w.params.insert(0, rusqlite::types::Value::Text(query));
     }
-    Ok(true)
+    Ok(TextDrive::Driven)
+}
+
+/// What [`drive_by_text_hits`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextDrive {
+    /// A positive text term has few hits: the listing is driven by them.
+    Driven,
+    /// Every positive text term has many hits (a common word).
+    Common,
+    /// No positive text term, or the index's unindexed tail is too long to tell.
+    Unknown,
 }
 
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
@@ -1830,7 +1839,7 @@ impl Store for SqliteStore {
                 // after testing a few hundred rows. So test the rows first (as for events
                 // past the index), for a few ms at most, then fall back to the list. Both
                 // answer exactly the same.
-                if !driven && has_positive_text(&q.filter) {
+                if driven == TextDrive::Common {
                     let by_row =
                         compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, None);
                     found = within(TEXT_ROW_BUDGET, || list(&by_row))?;

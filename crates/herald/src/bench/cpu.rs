@@ -2,18 +2,26 @@
 //! benchmarks can say where the time goes: per stored event, for each of the store's threads,
 //! the HTTP server and the in-process load generator. Elsewhere it reports nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// CPU seconds of the live threads of this process, summed by role (see [`role`]). Threads
-/// that have ended are not counted (the short-lived thread that prepares each next event
-/// segment, for one).
-pub fn by_role() -> BTreeMap<&'static str, f64> {
-    let mut out = BTreeMap::new();
+/// CPU seconds and role (see [`role`]) of each live thread of this process, by thread id.
+pub type Snapshot = HashMap<u32, (&'static str, f64)>;
+
+/// The CPU time of every live thread of this process (empty where `/proc` is missing).
+pub fn snapshot() -> Snapshot {
+    let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
     for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
@@ -22,15 +30,27 @@ pub fn by_role() -> BTreeMap<&'static str, f64> {
         };
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // proc(5): after the name come the state (field 3) ... utime and stime (fields 14
-        // and 15), in clock ticks of USER_HZ, which is 100 on Linux.
+        // and 15), in clock ticks of USER_HZ, which the kernel fixes at 100 for /proc.
         let ticks = |i: usize| {
             fields
                 .get(i)
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        *out.entry(role(&stat[open + 1..close])).or_insert(0.0) +=
-            (ticks(11) + ticks(12)) as f64 / 100.0;
+        let secs = (ticks(11) + ticks(12)) as f64 / 100.0;
+        out.insert(tid, (role(&stat[open + 1..close]), secs));
+    }
+    out
+}
+
+/// CPU seconds spent by role between two snapshots, counting each thread against itself:
+/// a thread that started meanwhile counts from zero, one that ended is missing (the
+/// short-lived thread that prepares each next event segment, for one).
+pub fn spent(before: &Snapshot, after: &Snapshot) -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::new();
+    for (tid, (role, secs)) in after {
+        let was = before.get(tid).map_or(0.0, |b| b.1);
+        *out.entry(*role).or_insert(0.0) += (secs - was).max(0.0);
     }
     out
 }
@@ -55,12 +75,19 @@ fn role(name: &str) -> &'static str {
 /// background after the events are queryable), at most `max`, so that its CPU is counted
 /// with the load that caused it.
 pub fn wait_for_fulltext_idle(max: Duration) {
+    let fulltext = || -> f64 {
+        snapshot()
+            .values()
+            .filter(|(role, _)| *role == "full-text")
+            .map(|(_, secs)| secs)
+            .sum()
+    };
     let start = Instant::now();
-    let mut last = by_role().get("full-text").copied().unwrap_or(0.0);
+    let mut last = fulltext();
     let mut still = 0;
     while still < 2 && start.elapsed() < max {
         std::thread::sleep(Duration::from_millis(250));
-        let now = by_role().get("full-text").copied().unwrap_or(0.0);
+        let now = fulltext();
         still = if now > last { 0 } else { still + 1 };
         last = now;
     }
@@ -68,20 +95,13 @@ pub fn wait_for_fulltext_idle(max: Duration) {
 
 /// One line: CPU microseconds per event by role between two snapshots, largest first, the
 /// total, and the rate that total allows on this machine's cores.
-pub fn per_event_line(
-    before: &BTreeMap<&'static str, f64>,
-    after: &BTreeMap<&'static str, f64>,
-    events: usize,
-) -> Option<String> {
+pub fn per_event_line(before: &Snapshot, after: &Snapshot, events: usize) -> Option<String> {
     if events == 0 || after.is_empty() {
         return None;
     }
-    let mut parts: Vec<(&str, f64)> = after
-        .iter()
-        .map(|(role, t)| {
-            let spent = (t - before.get(role).copied().unwrap_or(0.0)).max(0.0);
-            (*role, spent * 1e6 / events as f64)
-        })
+    let mut parts: Vec<(&str, f64)> = spent(before, after)
+        .into_iter()
+        .map(|(role, secs)| (role, secs * 1e6 / events as f64))
         .filter(|(_, us)| *us >= 0.05)
         .collect();
     parts.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -104,7 +124,7 @@ mod tests {
 
     #[test]
     fn this_threads_cpu_is_counted_and_split_per_event() {
-        let before = by_role();
+        let before = snapshot();
         if before.is_empty() {
             return; // not Linux
         }
@@ -123,10 +143,14 @@ mod tests {
             })
             .unwrap();
         std::thread::sleep(Duration::from_millis(350));
-        let after = by_role();
-        let spent = after.get("indexer").copied().unwrap_or(0.0)
-            - before.get("indexer").copied().unwrap_or(0.0);
-        assert!(spent >= 0.1, "indexer spent {spent} s");
+        let after = snapshot();
+        let by_role = spent(&before, &after);
+        let indexer = by_role.get("indexer").copied().unwrap_or(0.0);
+        assert!(indexer >= 0.1, "indexer spent {indexer} s");
+        // A thread that has ended is missing from `after`: it takes nothing away.
+        let mut gone = before.clone();
+        gone.insert(u32::MAX, ("indexer", 1000.0));
+        assert_eq!(spent(&gone, &after).get("indexer"), by_role.get("indexer"));
         let line = per_event_line(&before, &after, 1000).unwrap();
         assert!(line.starts_with("CPU µs per event: indexer "), "{line}");
         assert!(line.contains("events/s on"), "{line}");

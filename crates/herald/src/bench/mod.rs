@@ -294,7 +294,7 @@ impl Server {
         f: impl FnOnce() -> anyhow::Result<Outcome>,
     ) -> anyhow::Result<Outcome> {
         let (c0, e0, s0) = self.commit_totals();
-        let cpu0 = cpu::by_role();
+        let cpu0 = cpu::snapshot();
         let t = Instant::now();
         let mut out = f()?;
         let wall = t.elapsed().as_secs_f64();
@@ -320,7 +320,7 @@ impl Server {
         // The full-text thread indexes after the events are queryable: count its work with
         // the load that caused it.
         cpu::wait_for_fulltext_idle(Duration::from_secs(120));
-        if let Some(line) = cpu::per_event_line(&cpu0, &cpu::by_role(), out.events) {
+        if let Some(line) = cpu::per_event_line(&cpu0, &cpu::snapshot(), out.events) {
             eprintln!("  {name}: {line}");
         }
         Ok(out)
@@ -485,11 +485,11 @@ fn check_memory(n: usize, label: &str, available: Option<u64>) -> anyhow::Result
     let Some(avail) = available else {
         return Ok(());
     };
-    let need = n as u64 * GEN_EVENT_BYTES;
+    let need = (n as u64).saturating_mul(GEN_EVENT_BYTES);
     let keep = 2u64 << 30;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     anyhow::ensure!(
-        need + keep <= avail,
+        need.saturating_add(keep) <= avail,
         "{n} {label} events need about {:.1} GiB of memory, and {:.1} GiB is available (2 GiB kept for the server); ask for fewer events",
         gib(need),
         gib(avail)
