@@ -2322,27 +2322,33 @@ mod tests {
         store.close().await;
     }
 
+    /// A store holding 3,000 events whose `data.msg` is `msg(i)`, all in the full-text index.
+    async fn tea_store(dir: &Path, msg: impl Fn(usize) -> &'static str) -> SqliteStore {
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.to_owned(),
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        let events: Vec<_> = (0..3000)
+            .map(|i| {
+                crate::contract::event(&format!(
+                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"{}"}}}}"#,
+                    msg(i)
+                ))
+            })
+            .collect();
+        store.append(events).await.unwrap();
+        wait_for_fulltext(&store, 3000).await;
+        store
+    }
+
     /// A listing with a common word tests rows one by one (a page is met after a few rows)
     /// instead of building the index's list of every event holding the word; both ways
     /// answer the same, and a statement past its budget is interrupted, not failed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_common_text_term_is_tested_row_by_row_within_a_budget() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            ..SqliteOptions::default()
-        })
-        .expect("open");
-        let events: Vec<_> = (0..3000)
-            .map(|i| {
-                let msg = if i % 3 == 0 { "green tea" } else { "tea" };
-                crate::contract::event(&format!(
-                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"{msg}"}}}}"#
-                ))
-            })
-            .collect();
-        store.append(events).await.unwrap();
-        wait_for_fulltext(&store, 3000).await;
+        let store = tea_store(dir.path(), |i| if i % 3 == 0 { "green tea" } else { "tea" }).await;
         let q = |filter: &str| EventQuery {
             filter: herald_core::Filter::parse(filter, 0).unwrap(),
             limit: 10,
@@ -2404,21 +2410,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rare_text_term_drives_the_listing_by_seq() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            ..SqliteOptions::default()
-        })
-        .expect("open");
-        let events: Vec<_> = (0..3000)
-            .map(|i| {
-                let msg = if i % 1000 == 7 { "kettle tea" } else { "tea" };
-                crate::contract::event(&format!(
-                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"{msg}"}}}}"#
-                ))
-            })
-            .collect();
-        store.append(events).await.unwrap();
-        wait_for_fulltext(&store, 3000).await;
+        let store = tea_store(
+            dir.path(),
+            |i| if i % 1000 == 7 { "kettle tea" } else { "tea" },
+        )
+        .await;
         let wm = 3000;
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let plan = |filter: &str| {
