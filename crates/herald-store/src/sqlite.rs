@@ -648,10 +648,39 @@ fn path_index(
 ) -> Result<String, StoreError> {
     let name = path_index_name(p);
     let expr = path_expr(root, segs);
-    conn.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"
-    ))?;
+    logged_build(&format!("the index of {p}"), || {
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON events({expr}, time)"
+        ))
+    })?;
     Ok(name)
+}
+
+/// Runs a schema step that may read every stored event (building an index), logging every
+/// 10 s that it is still running, so that a slow start or a long request is explained.
+fn logged_build<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let started = Instant::now();
+            let mut next = started + EVERY;
+            while !done.load(Ordering::Acquire) {
+                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+                if !done.load(Ordering::Acquire) && Instant::now() >= next {
+                    tracing::info!(
+                        secs = started.elapsed().as_secs(),
+                        "still building {what} over the stored events"
+                    );
+                    next += EVERY;
+                }
+            }
+        });
+        let out = f();
+        done.store(true, Ordering::Release);
+        watcher.thread().unpark();
+        out
+    })
 }
 
 /// Creates the index of one `data.`/`context.` path (a facet added while running); returns
@@ -760,7 +789,9 @@ fn sync_attribute_indexes(conn: &Connection, wanted: &[String]) -> Result<(), St
                 "building an attribute index over the stored events"
             );
             let t = Instant::now();
-            conn.execute_batch(&format!("CREATE INDEX {name} ON {def}"))?;
+            logged_build(&format!("the {attr} index"), || {
+                conn.execute_batch(&format!("CREATE INDEX {name} ON {def}"))
+            })?;
             tracing::info!(
                 attribute = attr,
                 ms = t.elapsed().as_millis() as u64,
@@ -2441,6 +2472,23 @@ mod tests {
         );
         assert_eq!(store.query(q("kettle -tea")).await.unwrap().events.len(), 0);
         store.close().await;
+    }
+
+    /// A long schema step returns its result as soon as it is done: the watcher that logs
+    /// its progress never holds it up.
+    #[test]
+    fn logged_build_returns_promptly() {
+        let t = Instant::now();
+        let v = logged_build("a test index", || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            7
+        });
+        assert_eq!(v, 7);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     /// `store.attribute_indexes` decides which optional indexes exist: a dropped one is
