@@ -878,8 +878,23 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         .as_str()
         .context("generated events have a request id")?
         .to_owned();
-    let herald = client_rt.block_on(run_queries(&url, a.runs, None, &needle))?;
-    let with_key = client_rt.block_on(run_queries(&url, a.runs, Some(&read_key), &needle))?;
+    // An actor and a subject (a product) of that event: a few events each.
+    let mid: serde_json::Value = serde_json::from_str(&evs[evs.len() / 2].json)?;
+    let (actor, subject) = (
+        mid["actor"]
+            .as_str()
+            .context("generated events have an actor")?,
+        mid["subject"]
+            .as_str()
+            .context("generated events have a subject")?,
+    );
+    let who = Who {
+        needle: &needle,
+        actor,
+        subject,
+    };
+    let herald = client_rt.block_on(run_queries(&url, a.runs, None, &who))?;
+    let with_key = client_rt.block_on(run_queries(&url, a.runs, Some(&read_key), &who))?;
     drop(server);
 
     let baseline: Option<Vec<QueryStat>> = if a.common.no_baseline {
@@ -929,15 +944,25 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Q1, Q2, Q2b and Q6 through HTTP, optionally with a key; then text queries (Herald only):
-/// Q7 a token held by one event (`needle`), over everything; Q8 a common word within a type,
-/// 7 days.
+/// What the Herald-only queries look for.
+struct Who<'a> {
+    /// A token that one event holds.
+    needle: &'a str,
+    actor: &'a str,
+    subject: &'a str,
+}
+
+/// Q1, Q2, Q2b and Q6 through HTTP, optionally with a key; then Herald only: text queries,
+/// Q7 a token held by one event, over everything, and Q8 a common word within a type, 7 days;
+/// attribute indexes, Q9 an actor and Q10 a subject over everything, Q11 the largest
+/// tenant over 7 days.
 async fn run_queries(
     url: &str,
     runs: usize,
     key: Option<&str>,
-    needle: &str,
+    who: &Who<'_>,
 ) -> anyhow::Result<Vec<QueryStat>> {
+    let needle = who.needle;
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(k) = key {
         headers.insert(
@@ -1002,7 +1027,7 @@ async fn run_queries(
         hist,
         rows,
     });
-    let text: [(&'static str, String); 2] = [
+    let herald_only: [(&'static str, String); 5] = [
         (
             "Q7 text, one event, all",
             format!("{url}/v1/events?{}&limit=50", enc(&format!("\"{needle}\""))),
@@ -1014,11 +1039,30 @@ async fn run_queries(
                 enc("type:import.completed quartz")
             ),
         ),
+        (
+            "Q9 an actor, all",
+            format!(
+                "{url}/v1/events?{}&limit=50",
+                enc(&format!("actor:\"{}\"", who.actor))
+            ),
+        ),
+        (
+            "Q10 a subject, all",
+            format!(
+                "{url}/v1/events?{}&limit=50",
+                enc(&format!("subject:\"{}\"", who.subject))
+            ),
+        ),
+        (
+            "Q11 largest tenant, 7d",
+            format!(
+                "{url}/v1/events?{}&since=7d&limit=50",
+                enc("tenant:org-0001")
+            ),
+        ),
     ];
-    // Text terms are checked against the index with `seq IN (...)` while the listing walks
-    // the time index, which costs up to hundreds of ms over 1M events: fewer runs.
-    for (name, u) in text {
-        let (hist, rows) = time_http(&client, &u, runs.min(10)).await?;
+    for (name, u) in herald_only {
+        let (hist, rows) = time_http(&client, &u, runs).await?;
         out.push(QueryStat { name, hist, rows });
     }
     Ok(out)
