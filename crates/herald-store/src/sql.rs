@@ -80,13 +80,26 @@ fn prefix_upper(prefix: &str) -> String {
     s
 }
 
-/// An FTS5 query asking for every token (each quoted, so none is read as an operator).
-pub(crate) fn fts_query(tokens: &[String]) -> String {
+/// An FTS5 query asking for every token (each quoted, so none is read as an operator), or
+/// `None` when the index holds none of them (the term must then be scanned).
+///
+/// The index's tokenizer (`unicode61`) keeps only letters, numbers and private-use
+/// characters in a token, so it cuts some of the core's tokens further, at combining marks
+/// (Devanagari vowel signs, for one). A quoted string it cuts in two is a phrase, which a
+/// `detail=none` index refuses: each piece is quoted on its own instead, and `herald_text`
+/// confirms what the index finds (see [`compile`]).
+pub(crate) fn fts_query(tokens: &[String]) -> Option<String> {
+    static SEPARATORS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let sep = SEPARATORS.get_or_init(|| {
+        regex::Regex::new(r"[^\p{L}\p{N}\p{Co}]+").expect("static separator pattern")
+    });
     let quoted: Vec<String> = tokens
         .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .flat_map(|t| sep.split(t))
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| format!("\"{}\"", piece.replace('"', "\"\"")))
         .collect();
-    quoted.join(" AND ")
+    (!quoted.is_empty()).then(|| quoted.join(" AND "))
 }
 
 /// Text terms on events the full-text index does not hold: a cheap `LIKE` on the body
@@ -252,10 +265,11 @@ pub fn compile(
         match &term.kind {
             TermKind::Text(text) => {
                 let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
-                match (fts_watermark, tokens.as_slice()) {
+                let indexed = fts_watermark.and_then(|wm| fts_query(&tokens).map(|q| (wm, q)));
+                match (tokens.as_slice(), indexed) {
                     // No token: matches nothing, as in the index and the live stream.
-                    (_, []) => w.sql.push('0'),
-                    (Some(wm), _) => {
+                    ([], _) => w.sql.push('0'),
+                    (_, Some((wm, query))) => {
                         // The index finds the events holding every token; for a phrase of
                         // several, `herald_text` checks that they are consecutive. CASE fixes
                         // the order: SQLite would otherwise call `herald_text` (which reads
@@ -264,7 +278,7 @@ pub fn compile(
                         w.sql.push_str(
                             "(CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
                         );
-                        w.param(SqlValue::Text(fts_query(&tokens)));
+                        w.param(SqlValue::Text(query));
                         w.sql.push_str(") THEN ");
                         // A single ASCII token is found exactly as `herald_text` would; the
                         // index's tokenizer cuts some other scripts differently (combining
@@ -284,7 +298,7 @@ pub fn compile(
                         text_scan(&mut w, text);
                         w.sql.push_str(" ELSE 0 END)");
                     }
-                    (None, _) => text_scan(&mut w, text),
+                    (_, None) => text_scan(&mut w, text),
                 }
             }
             TermKind::Field { field, cond } => {
@@ -430,5 +444,29 @@ mod tests {
             greek.contains("THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END"),
             "{greek}"
         );
+    }
+
+    /// The index's tokenizer cuts at combining marks: each piece is asked for on its own (a
+    /// quoted string with two pieces would be a phrase, refused by a `detail=none` index).
+    #[test]
+    fn fts_queries_ask_for_what_the_index_holds() {
+        let q = |toks: &[&str]| fts_query(&toks.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            q(&["kettle", "tea"]).as_deref(),
+            Some("\"kettle\" AND \"tea\"")
+        );
+        assert_eq!(
+            q(&["क्षेत्र"]).as_deref(),
+            Some("\"क\" AND \"ष\" AND \"त\" AND \"र\"")
+        );
+        assert_eq!(
+            q(&["οδος", "naïve"]).as_deref(),
+            Some("\"οδος\" AND \"naïve\"")
+        );
+        // A token of combining marks only is not in the index at all.
+        assert_eq!(q(&["\u{094D}\u{0947}"]), None);
+        let f = Filter::parse("\u{094D}\u{0947}", 0).unwrap();
+        let w = compile(&f, &Access::all(), None, None, None, Some(7));
+        assert!(!w.sql.contains("MATCH"), "{}", w.sql);
     }
 }
