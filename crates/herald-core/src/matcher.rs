@@ -74,12 +74,33 @@ fn parse_range(ev: &PreparedEvent, r: Option<std::ops::Range<usize>>) -> Option<
 }
 
 /// Cuts text into lowercase tokens: runs of letters and digits, everything else separates
-/// them. The full-text index is configured to cut the same way (FTS5 `unicode61` with
-/// `remove_diacritics 0`).
+/// them. The full-text index is given these tokens ([`token_text`]) and cuts only between
+/// them, so it agrees in every script.
 pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
         .map(|t| t.to_lowercase())
+}
+
+/// The tokens of `text`, as [`tokens`] cuts them, joined by single spaces: what the full-text
+/// index is given, so that its own tokenizer (which cuts some scripts differently) sees the
+/// same words as a query does. ASCII tokens are copied without an allocation each.
+pub fn token_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for tok in text.split(|c: char| !c.is_alphanumeric()) {
+        if tok.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if tok.is_ascii() {
+            out.extend(tok.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            out.push_str(&tok.to_lowercase());
+        }
+    }
+    out
 }
 
 /// True when the tokens of `phrase` appear consecutively in `haystack` (already tokens). A
@@ -292,6 +313,24 @@ impl Matcher {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_text_is_the_tokens_joined() {
+        for text in [
+            "",
+            "Hello, World!",
+            "{\"org\":\"org-0001\",\"n\":5}",
+            "İstanbul straße ǅemal ﬁle ΟΔΟΣ οδος",
+            "क्षेत्र नमस्ते 😀 a\u{E000}b",
+            "  --  ",
+        ] {
+            assert_eq!(
+                token_text(text),
+                tokens(text).collect::<Vec<_>>().join(" "),
+                "{text}"
+            );
+        }
+    }
+
     use super::*;
     use crate::event::test_event;
 

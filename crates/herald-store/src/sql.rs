@@ -81,23 +81,13 @@ fn prefix_upper(prefix: &str) -> String {
 }
 
 /// An FTS5 query asking for every token (each quoted, so none is read as an operator), or
-/// `None` when the index holds none of them (the term must then be scanned).
-///
-/// The index's tokenizer (`unicode61`) keeps only letters, numbers and private-use
-/// characters in a token, so it cuts some of the core's tokens further, at combining marks
-/// (Devanagari vowel signs, for one). A quoted string it cuts in two is a phrase, which a
-/// `detail=none` index refuses: each piece is quoted on its own instead, and `herald_text`
-/// confirms what the index finds (see [`compile`]).
+/// `None` without tokens. The index holds the core's tokens and its `ascii` tokenizer never
+/// cuts one (see `sqlite::FTS_SCHEMA`), so each quoted token is one token, never a phrase
+/// (which a `detail=none` index refuses).
 pub(crate) fn fts_query(tokens: &[String]) -> Option<String> {
-    static SEPARATORS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let sep = SEPARATORS.get_or_init(|| {
-        regex::Regex::new(r"[^\p{L}\p{N}\p{Co}]+").expect("static separator pattern")
-    });
     let quoted: Vec<String> = tokens
         .iter()
-        .flat_map(|t| sep.split(t))
-        .filter(|piece| !piece.is_empty())
-        .map(|piece| format!("\"{}\"", piece.replace('"', "\"\"")))
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
         .collect();
     (!quoted.is_empty()).then(|| quoted.join(" AND "))
 }
@@ -280,10 +270,8 @@ pub fn compile(
                         );
                         w.param(SqlValue::Text(query));
                         w.sql.push_str(") THEN ");
-                        // A single ASCII token is found exactly as `herald_text` would; the
-                        // index's tokenizer cuts some other scripts differently (combining
-                        // marks, final sigma), so `herald_text` confirms those.
-                        if tokens.len() > 1 || tokens.iter().any(|t| !t.is_ascii()) {
+                        // The index holds the core's tokens: one token is found exactly.
+                        if tokens.len() > 1 {
                             w.sql.push_str("herald_text(");
                             w.sql.push_str(BODY);
                             w.sql.push_str(", ");
@@ -429,44 +417,37 @@ mod tests {
         );
     }
 
-    /// A single token found by the full-text index is taken as is when ASCII (both
-    /// tokenizers cut ASCII alike) and confirmed by `herald_text` otherwise.
+    /// A single token found by the full-text index is taken as is, in any script (the index
+    /// holds the core's tokens); a phrase is confirmed by `herald_text`.
     #[test]
-    fn non_ascii_tokens_are_confirmed() {
+    fn single_tokens_are_taken_from_the_index() {
         let one = |text: &str| {
             let f = Filter::parse(text, 0).unwrap();
             compile(&f, &Access::all(), None, None, None, Some(7)).sql
         };
-        let ascii = one("kettle");
-        assert!(ascii.contains("THEN 1 ELSE 0 END"), "{ascii}");
-        let greek = one("ΟΔΟΣ");
+        for word in ["kettle", "ΟΔΟΣ", "naïve"] {
+            let sql = one(word);
+            assert!(sql.contains("THEN 1 ELSE 0 END"), "{word}: {sql}");
+        }
+        let phrase = one("\"green tea\"");
         assert!(
-            greek.contains("THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END"),
-            "{greek}"
+            phrase.contains("THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END"),
+            "{phrase}"
         );
     }
 
-    /// The index's tokenizer cuts at combining marks: each piece is asked for on its own (a
-    /// quoted string with two pieces would be a phrase, refused by a `detail=none` index).
+    /// Each token is quoted on its own, whatever its script.
     #[test]
-    fn fts_queries_ask_for_what_the_index_holds() {
+    fn fts_queries_quote_each_token() {
         let q = |toks: &[&str]| fts_query(&toks.iter().map(|t| t.to_string()).collect::<Vec<_>>());
         assert_eq!(
             q(&["kettle", "tea"]).as_deref(),
             Some("\"kettle\" AND \"tea\"")
         );
         assert_eq!(
-            q(&["क्षेत्र"]).as_deref(),
-            Some("\"क\" AND \"ष\" AND \"त\" AND \"र\"")
+            q(&["क्षेत्र", "i\u{307}stanbul"]).as_deref(),
+            Some("\"क्षेत्र\" AND \"i\u{307}stanbul\"")
         );
-        assert_eq!(
-            q(&["οδος", "naïve"]).as_deref(),
-            Some("\"οδος\" AND \"naïve\"")
-        );
-        // A token of combining marks only is not in the index at all.
-        assert_eq!(q(&["\u{094D}\u{0947}"]), None);
-        let f = Filter::parse("\u{094D}\u{0947}", 0).unwrap();
-        let w = compile(&f, &Access::all(), None, None, None, Some(7));
-        assert!(!w.sql.contains("MATCH"), "{}", w.sql);
+        assert_eq!(q(&[]), None);
     }
 }

@@ -218,14 +218,18 @@ fn backfill_readers(conn: &Connection) -> rusqlite::Result<()> {
 /// SQLite allows one writer per file, so indexing text in parallel with the event writer
 /// uses the second core instead of lengthening every commit.
 ///
-/// The tokenizer cuts text exactly as [`herald_core::matcher::tokens`] does (letters and
-/// digits, case folded, diacritics kept), so the index, the scan of its tail and the live
-/// stream agree. `detail=none` keeps only which events hold a token, not where: the index is
+/// The index is given each event's tokens as [`herald_core::matcher::tokens`] cuts them,
+/// joined by spaces ([`herald_core::matcher::token_text`]), and FTS5's `ascii` tokenizer
+/// cuts only at those spaces (every non-ASCII character is part of a token; the tokens are
+/// already lowercase). So the index holds exactly the core's tokens, and the index, the scan
+/// of its tail and the live stream agree, in every script. (`unicode61`, used before, cut
+/// some words at combining marks and kept others whole, unlike the core.) `detail=none`
+/// keeps only which events hold a token, not where: the index is
 /// about half as large and much cheaper to write; a phrase is found as "all its tokens", and
 /// `herald_text` then checks that they are consecutive (see `sql::compile`). An index built
 /// with other settings is dropped and rebuilt at start.
 const FTS_SCHEMA: &str = "
-CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(text, content='', contentless_delete=1, detail=none, tokenize='unicode61 remove_diacritics 0');
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(text, content='', contentless_delete=1, detail=none, tokenize='ascii');
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 /// FTS5 settings (kept in the index's own config table): merge segments only when 16 of a
@@ -235,7 +239,7 @@ const FTS_TUNING: &str = "
 INSERT INTO events_fts(events_fts, rank) VALUES('automerge', 16);
 INSERT INTO events_fts(events_fts, rank) VALUES('pgsz', 16000);
 ";
-const FTS_TOKENIZER: &str = "detail=none, tokenize='unicode61 remove_diacritics 0'";
+const FTS_TOKENIZER: &str = "detail=none, tokenize='ascii'";
 
 /// Creates the full-text schema, dropping an index built with another tokenizer (its
 /// watermark goes with it, so the start-up catch-up indexes every event again).
@@ -843,7 +847,10 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
             let body: String = r.get(1)?;
             // A stored body is a valid event; preparing it again yields the same search text.
             if let Ok(ev) = reprepare(&body, 0) {
-                ins.execute(params![seq, ev.search_text()])?;
+                ins.execute(params![
+                    seq,
+                    herald_core::matcher::token_text(&ev.search_text())
+                ])?;
             }
             last = seq as u64;
             n += 1;
@@ -1660,7 +1667,7 @@ impl FtsIndexer {
                 let mut ins =
                     tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
                 for (seq, text) in &self.pending {
-                    ins.execute(params![*seq as i64, text])?;
+                    ins.execute(params![*seq as i64, herald_core::matcher::token_text(text)])?;
                 }
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -2372,9 +2379,9 @@ mod tests {
         store
     }
 
-    /// Words of scripts with combining marks are found through the index (which cuts them
-    /// at the marks) and confirmed by the core's tokenizer; before, such a word made FTS5
-    /// refuse the query ("phrase queries are not supported").
+    /// Words of scripts with combining marks are found through the index, which holds the
+    /// core's tokens; before, `unicode61` cut such a word in pieces and FTS5 refused the
+    /// query ("phrase queries are not supported"), or missed the event (`İstanbul`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn words_with_combining_marks_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2391,10 +2398,13 @@ mod tests {
                 crate::contract::event(
                     r#"{"id":"2","source":"/s","type":"a","data":{"msg":"क्षत्रिय"}}"#,
                 ),
+                crate::contract::event(
+                    r#"{"id":"3","source":"/s","type":"a","data":{"msg":"İstanbul"}}"#,
+                ),
             ])
             .await
             .unwrap();
-        wait_for_fulltext(&store, 2).await;
+        wait_for_fulltext(&store, 3).await;
         let seqs = |filter: &'static str| {
             let q = EventQuery {
                 filter: herald_core::Filter::parse(filter, 0).unwrap(),
@@ -2408,13 +2418,51 @@ mod tests {
                 page.events.iter().map(|e| e.seq).collect::<Vec<u64>>()
             }
         };
-        // Event 2 holds the same letters (क, ष, त, र) in another word: the index finds it
-        // too, and the core's tokenizer rules it out.
+        // Event 2 holds the same letters (क, ष, त, र) in another word.
         assert_eq!(seqs("क्षेत्र").await, vec![1]);
         assert_eq!(seqs("नमस्ते").await, vec![1]);
         assert_eq!(seqs("क्षत्रिय").await, vec![2]);
         assert_eq!(seqs("\"क्षेत्र नमस्ते\"").await, vec![1]);
         assert!(seqs("नमस्कार").await.is_empty());
+        // The core lowercases İ to i and a combining dot; the index holds that token.
+        assert_eq!(seqs("İstanbul").await, vec![3]);
+        store.close().await;
+        drop(store);
+
+        // An index built with the tokenizer of earlier versions is rebuilt at start.
+        let fts = Connection::open(dir.path().join("fts.db")).unwrap();
+        fts.execute_batch(
+            "DROP TABLE events_fts;
+             CREATE VIRTUAL TABLE events_fts USING fts5(text, content='', contentless_delete=1, detail=none, tokenize='unicode61 remove_diacritics 0');
+             INSERT INTO events_fts (rowid, text) VALUES (3, 'İstanbul');",
+        )
+        .unwrap();
+        drop(fts);
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        })
+        .expect("reopen");
+        wait_for_fulltext(&store, 3).await;
+        for (filter, want) in [("İstanbul", 1), ("क्षेत्र", 1), ("नमस्कार", 0)]
+        {
+            let q = EventQuery {
+                filter: herald_core::Filter::parse(filter, 0).unwrap(),
+                limit: 10,
+                access: Access::all(),
+                ..EventQuery::default()
+            };
+            assert_eq!(store.query(q).await.unwrap().events.len(), want, "{filter}");
+        }
+        let fts = Connection::open(dir.path().join("fts.db")).unwrap();
+        let sql: String = fts
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'events_fts'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains(FTS_TOKENIZER), "{sql}");
         store.close().await;
     }
 
