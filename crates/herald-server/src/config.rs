@@ -103,10 +103,7 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("herald-data"),
             fulltext: true,
             indexed_paths: Vec::new(),
-            attribute_indexes: herald_store::ATTRIBUTE_INDEXES
-                .iter()
-                .map(|a| a.0.to_string())
-                .collect(),
+            attribute_indexes: herald_store::SqliteOptions::default().attribute_indexes,
             queue_capacity: 4096,
             max_commit_events: 50_000,
             read_connections: 4,

@@ -779,12 +779,12 @@ fn sync_attribute_indexes(conn: &Connection, wanted: &[String]) -> Result<(), St
             known.join(", ")
         )));
     }
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     for (attr, name, def) in ATTRIBUTE_INDEXES {
-        let exists: bool = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
-            [name],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
+        let exists = existing.iter().any(|e| e == name);
         let want = wanted.iter().any(|w| w == attr);
         if want && !exists {
             tracing::info!(
@@ -1782,20 +1782,18 @@ fn drive_by_text_hits(
             TextDrive::Unknown
         });
     };
-    {
-        let mut inner = std::mem::take(&mut w.sql);
-        if inner.is_empty() {
-            inner.push('1');
-        }
-        w.sql = format!(
-            "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL SELECT seq FROM events WHERE seq > ?) AND ({inner})"
-        );
-        w.params.insert(
-            0,
-            rusqlite::types::Value::Integer(i64::try_from(watermark).unwrap_or(i64::MAX)),
-        );
-        w.params.insert(0, rusqlite::types::Value::Text(query));
+    let mut inner = std::mem::take(&mut w.sql);
+    if inner.is_empty() {
+        inner.push('1');
     }
+    w.sql = format!(
+        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL SELECT seq FROM events WHERE seq > ?) AND ({inner})"
+    );
+    w.params.insert(
+        0,
+        rusqlite::types::Value::Integer(i64::try_from(watermark).unwrap_or(i64::MAX)),
+    );
+    w.params.insert(0, rusqlite::types::Value::Text(query));
     Ok(TextDrive::Driven)
 }
 

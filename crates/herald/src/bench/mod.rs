@@ -72,10 +72,7 @@ pub struct Common {
 impl Common {
     fn attribute_indexes(&self) -> Vec<String> {
         match &self.attribute_indexes {
-            None => herald_store::ATTRIBUTE_INDEXES
-                .iter()
-                .map(|a| a.0.to_string())
-                .collect(),
+            None => SqliteOptions::default().attribute_indexes,
             Some(v) => v.iter().filter(|a| a.as_str() != "none").cloned().collect(),
         }
     }
