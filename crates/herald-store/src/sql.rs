@@ -23,6 +23,76 @@ pub struct Where {
 /// reads it from its segment, or from the row for events stored before segments.
 pub const BODY: &str = "herald_body(body,loc,len)";
 
+/// An event's day in SQL: its `time` divided by a day's microseconds, truncated toward zero
+/// like Rust's `/` (see [`day_of`]). The day-bucketed indexes (attributes and paths) lead
+/// with exactly this text, so that SQLite matches it in queries.
+pub const DAY_EXPR: &str = "time/86400000000";
+
+/// A day in microseconds.
+pub const DAY_US: i64 = 86_400_000_000;
+
+/// The day of an event time, as [`DAY_EXPR`] computes it.
+pub fn day_of(time_us: i64) -> i64 {
+    time_us / DAY_US
+}
+
+/// The times whose day is `day`, as `[from, to)`. Truncation toward zero makes day 0 twice
+/// as long as the others (it holds the day on each side of the epoch).
+pub fn day_span(day: i64) -> (i64, i64) {
+    let from = match day {
+        d if d > 0 => d.saturating_mul(DAY_US),
+        d => d.saturating_sub(1).saturating_mul(DAY_US).saturating_add(1),
+    };
+    let to = match day {
+        d if d >= 0 => d.saturating_add(1).saturating_mul(DAY_US),
+        d => d.saturating_mul(DAY_US).saturating_add(1),
+    };
+    (from, to)
+}
+
+/// The days a listing may hold, lowest and highest (inclusive), from its bounds.
+pub fn day_range(
+    since_us: Option<i64>,
+    until_us: Option<i64>,
+    cursor: Option<Cursor>,
+) -> (i64, i64) {
+    let lo = since_us.map_or(i64::MIN, day_of);
+    let mut hi = until_us.map_or(i64::MAX, |u| day_of(u.saturating_sub(1)));
+    if let Some(c) = cursor {
+        hi = hi.min(day_of(c.time_us));
+    }
+    (lo, hi)
+}
+
+/// Whether a listing is read day by day: a positive condition of the filter, or the caller's
+/// tenant or subject restriction, is on an attribute or path whose index is bucketed by day
+/// (it leads with [`DAY_EXPR`], so it serves a query one day at a time). Reading day by day
+/// costs one statement per day that holds events; an attribute or path without an index
+/// is then scanned day by day, newest first, which is the work one statement would do.
+pub fn day_indexed(filter: &Filter, access: &Access) -> bool {
+    if access.only_tenants.as_ref().is_some_and(|t| !t.is_empty()) || access.only_subject.is_some()
+    {
+        return true;
+    }
+    filter.terms.iter().any(|t| {
+        let TermKind::Field { field, cond } = &t.kind else {
+            return false;
+        };
+        !t.negated
+            && !matches!(cond, Cond::Exists)
+            && matches!(
+                field,
+                Field::Tenant
+                    | Field::Actor
+                    | Field::Subject
+                    | Field::CorrelationId
+                    | Field::CausationId
+                    | Field::Data(_)
+                    | Field::Context(_)
+            )
+    })
+}
+
 /// The SQL expression reading a `data.`/`context.` path out of the stored body. The path
 /// indexes are created on exactly this text, so queries and indexes must both use it.
 pub fn path_expr(root: &str, segs: &[String]) -> String {
@@ -434,6 +504,90 @@ mod tests {
             phrase.contains("THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END"),
             "{phrase}"
         );
+    }
+
+    /// A day's span holds exactly the times whose day it is, on both sides of the epoch
+    /// (SQLite's integer division truncates toward zero, as Rust's does).
+    #[test]
+    fn day_spans_match_day_of() {
+        for t in [
+            0,
+            1,
+            -1,
+            DAY_US - 1,
+            DAY_US,
+            -DAY_US + 1,
+            -DAY_US,
+            -DAY_US - 1,
+            3 * DAY_US + 5,
+            -3 * DAY_US - 5,
+            -3 * DAY_US,
+            1_790_000_000_000_000,
+            -62_135_596_800_000_000,
+        ] {
+            let d = day_of(t);
+            let (from, to) = day_span(d);
+            assert!(from <= t && t < to, "{t} is not in day {d}: [{from}, {to})");
+            assert_eq!(day_of(from), d, "start of day {d}");
+            assert_eq!(day_of(to - 1), d, "end of day {d}");
+            assert_ne!(day_of(from - 1), d, "before day {d}");
+            assert_ne!(day_of(to), d, "after day {d}");
+        }
+        assert_eq!(day_span(0), (-DAY_US + 1, DAY_US));
+    }
+
+    #[test]
+    fn day_ranges_follow_bounds_and_cursor() {
+        assert_eq!(day_range(None, None, None), (i64::MIN, i64::MAX));
+        let c = Cursor {
+            time_us: 3 * DAY_US + 7,
+            seq: 1,
+        };
+        assert_eq!(day_range(Some(DAY_US), Some(5 * DAY_US), None), (1, 4));
+        assert_eq!(day_range(Some(DAY_US), Some(5 * DAY_US), Some(c)), (1, 3));
+        assert_eq!(
+            day_range(None, Some(2 * DAY_US + 1), Some(c)),
+            (i64::MIN, 2)
+        );
+    }
+
+    #[test]
+    fn listings_on_attributes_and_paths_are_read_day_by_day() {
+        let by_day = |f: &str, access: &Access| day_indexed(&Filter::parse(f, 0).unwrap(), access);
+        let all = Access::all();
+        for f in [
+            "actor:user:1",
+            "tenant:a,b",
+            "subject:x*",
+            "correlationid:c",
+            "causationid:c",
+            "data.org:o",
+            "context.a.b:>3",
+            "type:t actor:u",
+        ] {
+            assert!(by_day(f, &all), "{f}");
+        }
+        for f in [
+            "",
+            "type:t",
+            "-actor:u",
+            "data.org:*",
+            "severity:>=error",
+            "word",
+            "source:/s",
+        ] {
+            assert!(!by_day(f, &all), "{f}");
+        }
+        let restricted = Access {
+            only_tenants: Some(vec!["a".into()]),
+            ..Access::all()
+        };
+        assert!(by_day("type:t", &restricted));
+        let viewer = Access {
+            only_subject: Some("s".into()),
+            ..Access::default()
+        };
+        assert!(by_day("", &viewer));
     }
 
     /// Each token is quoted on its own, whatever its script.
