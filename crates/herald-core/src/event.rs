@@ -104,6 +104,40 @@ impl PreparedEvent {
     }
 }
 
+impl PreparedEvent {
+    /// The tokens of [`PreparedEvent::search_text`], as
+    /// [`crate::matcher::token_text`] joins them, cut straight from the event's parts
+    /// (without building the search text first): what the full-text index is given.
+    pub fn token_text(&self) -> String {
+        let mut t = String::with_capacity(
+            64 + [&self.data_range, &self.context_range]
+                .into_iter()
+                .flatten()
+                .map(|r| r.len())
+                .sum::<usize>(),
+        );
+        for part in [
+            Some(self.ty.as_str()),
+            Some(self.source.as_str()),
+            self.subject.as_deref(),
+            self.actor.as_deref(),
+            self.tenant.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            crate::matcher::push_tokens(&mut t, part);
+        }
+        for r in [&self.data_range, &self.context_range]
+            .into_iter()
+            .flatten()
+        {
+            crate::matcher::push_tokens(&mut t, &self.body_tail[r.clone()]);
+        }
+        t
+    }
+}
+
 /// The search text of a stored event (its canonical JSON), equal to
 /// [`PreparedEvent::search_text`] of the event it was made from. Used where only the stored
 /// body is at hand (text terms on events the full-text index does not hold yet).
@@ -993,6 +1027,23 @@ mod tests {
             new_id: &mut new_id,
         };
         prepare_json(raw, "/0", &mut ctx)
+    }
+
+    /// The full-text index's tokens, cut from the event's parts, are the tokens of its search
+    /// text and of the search text of its stored body.
+    #[test]
+    fn token_text_is_the_search_texts_tokens() {
+        for raw in [
+            r#"{"id":"1","source":"/S","type":"a.b"}"#,
+            r#"{"id":"1","source":"/s","type":"t","subject":"p-1","actor":"user:7","tenant":"Org-1","data":{"note":"İstanbul straße","n":[1,2.5,"x-y"]},"context":{"ip":"10.0.0.1"}}"#,
+            r#"{"id":"1","source":"/s","type":"t","data":"क्षेत्र नमस्ते"}"#,
+        ] {
+            let ev = test_event(raw);
+            let want = crate::matcher::token_text(&ev.search_text());
+            assert_eq!(ev.token_text(), want, "{raw}");
+            let stored = search_text_of(&ev.body_with_seq(3)).expect("stored body");
+            assert_eq!(crate::matcher::token_text(&stored), want, "{raw}");
+        }
     }
 
     fn check(raw: &str, expect: Expect) {

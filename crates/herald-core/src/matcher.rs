@@ -84,9 +84,42 @@ pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// The tokens of `text`, as [`tokens`] cuts them, joined by single spaces: what the full-text
 /// index is given, so that its own tokenizer (which cuts some scripts differently) sees the
-/// same words as a query does. ASCII tokens are copied without an allocation each.
+/// same words as a query does.
 pub fn token_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    push_tokens(&mut out, text);
+    out
+}
+
+/// Appends the tokens of `text` to `out` as [`token_text`] joins them, after a space when
+/// `out` is not empty: so pushing several texts gives the tokens of those texts joined by
+/// spaces. ASCII text (most events) is cut byte by byte; a token is copied without an
+/// allocation of its own unless it is not ASCII.
+pub fn push_tokens(out: &mut String, text: &str) {
+    if text.is_ascii() {
+        // For ASCII, `char::is_alphanumeric` is `u8::is_ascii_alphanumeric` and lowercasing
+        // is ASCII lowercasing; every byte index is a char boundary.
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            while i < b.len() && !b[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            let start = i;
+            while i < b.len() && b[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            if start < i {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                let at = out.len();
+                out.push_str(&text[start..i]);
+                out[at..].make_ascii_lowercase();
+            }
+        }
+        return;
+    }
     for tok in text.split(|c: char| !c.is_alphanumeric()) {
         if tok.is_empty() {
             continue;
@@ -95,12 +128,13 @@ pub fn token_text(text: &str) -> String {
             out.push(' ');
         }
         if tok.is_ascii() {
-            out.extend(tok.chars().map(|c| c.to_ascii_lowercase()));
+            let at = out.len();
+            out.push_str(tok);
+            out[at..].make_ascii_lowercase();
         } else {
             out.push_str(&tok.to_lowercase());
         }
     }
-    out
 }
 
 /// True when the tokens of `phrase` appear consecutively in `haystack` (already tokens). A
@@ -322,6 +356,9 @@ mod tests {
             "İstanbul straße ǅemal ﬁle ΟΔΟΣ οδος",
             "क्षेत्र नमस्ते 😀 a\u{E000}b",
             "  --  ",
+            "a",
+            "-A-",
+            "Mozilla/5.0 (X11; Linux x86_64) 10.0.0.1 ÉCOLE école",
         ] {
             assert_eq!(
                 token_text(text),
@@ -329,6 +366,30 @@ mod tests {
                 "{text}"
             );
         }
+        // Every ASCII string of up to three characters from a mixed alphabet, through the
+        // byte path, against the char path of `tokens`.
+        let alphabet = ['a', 'Z', '0', ' ', '-', '_', '.', '~'];
+        let mut strings = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = strings
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            strings.extend(longer);
+        }
+        for text in &strings {
+            assert_eq!(
+                token_text(text),
+                tokens(text).collect::<Vec<_>>().join(" "),
+                "{text:?}"
+            );
+        }
+        // Pushing texts one after another is cutting them joined by a space.
+        let mut out = String::new();
+        for part in ["Type.A", "", "ΟΔΟΣ-x", "  ", "y"] {
+            push_tokens(&mut out, part);
+        }
+        assert_eq!(out, token_text("Type.A  ΟΔΟΣ-x    y"));
     }
 
     use super::*;

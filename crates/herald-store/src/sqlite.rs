@@ -500,12 +500,14 @@ impl SqliteStore {
             failed,
         };
         let fts_thread = if opts.fulltext {
-            let (ftx, frx) = sync_channel(64);
+            // Each message is one commit's events (up to 100,000, or 1 s of them).
+            let (ftx, frx) = sync_channel(16);
             indexer.fts_tx = Some(ftx);
             let fts = FtsIndexer {
                 conn: fts_conn,
                 rx: frx,
                 pending: Vec::new(),
+                pending_events: 0,
                 watermark: fts_watermark.clone(),
             };
             Some(
@@ -867,10 +869,7 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
             let body: String = r.get(1)?;
             // A stored body is a valid event; preparing it again yields the same search text.
             if let Ok(ev) = reprepare(&body, 0) {
-                ins.execute(params![
-                    seq,
-                    herald_core::matcher::token_text(&ev.search_text())
-                ])?;
+                ins.execute(params![seq, ev.token_text()])?;
             }
             last = seq as u64;
             n += 1;
@@ -1488,10 +1487,10 @@ struct Indexer {
     txn_started: Option<Instant>,
     txn_events: usize,
     days: Days,
-    /// Search texts of events in the open transaction, handed to the full-text thread after
-    /// the commit.
-    fts_batch: Vec<(u64, String)>,
-    fts_tx: Option<SyncSender<Vec<(u64, String)>>>,
+    /// The batches of the open transaction, handed to the full-text thread after the commit
+    /// (it cuts their text itself, off this thread).
+    fts_batch: Vec<LiveBatch>,
+    fts_tx: Option<SyncSender<Vec<LiveBatch>>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -1588,9 +1587,9 @@ impl Indexer {
                 &ev.event,
                 BodyAt::Segment(loc, len),
             )?;
-            if self.fts_tx.is_some() {
-                self.fts_batch.push((ev.seq, ev.event.search_text()));
-            }
+        }
+        if self.fts_tx.is_some() {
+            self.fts_batch.push(batch.events.clone());
         }
         Ok(())
     }
@@ -1671,7 +1670,7 @@ impl Indexer {
             // Bounded: if text indexing falls behind, the indexer waits here (and, past
             // its backlog, the writer and then ingest).
             let t = Instant::now();
-            let n = self.fts_batch.len();
+            let n = self.fts_batch.iter().map(|b| b.len()).sum();
             let sent =
                 self.fts_batch.is_empty() || tx.send(std::mem::take(&mut self.fts_batch)).is_ok();
             slow("waiting for the full-text thread", t, n);
@@ -1694,8 +1693,10 @@ const FTS_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(200)
 /// The full-text thread: owns `fts.db`, indexes what the writer committed.
 struct FtsIndexer {
     conn: Connection,
-    rx: Receiver<Vec<(u64, String)>>,
-    pending: Vec<(u64, String)>,
+    rx: Receiver<Vec<LiveBatch>>,
+    /// Committed batches not in the index yet, and how many events they hold.
+    pending: Vec<LiveBatch>,
+    pending_events: usize,
     /// Every event with `seq <=` this is in the index (shared with readers).
     watermark: Arc<AtomicU64>,
 }
@@ -1706,11 +1707,14 @@ impl FtsIndexer {
         let mut flushed_at = Instant::now();
         loop {
             match self.rx.recv_timeout(FTS_MAX_DELAY) {
-                Ok(batch) => self.pending.extend(batch),
+                Ok(batches) => {
+                    self.pending_events += batches.iter().map(|b| b.len()).sum::<usize>();
+                    self.pending.extend(batches);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if self.pending.len() >= FTS_BATCH
+            if self.pending_events >= FTS_BATCH
                 || (!self.pending.is_empty() && flushed_at.elapsed() >= FTS_MAX_DELAY)
             {
                 self.flush();
@@ -1722,7 +1726,7 @@ impl FtsIndexer {
 
     /// Writes pending rows in one transaction and advances the watermark.
     fn flush(&mut self) {
-        let Some(last) = self.pending.last().map(|(seq, _)| *seq) else {
+        let Some(last) = self.pending.last().and_then(|b| b.last()).map(|e| e.seq) else {
             return;
         };
         let res = (|| -> rusqlite::Result<()> {
@@ -1732,8 +1736,8 @@ impl FtsIndexer {
             {
                 let mut ins =
                     tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
-                for (seq, text) in &self.pending {
-                    ins.execute(params![*seq as i64, herald_core::matcher::token_text(text)])?;
+                for ev in self.pending.iter().flat_map(|b| b.iter()) {
+                    ins.execute(params![ev.seq as i64, ev.event.token_text()])?;
                 }
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1745,12 +1749,13 @@ impl FtsIndexer {
         match res {
             Ok(()) => {
                 self.pending.clear();
+                self.pending_events = 0;
                 self.watermark.store(last, Ordering::Release);
             }
             // The events are stored; only their text index lags. Queries still find them by
             // scanning the tail, and the next flush (or the next start) retries.
             Err(e) => {
-                tracing::warn!(error = %e, pending = self.pending.len(), "full-text indexing failed; will retry")
+                tracing::warn!(error = %e, pending = self.pending_events, "full-text indexing failed; will retry")
             }
         }
     }
