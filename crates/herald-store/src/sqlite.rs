@@ -200,11 +200,13 @@ ALTER TABLE events ADD COLUMN len INTEGER;
     // (`sql::DAY_EXPR`), so that ingest inserts into one day's part of each, which stays
     // in memory, instead of at random places in the whole history. `days` lists the days
     // that hold events (the indexer adds a day when it first sees one), so that a listing
-    // reads the days that exist, one at a time. The new indexes are built by
+    // reads the days that exist, one at a time. `meta.days_seq`: every event up to this seq
+    // has its day in `days` (see `complete_days`). The new indexes are built by
     // `sync_attribute_indexes` and `sync_path_indexes`.
     r#"
 CREATE TABLE days (day INTEGER PRIMARY KEY);
 INSERT INTO days SELECT DISTINCT time/86400000000 FROM events;
+INSERT OR REPLACE INTO meta (key, value) SELECT 'days_seq', coalesce(max(seq), 0) FROM events;
 DROP INDEX IF EXISTS events_tenant_time;
 DROP INDEX IF EXISTS events_actor_time;
 DROP INDEX IF EXISTS events_subject_time;
@@ -400,6 +402,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 100_000)?;
         configure(&conn, &opts)?;
         migrate(&conn)?;
+        complete_days(&conn)?;
         let seg_dir = segments_dir(&opts.data_dir);
         let segments = SegmentReader::new(&seg_dir);
         register_body_function(&conn, segments.clone())?;
@@ -1130,6 +1133,47 @@ fn mark_indexed(conn: &Connection, seq: u64, loc: i64, len: usize) -> rusqlite::
         "INSERT INTO meta (key, value) VALUES ('indexed', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?
     .execute(params![format!("{seq} {loc} {len}")])?;
+    // Every event inserted by this code has its day in `days` (see `Days`).
+    mark_days(conn, seq)
+}
+
+fn mark_days(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('days_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![seq.to_string()])?;
+    Ok(())
+}
+
+/// Adds to `days` the days of events past `meta.days_seq`, which only this code advances:
+/// a server of an earlier version that kept running while another process (such as
+/// `herald key`) applied the migration that made `days` inserted events without adding
+/// their days. Usually no event is past the mark, and this is one lookup.
+fn complete_days(conn: &Connection) -> Result<(), StoreError> {
+    let mark: u64 = conn
+        .query_row("SELECT value FROM meta WHERE key = 'days_seq'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let newest: i64 =
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    if newest as u64 <= mark {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let added = tx.execute(
+        "INSERT OR IGNORE INTO days SELECT DISTINCT time/86400000000 FROM events WHERE seq > ?1",
+        [mark as i64],
+    )?;
+    mark_days(&tx, newest as u64)?;
+    tx.commit()?;
+    tracing::info!(
+        events = newest as u64 - mark,
+        days = added,
+        "listed the days of events stored without them"
+    );
     Ok(())
 }
 
@@ -1689,6 +1733,9 @@ impl Indexer {
 /// merge. Queries scan the not-yet-indexed tail, so results stay exact meanwhile.
 const FTS_BATCH: usize = 20_000;
 const FTS_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Events the full-text thread holds while its flushes fail before it gives up (see
+/// [`FtsIndexer::run`]).
+const FTS_MAX_PENDING: usize = 500_000;
 
 /// The full-text thread: owns `fts.db`, indexes what the writer committed.
 struct FtsIndexer {
@@ -1719,6 +1766,16 @@ impl FtsIndexer {
             {
                 self.flush();
                 flushed_at = Instant::now();
+            }
+            if self.pending_events > FTS_MAX_PENDING {
+                // Flushes keep failing (a full disk): holding more would grow without bound.
+                // Stopping makes the indexer stop handing events over; text queries scan
+                // the events past the watermark, and the next start indexes them.
+                tracing::error!(
+                    pending = self.pending_events,
+                    "the full-text index cannot be written; text search scans events past it until restart"
+                );
+                return;
             }
         }
         self.flush();
@@ -1892,6 +1949,14 @@ fn list_by_day(
     for day in days {
         if out.len() >= want {
             break;
+        }
+        // A budget (see `within`) covers the whole listing: the progress handler only sees
+        // one day's statement, which may be short.
+        if read_budget_spent() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+                None,
+            ));
         }
         let (from, to) = crate::sql::day_span(day);
         let head = [
@@ -3017,6 +3082,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page.events.len(), 10);
+        store.close().await;
+
+        // A server of the earlier version kept running after another process migrated the
+        // database: it stored an event without listing its day. The next start lists it.
+        {
+            // Registers `herald_body`, which the path index evaluates.
+            let conn = open_database(dir.path()).unwrap();
+            let t = 20_050 * DAY_US;
+            conn.execute(
+                "INSERT INTO events (seq, time, recorded, type, source, id, severity, actor, visibility, dkey, chash, body)
+                 VALUES (1000, ?1, ?1, 't', '/s', 'old', 1, 'user:1', 0, 1, 1, ?2)",
+                params![
+                    t,
+                    format!(
+                        r#"{{"seq":1000,"id":"old","source":"/s","type":"t","time":"{}","actor":"user:1","data":{{"org":"o1"}}}}"#,
+                        herald_core::timespec::format_rfc3339(t)
+                    )
+                ],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(opts()).expect("reopen");
+        let page = store
+            .query(EventQuery {
+                filter: herald_core::Filter::parse("actor:user:1 data.org:o1", 0).unwrap(),
+                limit: 100,
+                access: Access::all(),
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 11);
+        assert_eq!(page.events[0].seq, 1000);
         store.close().await;
     }
 
