@@ -1865,18 +1865,24 @@ fn within<T>(
 
 /// A listing with a text term walks the time index and tests each row against the term's
 /// full-text hits: tens of ms over a million events even when one event matches. When a
-/// positive text term has few hits (and the index's unindexed tail is short), this adds the
-/// redundant condition `seq IN (hits ∪ tail)` in front, which SQLite uses to fetch those
-/// rows by seq and sort them instead. Results are the same: the term itself still decides.
+/// positive text term has few hits, this adds the redundant condition `seq IN (hits ∪ tail)`
+/// in front, which SQLite uses to fetch those rows by seq and sort them instead; the tail is
+/// the events past the index's watermark within the listing's time bounds (`span`), which
+/// the walk would test one by one as well. Results are the same: the term itself still
+/// decides.
 fn drive_by_text_hits(
     conn: &Connection,
     filter: &herald_core::Filter,
     watermark: u64,
     acked: u64,
+    span: (Option<i64>, Option<i64>),
     w: &mut crate::sql::Where,
 ) -> Result<TextDrive, StoreError> {
     const FEW: i64 = 2000;
-    if acked.saturating_sub(watermark) > FEW as u64 {
+    // Past this, the index is so far behind (the indexer's backlog is at most 200,000) that
+    // the tail alone is a long read; walk instead.
+    const LONG_TAIL: u64 = 200_000;
+    if acked.saturating_sub(watermark) > LONG_TAIL {
         return Ok(TextDrive::Unknown);
     }
     let mut best: Option<(i64, String)> = None;
@@ -1914,14 +1920,25 @@ fn drive_by_text_hits(
     if inner.is_empty() {
         inner.push('1');
     }
-    w.sql = format!(
-        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL SELECT seq FROM events WHERE seq > ?) AND ({inner})"
-    );
-    w.params.insert(
-        0,
+    // The tail by seq (`+time` keeps SQLite off the time index, which would read the whole
+    // span), keeping only the events within the span.
+    let mut head = vec![
+        rusqlite::types::Value::Text(query),
         rusqlite::types::Value::Integer(i64::try_from(watermark).unwrap_or(i64::MAX)),
+    ];
+    let mut tail = String::from("SELECT seq FROM events WHERE seq > ?");
+    if let Some(since) = span.0 {
+        tail.push_str(" AND +time >= ?");
+        head.push(rusqlite::types::Value::Integer(since));
+    }
+    if let Some(until) = span.1 {
+        tail.push_str(" AND +time < ?");
+        head.push(rusqlite::types::Value::Integer(until));
+    }
+    w.sql = format!(
+        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL {tail}) AND ({inner})"
     );
-    w.params.insert(0, rusqlite::types::Value::Text(query));
+    w.params.splice(0..0, head);
     Ok(TextDrive::Driven)
 }
 
@@ -2068,7 +2085,14 @@ impl Store for SqliteStore {
             let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
             let mut found = None;
             if let Some(wm) = fts {
-                let driven = drive_by_text_hits(conn, &q.filter, wm, acked, &mut w)?;
+                let driven = drive_by_text_hits(
+                    conn,
+                    &q.filter,
+                    wm,
+                    acked,
+                    (q.since_us, q.until_us),
+                    &mut w,
+                )?;
                 // A common text term: the index's list of its hits costs tens of ms to build
                 // (every event holding the word), while a listing usually meets its page
                 // after testing a few hundred rows. So test the rows first (as for events
@@ -2593,7 +2617,10 @@ mod tests {
         let events: Vec<_> = (0..3000)
             .map(|i| {
                 crate::contract::event(&format!(
-                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"{}"}}}}"#,
+                    r#"{{"id":"{i}","source":"/s","type":"a","time":"{}","data":{{"msg":"{}"}}}}"#,
+                    herald_core::timespec::format_rfc3339(
+                        1_790_000_000_000_000 + i as i64 * 1_000_000
+                    ),
                     msg(i)
                 ))
             })
@@ -2765,16 +2792,47 @@ mod tests {
         .await;
         let wm = 3000;
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
-        let plan = |filter: &str| {
+        let drive = |filter: &str, wm: u64, span: (Option<i64>, Option<i64>)| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let mut w = compile(&f, &Access::all(), None, None, None, Some(wm));
-            drive_by_text_hits(&conn, &f, wm, wm, &mut w).unwrap();
-            plan_of(&conn, &w)
+            let mut w = compile(&f, &Access::all(), span.0, span.1, None, Some(wm));
+            let drive = drive_by_text_hits(&conn, &f, wm, 3000, span, &mut w).unwrap();
+            (drive, w)
         };
+        let plan = |filter: &str| plan_of(&conn, &drive(filter, wm, (None, None)).1);
         let rare = plan("kettle");
         assert!(rare.contains("INTEGER PRIMARY KEY"), "{rare}");
         let common = plan("tea");
         assert!(!common.contains("INTEGER PRIMARY KEY"), "{common}");
+        // An index far behind (here: as if it held only the first 500 events) still drives a
+        // rare term, with the tail tested row by row, and finds the same events, within any
+        // time bounds.
+        let seqs = |w: &crate::sql::Where| -> Vec<i64> {
+            conn.prepare(&format!(
+                "SELECT seq FROM events WHERE {} ORDER BY time DESC, seq DESC",
+                w.sql
+            ))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(w.params.iter()), |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        let (d, all) = drive("kettle", 500, (None, None));
+        assert_eq!(d, TextDrive::Driven);
+        assert_eq!(seqs(&all), seqs(&drive("kettle", wm, (None, None)).1));
+        assert_eq!(seqs(&all).len(), 3);
+        let times: Vec<i64> = conn
+            .prepare("SELECT time FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let span = (Some(times[1000]), Some(times[2500]));
+        let (d, bounded) = drive("kettle", 500, span);
+        assert_eq!(d, TextDrive::Driven);
+        assert_eq!(seqs(&bounded), seqs(&drive("kettle", wm, span).1));
+        assert_eq!(seqs(&bounded).len(), 2, "{times:?}");
         store.readers.conns.lock().unwrap().push(conn);
         let q = |filter: &str| EventQuery {
             filter: herald_core::Filter::parse(filter, 0).unwrap(),
