@@ -49,6 +49,28 @@ impl LiveEvent {
         let _ = write!(out, "{{\"seq\":{},", self.seq);
         out.push_str(&self.event.body_tail);
     }
+}
+
+/// What a filter reads of an event. A [`LiveEvent`] keeps what it parses (its `data`, its
+/// `context`, its tokens) for every subscriber that evaluates a filter on it; an [`Unshared`]
+/// view parses for one evaluation and keeps nothing, for events held in bulk (a listing of
+/// the events the index does not hold yet), where cached parses would multiply the memory.
+pub trait EventParts {
+    fn seq(&self) -> u64;
+    fn event(&self) -> &PreparedEvent;
+    fn data(&self) -> Option<&serde_json::Value>;
+    fn context(&self) -> Option<&serde_json::Value>;
+    fn text(&self) -> &[String];
+}
+
+impl EventParts for LiveEvent {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn event(&self) -> &PreparedEvent {
+        &self.event
+    }
 
     fn data(&self) -> Option<&serde_json::Value> {
         self.data
@@ -59,6 +81,77 @@ impl LiveEvent {
     fn context(&self) -> Option<&serde_json::Value> {
         self.context
             .get_or_init(|| parse_range(&self.event, self.event.context_range.clone()))
+            .as_ref()
+    }
+
+    fn text(&self) -> &[String] {
+        self.text
+            .get_or_init(|| tokens(&self.event.search_text()).collect())
+    }
+}
+
+impl<T: EventParts + ?Sized> EventParts for &T {
+    fn seq(&self) -> u64 {
+        (**self).seq()
+    }
+
+    fn event(&self) -> &PreparedEvent {
+        (**self).event()
+    }
+
+    fn data(&self) -> Option<&serde_json::Value> {
+        (**self).data()
+    }
+
+    fn context(&self) -> Option<&serde_json::Value> {
+        (**self).context()
+    }
+
+    fn text(&self) -> &[String] {
+        (**self).text()
+    }
+}
+
+/// An event seen for one evaluation: its parts are parsed when a term needs them and
+/// dropped with the view.
+pub struct Unshared<'a> {
+    seq: u64,
+    event: &'a PreparedEvent,
+    data: OnceLock<Option<serde_json::Value>>,
+    context: OnceLock<Option<serde_json::Value>>,
+    text: OnceLock<Vec<String>>,
+}
+
+impl<'a> Unshared<'a> {
+    pub fn new(seq: u64, event: &'a PreparedEvent) -> Unshared<'a> {
+        Unshared {
+            seq,
+            event,
+            data: OnceLock::new(),
+            context: OnceLock::new(),
+            text: OnceLock::new(),
+        }
+    }
+}
+
+impl EventParts for Unshared<'_> {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn event(&self) -> &PreparedEvent {
+        self.event
+    }
+
+    fn data(&self) -> Option<&serde_json::Value> {
+        self.data
+            .get_or_init(|| parse_range(self.event, self.event.data_range.clone()))
+            .as_ref()
+    }
+
+    fn context(&self) -> Option<&serde_json::Value> {
+        self.context
+            .get_or_init(|| parse_range(self.event, self.event.context_range.clone()))
             .as_ref()
     }
 
@@ -258,8 +351,8 @@ fn cond_holds(cond: &Cond, v: Sv<'_>) -> bool {
 }
 
 /// Evaluates one term, `None` when the field is absent (SQL NULL).
-fn term_value(ev: &LiveEvent, field: &Field, cond: &Cond) -> Option<bool> {
-    let e = &ev.event;
+fn term_value(ev: &impl EventParts, field: &Field, cond: &Cond) -> Option<bool> {
+    let e = ev.event();
     let text = |s: &Option<String>| s.as_deref().map(|t| cond_holds(cond, Sv::Text(t)));
     match field {
         Field::Type => Some(cond_holds(cond, Sv::Text(&e.ty))),
@@ -275,7 +368,7 @@ fn term_value(ev: &LiveEvent, field: &Field, cond: &Cond) -> Option<bool> {
         Field::Time => Some(cond_holds(cond, Sv::Int(e.time_us))),
         Field::Seq => Some(cond_holds(
             cond,
-            Sv::Int(i64::try_from(ev.seq).unwrap_or(i64::MAX)),
+            Sv::Int(i64::try_from(ev.seq()).unwrap_or(i64::MAX)),
         )),
         Field::Data(path) | Field::Context(path) => {
             let root = if matches!(field, Field::Data(_)) {
@@ -292,6 +385,43 @@ fn term_value(ev: &LiveEvent, field: &Field, cond: &Cond) -> Option<bool> {
             Some(cond_holds(cond, x.sv()))
         }
     }
+}
+
+/// False when the event's search text cannot hold every token of `phrase`: an ASCII token
+/// (tokens are lowercase) that occurs, in any case, in none of the parts the search text is
+/// made of. Tokens never span two parts, so this only rules out events that do not match;
+/// it spares cutting the text of most events for a rare word.
+fn may_hold(ev: &PreparedEvent, phrase: &[String]) -> bool {
+    let range =
+        |r: &Option<std::ops::Range<usize>>| r.as_ref().and_then(|r| ev.body_tail.get(r.clone()));
+    let parts = [
+        Some(ev.ty.as_str()),
+        Some(ev.source.as_str()),
+        ev.subject.as_deref(),
+        ev.actor.as_deref(),
+        ev.tenant.as_deref(),
+        range(&ev.data_range),
+        range(&ev.context_range),
+    ];
+    phrase.iter().filter(|t| t.is_ascii()).all(|t| {
+        parts
+            .iter()
+            .flatten()
+            .any(|p| contains_ascii_ci(p.as_bytes(), t.as_bytes()))
+    })
+}
+
+/// Whether `hay` contains `needle` (lowercase ASCII) in any ASCII case.
+fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let last_start = hay.len() - needle.len();
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), &hay[..=last_start])
+        .any(|i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
 }
 
 /// True when every term of `filter` matches the event.
@@ -326,14 +456,16 @@ impl Matcher {
     }
 
     /// True when every term of the filter matches the event.
-    pub fn matches(&self, ev: &LiveEvent) -> bool {
+    pub fn matches(&self, ev: &impl EventParts) -> bool {
         self.filter
             .terms
             .iter()
             .zip(&self.phrases)
             .all(|(t, phrase)| {
                 let v = match &t.kind {
-                    TermKind::Text(_) => Some(tokens_in(ev.text(), phrase)),
+                    TermKind::Text(_) => {
+                        Some(may_hold(ev.event(), phrase) && tokens_in(ev.text(), phrase))
+                    }
                     TermKind::Field { field, cond } => term_value(ev, field, cond),
                 };
                 if t.negated {
@@ -397,6 +529,68 @@ mod tests {
 
     fn live(json: &str) -> LiveEvent {
         LiveEvent::new(7, test_event(json))
+    }
+
+    #[test]
+    fn substrings_are_found_in_any_ascii_case() {
+        assert!(contains_ascii_ci(b"Kettle Boiled", b"boiled"));
+        assert!(contains_ascii_ci(b"xKETTLE", b"kettle"));
+        assert!(contains_ascii_ci(b"kettle", b"kettle"));
+        assert!(contains_ascii_ci(b"abc", b""));
+        assert!(!contains_ascii_ci(b"kettl", b"kettle"));
+        assert!(!contains_ascii_ci(b"ke ttle", b"kettle"));
+        assert!(!contains_ascii_ci(b"", b"a"));
+    }
+
+    /// The cheap test never rules out an event that holds the phrase: checked on every
+    /// token of a few events, in every case, and on tokens they do not hold.
+    #[test]
+    fn may_hold_never_rules_out_a_match() {
+        for json in [
+            r#"{"id":"1","source":"/S/x","type":"a.b","subject":"Sub-1","actor":"user:ABC","tenant":"Org-9","data":{"msg":"Kettle BOILED at 10:00","n":[1,2.5]},"context":{"ip":"10.0.0.1"}}"#,
+            r#"{"id":"1","source":"/s","type":"t","data":"İstanbul straße naïve"}"#,
+        ] {
+            let ev = test_event(json);
+            let live = LiveEvent::new(1, ev.clone());
+            let toks: Vec<String> = tokens(&ev.search_text()).collect();
+            for w in toks.windows(2) {
+                let phrase = w.to_vec();
+                assert!(may_hold(&ev, &phrase), "{phrase:?} in {json}");
+                assert!(tokens_in(live.text(), &phrase));
+            }
+            for absent in ["kettles", "zzz", "boiledat"] {
+                let phrase = vec![absent.to_owned()];
+                assert_eq!(
+                    may_hold(&ev, &phrase),
+                    toks.iter().any(|t| t.contains(absent))
+                );
+                assert!(!tokens_in(live.text(), &phrase) || may_hold(&ev, &phrase));
+            }
+        }
+    }
+
+    /// A view that keeps nothing answers as the live event does.
+    #[test]
+    fn unshared_views_match_as_live_events() {
+        let json = r#"{"id":"1","source":"/s","type":"a.b","actor":"user:1","data":{"n":5,"msg":"Kettle boiled"},"context":{"ip":"10.0.0.1"}}"#;
+        let ev = test_event(json);
+        let live = LiveEvent::new(7, ev.clone());
+        for f in [
+            "type:a.*",
+            "data.n:>4",
+            "data.n:<4",
+            "context.ip:10.0.0.1",
+            "kettle",
+            "\"kettle boiled\"",
+            "-boiled",
+            "seq:7",
+            "actor:user:2",
+        ] {
+            let m = Matcher::new(Filter::parse(f, 0).unwrap());
+            assert_eq!(m.matches(&Unshared::new(7, &ev)), m.matches(&live), "{f}");
+        }
+        assert!(Matcher::new(Filter::parse("kettle data.n:5", 0).unwrap())
+            .matches(&Unshared::new(7, &ev)));
     }
 
     fn check(json: &str, cases: &[(&str, bool)]) {

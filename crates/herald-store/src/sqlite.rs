@@ -18,6 +18,7 @@ use crate::{
 };
 use herald_core::cursor::Cursor;
 use herald_core::filter::parse_path;
+use herald_core::matcher::Unshared;
 use herald_core::{Access, PreparedEvent};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -350,6 +351,7 @@ pub struct SqliteStore {
     queued: Arc<AtomicUsize>,
     readers: Arc<ReadPool>,
     fulltext: bool,
+    unindexed: Arc<Unindexed>,
     fts_watermark: Arc<AtomicU64>,
     progress: Arc<Progress>,
     fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -461,6 +463,7 @@ impl SqliteStore {
         let queued = Arc::new(AtomicUsize::new(0));
         let (live, _) = tokio::sync::broadcast::channel(opts.live_capacity.max(1));
         let pending = Arc::new(Pending::default());
+        let unindexed = Arc::new(Unindexed::default());
         let backlog = Arc::new(Backlog {
             events: Mutex::new(0),
             drained: Condvar::new(),
@@ -482,6 +485,7 @@ impl SqliteStore {
             seg: seg_writer,
             progress: progress.clone(),
             pending: pending.clone(),
+            unindexed: unindexed.clone(),
             backlog: backlog.clone(),
             live: live.clone(),
             index_tx: Some(index_tx),
@@ -493,6 +497,7 @@ impl SqliteStore {
             rx: index_rx,
             progress: progress.clone(),
             pending,
+            unindexed: unindexed.clone(),
             backlog,
             txn: Vec::new(),
             txn_started: None,
@@ -554,6 +559,7 @@ impl SqliteStore {
                 conns: Mutex::new(readers),
             }),
             fulltext: opts.fulltext,
+            unindexed,
             fts_watermark,
             progress,
             fts_thread: Mutex::new(fts_thread),
@@ -591,6 +597,14 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.visible().await?;
+        self.read_now(f).await
+    }
+
+    /// Runs `f` on a read connection on the blocking thread pool, on what SQLite holds now.
+    async fn read_now<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
         let permit = pool
             .permits
@@ -1266,6 +1280,14 @@ struct PendingEvent {
 /// duplicates of a group, so an event is always in this map or visible in SQLite.
 type Pending = Mutex<HashMap<i64, Vec<PendingEvent>>>;
 
+/// Acknowledged batches that SQLite does not hold yet, oldest first: the writer adds a group's
+/// batch before it answers anyone, the indexer removes batches once its commit holds them.
+/// So every acknowledged event is here or in any SQLite snapshot taken after looking here;
+/// listings read it from memory instead of waiting for the indexer (see
+/// [`SqliteStore::query`]). At most the indexer's backlog ([`INDEX_BACKLOG`]) plus its open
+/// transaction.
+type Unindexed = Mutex<std::collections::VecDeque<LiveBatch>>;
+
 /// Events handed to the indexer and not inserted yet: the writer waits above
 /// [`INDEX_BACKLOG`] (which fills the request queue, and ingest answers 503).
 struct Backlog {
@@ -1298,6 +1320,7 @@ struct Writer {
     seg: SegmentWriter,
     progress: Arc<Progress>,
     pending: Arc<Pending>,
+    unindexed: Arc<Unindexed>,
     backlog: Arc<Backlog>,
     /// Publishes acknowledged events to live subscribers (never blocks: a full channel
     /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
@@ -1393,6 +1416,11 @@ impl Writer {
             return;
         }
         let last = self.next_seq - 1;
+        let batch = (!stored.is_empty()).then(|| LiveBatch::from(stored));
+        // Before anyone hears of these events: a listing looks here first, then in SQLite.
+        if let (Some(b), Ok(mut u)) = (&batch, self.unindexed.lock()) {
+            u.push_back(b.clone());
+        }
         self.progress.acked.store(last, Ordering::SeqCst);
         if let Some(cb) = &self.on_commit {
             cb(CommitInfo {
@@ -1404,10 +1432,9 @@ impl Writer {
         for (job, out) in jobs.into_iter().zip(outcomes) {
             let _ = job.reply.send(Ok(out));
         }
-        if stored.is_empty() {
+        let Some(batch) = batch else {
             return;
-        }
-        let batch = LiveBatch::from(stored);
+        };
         // A subscriber that arrives after this check still sees these events: they are
         // acknowledged (above), so its catch-up read, which starts after it subscribed,
         // includes them.
@@ -1524,6 +1551,7 @@ struct Indexer {
     rx: Receiver<IndexBatch>,
     progress: Arc<Progress>,
     pending: Arc<Pending>,
+    unindexed: Arc<Unindexed>,
     backlog: Arc<Backlog>,
     /// The batches of the open transaction: to drop from `pending` after the commit, and to
     /// insert again if the transaction fails.
@@ -1699,6 +1727,15 @@ impl Indexer {
         self.txn_events = 0;
         self.progress.commit_wanted.store(false, Ordering::Release);
         self.progress.committed.send_replace(last);
+        if let Ok(mut u) = self.unindexed.lock() {
+            while u
+                .front()
+                .and_then(|b| b.last())
+                .is_some_and(|e| e.seq <= last)
+            {
+                u.pop_front();
+            }
+        }
         if let Ok(mut p) = self.pending.lock() {
             for ev in self.txn.iter().flat_map(|b| b.events.iter()) {
                 if let Some(list) = p.get_mut(&ev.event.dedup_key) {
@@ -2006,6 +2043,44 @@ fn day_listing_sql(w: &crate::sql::Where) -> String {
     )
 }
 
+/// The events of `batches` (acknowledged, not in SQLite yet) that a listing holds, in listing
+/// order, at most `want`: its bounds, cursor and access rule, and its filter evaluated by the
+/// core's matcher, whose semantics are the SQL compiler's (the live stream relies on the
+/// same). Each event is looked at through an [`Unshared`] view, so that parsing its data or
+/// its text for this listing leaves nothing behind in the shared batch.
+fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<StoredEvent> {
+    if batches.is_empty() {
+        return Vec::new();
+    }
+    let matcher = herald_core::matcher::Matcher::new(q.filter.clone());
+    let mut hits: Vec<&LiveEvent> = Vec::new();
+    for ev in batches.iter().flat_map(|b| b.iter()) {
+        let t = ev.event.time_us;
+        if q.since_us.is_some_and(|s| t < s)
+            || q.until_us.is_some_and(|u| t >= u)
+            || q.cursor.is_some_and(|c| (t, ev.seq) >= (c.time_us, c.seq))
+            || !q.access.can_read(&ev.event)
+            || !matcher.matches(&Unshared::new(ev.seq, &ev.event))
+        {
+            continue;
+        }
+        hits.push(ev);
+    }
+    hits.sort_unstable_by_key(|e| std::cmp::Reverse((e.event.time_us, e.seq)));
+    hits.truncate(want);
+    hits.into_iter()
+        .map(|ev| {
+            let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
+            ev.write_body(&mut body);
+            StoredEvent {
+                seq: ev.seq,
+                time_us: ev.event.time_us,
+                body,
+            }
+        })
+        .collect()
+}
+
 /// What [`drive_by_text_hits`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextDrive {
@@ -2062,10 +2137,20 @@ impl Store for SqliteStore {
             .fulltext
             .then(|| self.fts_watermark.load(Ordering::Acquire));
         let acked = self.progress.acked.load(Ordering::Acquire);
+        // Acknowledged events SQLite does not hold yet, looked at before any SQLite snapshot
+        // (see `Unindexed`): the listing takes them from memory instead of waiting for the
+        // indexer, which under heavy ingest is seconds behind.
+        let unindexed: Vec<LiveBatch> = self
+            .unindexed
+            .lock()
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default();
         let by_day = crate::sql::day_indexed(&q.filter, &q.access);
         let days = crate::sql::day_range(q.since_us, q.until_us, q.cursor);
-        Box::pin(self.read(move |conn| {
+        Box::pin(self.read_now(move |conn| {
             let limit = q.limit.max(1);
+            let recent = unindexed_matches(&unindexed, &q, limit + 1);
+            drop(unindexed);
             // A text term answered by the full-text index is one list of hits per statement:
             // reading day by day would build it once per day.
             let uses_fts = |w: &crate::sql::Where| w.sql.contains("fts.events_fts");
@@ -2113,6 +2198,13 @@ impl Store for SqliteStore {
                 Some(events) => events,
                 None => list(&w)?,
             };
+            if !recent.is_empty() {
+                // Both lists are in listing order; an event committed since the look at
+                // memory is in both.
+                events.extend(recent);
+                events.sort_unstable_by_key(|e| std::cmp::Reverse((e.time_us, e.seq)));
+                events.dedup_by_key(|e| e.seq);
+            }
             let next = if events.len() > limit {
                 events.truncate(limit);
                 events.last().map(|e| Cursor {
@@ -2991,8 +3083,8 @@ mod tests {
             })
             .collect();
         store.append(events).await.expect("append");
-        // A listing waits until the events are committed; the direct reads below do not.
-        store.query(EventQuery::default()).await.expect("query");
+        // The direct reads below see only what is committed.
+        store.visible().await.expect("committed");
         let restricted = Access {
             only_tenants: Some(vec!["org-1".into(), "org-2".into()]),
             ..Access::all()
@@ -3065,6 +3157,100 @@ mod tests {
             DAY_LISTINGS.load(Ordering::Relaxed) - before > 100,
             "the listings were not read day by day"
         );
+        store.close().await;
+    }
+
+    /// Events acknowledged but not committed in SQLite yet are listed from memory, merged
+    /// in order with the committed ones: pages chained by cursors give what the same
+    /// listings give once everything is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listings_include_events_not_indexed_yet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        let batch = |from: i64, n: i64| -> Vec<PreparedEvent> {
+            (from..from + n)
+                .map(|i| {
+                    // Times interleave across the two batches; some are equal.
+                    let t = 1_790_000_000_000_000 + (i % 40) * 1_000_000;
+                    crate::contract::event(&format!(
+                        r#"{{"id":"{i}","source":"/s","type":"t{}","time":"{}","tenant":"org-{}","actor":"user:{}","data":{{"msg":"word{}"}}}}"#,
+                        i % 2,
+                        herald_core::timespec::format_rfc3339(t),
+                        i % 3,
+                        i % 4,
+                        i % 5,
+                    ))
+                })
+                .collect()
+        };
+        store.append(batch(0, 100)).await.unwrap();
+        store.visible().await.unwrap();
+        store.append(batch(100, 100)).await.unwrap();
+        let restricted = Access {
+            only_tenants: Some(vec!["org-1".into()]),
+            ..Access::all()
+        };
+        let filters = [
+            "",
+            "type:t1",
+            "actor:user:2",
+            "word3",
+            "-word3 tenant:org-2",
+        ];
+        let page_all = |filter: &'static str, access: Access| {
+            let store = &store;
+            async move {
+                let mut got = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = store
+                        .query(EventQuery {
+                            filter: herald_core::Filter::parse(filter, 0).unwrap(),
+                            since_us: Some(1_790_000_000_000_000 + 3_000_000),
+                            limit: 9,
+                            cursor,
+                            access: access.clone(),
+                            ..EventQuery::default()
+                        })
+                        .await
+                        .unwrap();
+                    got.extend(page.events.iter().map(|e| (e.seq, e.body.clone())));
+                    match page.next {
+                        Some(c) => cursor = Some(c),
+                        None => break got,
+                    }
+                }
+            }
+        };
+        let mut before = Vec::new();
+        assert!(
+            !store.unindexed.lock().unwrap().is_empty(),
+            "the second batch is not committed yet"
+        );
+        for f in filters {
+            for access in [Access::all(), restricted.clone()] {
+                before.push(page_all(f, access).await);
+            }
+        }
+        assert!(
+            before[0].iter().any(|(seq, _)| *seq > 100),
+            "{:?}",
+            before[0]
+        );
+        store.visible().await.unwrap();
+        assert!(store.unindexed.lock().unwrap().is_empty());
+        let mut after = Vec::new();
+        for f in filters {
+            for access in [Access::all(), restricted.clone()] {
+                after.push(page_all(f, access).await);
+            }
+        }
+        assert_eq!(before, after);
+        assert_eq!(after[0].len(), 185);
         store.close().await;
     }
 

@@ -892,6 +892,12 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
     };
     let herald = client_rt.block_on(run_queries(&url, a.runs, None, &who))?;
     let with_key = client_rt.block_on(run_queries(&url, a.runs, Some(&read_key), &who))?;
+    let extra = gen_events(43, (a.events / 4).max(1000), now - day, now, "concurrent")?;
+    let (load, under_load) = client_rt.block_on(queries_under_load(
+        &url,
+        Arc::new(bodies(&extra, 1000)),
+        &who,
+    ))?;
     drop(server);
 
     let baseline: Option<Vec<QueryStat>> = if a.common.no_baseline {
@@ -938,7 +944,92 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
             100.0 * (ms(&k.hist, 0.5) / ms(&h.hist, 0.5) - 1.0)
         );
     }
+    println!(
+        "\nwhile {} more events are ingested in batches of 1000 (4 connections, {:.0} ev/s meanwhile):",
+        load.events,
+        load.rate()
+    );
+    for q in &under_load {
+        let ms = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        let mut line = format!(
+            "{:<28} load p50 {:>6.2} ms  p99 {:>6.2} ms  ({} runs)",
+            q.name,
+            ms(&q.hist, 0.5),
+            ms(&q.hist, 0.99),
+            q.hist.len(),
+        );
+        if let Some(h) = herald.iter().find(|h| h.name == q.name) {
+            line.push_str(&format!(
+                "   p50 vs idle {:>+5.0}%",
+                100.0 * (ms(&q.hist, 0.5) / ms(&h.hist, 0.5) - 1.0)
+            ));
+        }
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// Q1, Q7 and Q9 in turn, for as long as `bodies` take to ingest (batches of 1000, 4
+/// connections): each listing then waits for the indexer to commit what was acknowledged
+/// before it (read-your-writes), and the full-text index runs behind the events, whose tail
+/// text terms test row by row. What someone watching a busy server sees.
+async fn queries_under_load(
+    url: &str,
+    bodies: Arc<Vec<Bytes>>,
+    who: &Who<'_>,
+) -> anyhow::Result<(Outcome, Vec<QueryStat>)> {
+    let enc = |s: &str| -> String {
+        let mut u = reqwest::Url::parse("http://x/").expect("static URL");
+        u.query_pairs_mut().append_pair("filter", s);
+        u.query().unwrap_or_default().to_owned()
+    };
+    let cases: [(&'static str, String); 3] = [
+        (
+            "Q1 last 50 of a type, 1d",
+            format!(
+                "{url}/v1/events?{}&since=24h&limit=50",
+                enc("type:import.completed")
+            ),
+        ),
+        (
+            "Q7 text, one event, all",
+            format!(
+                "{url}/v1/events?{}&limit=50",
+                enc(&format!("\"{}\"", who.needle))
+            ),
+        ),
+        (
+            "Q9 an actor, all",
+            format!(
+                "{url}/v1/events?{}&limit=50",
+                enc(&format!("actor:\"{}\"", who.actor))
+            ),
+        ),
+    ];
+    let target = url.to_owned();
+    let load = tokio::spawn(async move { http_load(&target, bodies, 1000, 4, None).await });
+    let client = reqwest::Client::new();
+    let mut hists: Vec<Histogram<u64>> = cases.iter().map(|_| new_hist()).collect();
+    while !load.is_finished() {
+        for ((_, u), hist) in cases.iter().zip(&mut hists) {
+            let t = Instant::now();
+            let res = client.get(u).send().await?;
+            anyhow::ensure!(res.status().is_success(), "{u}: {}", res.status());
+            res.bytes().await?;
+            hist.record(t.elapsed().as_micros() as u64)?;
+        }
+    }
+    let outcome = load.await??;
+    let stats = cases
+        .into_iter()
+        .zip(hists)
+        .map(|((name, _), hist)| QueryStat {
+            name,
+            hist,
+            rows: 0,
+        })
+        .collect();
+    Ok((outcome, stats))
 }
 
 /// What the Herald-only queries look for.
