@@ -390,7 +390,9 @@ fn term_value(ev: &impl EventParts, field: &Field, cond: &Cond) -> Option<bool> 
 /// False when the event's search text cannot hold every token of `phrase`: an ASCII token
 /// (tokens are lowercase) that occurs, in any case, in none of the parts the search text is
 /// made of. Tokens never span two parts, so this only rules out events that do not match;
-/// it spares cutting the text of most events for a rare word.
+/// it spares cutting the text of most events for a rare word. A part that is not ASCII may
+/// lowercase into ASCII letters it does not hold (the Kelvin sign `K` becomes `k`), so it
+/// may hold any token.
 fn may_hold(ev: &PreparedEvent, phrase: &[String]) -> bool {
     let range =
         |r: &Option<std::ops::Range<usize>>| r.as_ref().and_then(|r| ev.body_tail.get(r.clone()));
@@ -407,8 +409,32 @@ fn may_hold(ev: &PreparedEvent, phrase: &[String]) -> bool {
         parts
             .iter()
             .flatten()
-            .any(|p| contains_ascii_ci(p.as_bytes(), t.as_bytes()))
+            .any(|p| !p.is_ascii() || contains_ascii_ci(p.as_bytes(), t.as_bytes()))
     })
+}
+
+/// False when a `data.`/`context.` term on exact strings (`literals`, each quoted) cannot
+/// hold: the part has no escapes (no `\\`), so each string value in it appears between
+/// quotes byte for byte, and none of the strings does. Spares parsing the JSON of most
+/// events for a rare value. True whenever it cannot tell.
+fn may_equal(ev: &PreparedEvent, field: &Field, literals: Option<&[String]>) -> bool {
+    let Some(literals) = literals else {
+        return true;
+    };
+    let range = match field {
+        Field::Data(_) => &ev.data_range,
+        Field::Context(_) => &ev.context_range,
+        _ => return true,
+    };
+    let Some(part) = range.as_ref().and_then(|r| ev.body_tail.get(r.clone())) else {
+        // Absent: the term's value is absent too.
+        return true;
+    };
+    let part = part.as_bytes();
+    memchr::memchr(b'\\', part).is_some()
+        || literals
+            .iter()
+            .any(|l| memchr::memmem::find(part, l.as_bytes()).is_some())
 }
 
 /// Whether `hay` contains `needle` (lowercase ASCII) in any ASCII case.
@@ -436,6 +462,9 @@ pub struct Matcher {
     filter: Filter,
     /// The tokens of each term's phrase (empty for field terms), by term position.
     phrases: Vec<Vec<String>>,
+    /// For a `data.`/`context.` term on exact strings, by term position: each string
+    /// quoted, as JSON without escapes holds it (see [`may_equal`]).
+    literals: Vec<Option<Vec<String>>>,
 }
 
 impl Matcher {
@@ -448,7 +477,31 @@ impl Matcher {
                 TermKind::Field { .. } => Vec::new(),
             })
             .collect();
-        Matcher { filter, phrases }
+        let literals = filter
+            .terms
+            .iter()
+            .map(|t| match &t.kind {
+                TermKind::Field {
+                    field: Field::Data(_) | Field::Context(_),
+                    cond: Cond::AnyOf(pats),
+                } => pats
+                    .iter()
+                    .map(|p| match p {
+                        // JSON text of an array or an object equals such a string too.
+                        Pattern::Exact(Value::Str(s)) if !s.starts_with(['[', '{']) => {
+                            Some(format!("\"{s}\""))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            })
+            .collect();
+        Matcher {
+            filter,
+            phrases,
+            literals,
+        }
     }
 
     pub fn filter(&self) -> &Filter {
@@ -461,12 +514,19 @@ impl Matcher {
             .terms
             .iter()
             .zip(&self.phrases)
-            .all(|(t, phrase)| {
+            .zip(&self.literals)
+            .all(|((t, phrase), literals)| {
                 let v = match &t.kind {
                     TermKind::Text(_) => {
                         Some(may_hold(ev.event(), phrase) && tokens_in(ev.text(), phrase))
                     }
-                    TermKind::Field { field, cond } => term_value(ev, field, cond),
+                    TermKind::Field { field, cond } => {
+                        if may_equal(ev.event(), field, literals.as_deref()) {
+                            term_value(ev, field, cond)
+                        } else {
+                            Some(false)
+                        }
+                    }
                 };
                 if t.negated {
                     !v.unwrap_or(false)
@@ -549,10 +609,14 @@ mod tests {
         for json in [
             r#"{"id":"1","source":"/S/x","type":"a.b","subject":"Sub-1","actor":"user:ABC","tenant":"Org-9","data":{"msg":"Kettle BOILED at 10:00","n":[1,2.5]},"context":{"ip":"10.0.0.1"}}"#,
             r#"{"id":"1","source":"/s","type":"t","data":"İstanbul straße naïve"}"#,
+            "{\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\",\"data\":\"\u{212A}ettle\"}",
         ] {
             let ev = test_event(json);
             let live = LiveEvent::new(1, ev.clone());
             let toks: Vec<String> = tokens(&ev.search_text()).collect();
+            for t in &toks {
+                assert!(may_hold(&ev, std::slice::from_ref(t)), "{t} in {json}");
+            }
             for w in toks.windows(2) {
                 let phrase = w.to_vec();
                 assert!(may_hold(&ev, &phrase), "{phrase:?} in {json}");
@@ -560,12 +624,96 @@ mod tests {
             }
             for absent in ["kettles", "zzz", "boiledat"] {
                 let phrase = vec![absent.to_owned()];
-                assert_eq!(
-                    may_hold(&ev, &phrase),
-                    toks.iter().any(|t| t.contains(absent))
-                );
-                assert!(!tokens_in(live.text(), &phrase) || may_hold(&ev, &phrase));
+                assert!(!tokens_in(live.text(), &phrase));
+                if json.is_ascii() {
+                    assert!(!may_hold(&ev, &phrase), "{absent} in {json}");
+                }
             }
+        }
+    }
+
+    /// The cheap test of exact strings never rules out a match: with and without escapes,
+    /// nested and top-level paths, several values, a value that is a key elsewhere.
+    #[test]
+    fn may_equal_never_rules_out_a_match() {
+        let cases = [
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"org":"org-1","n":5,"a":{"b":"x y"}}}"#,
+                "data.org:org-1",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"org":"org-1"}}"#,
+                "data.org:org-2",
+                false,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"org":"org-1"}}"#,
+                "data.org:org-2,org-1",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"a":{"b":"x y"}}}"#,
+                "data.a.b:\"x y\"",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"org":"\u006frg-1"}}"#,
+                "data.org:org-1",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"q":"a\/b"}}"#,
+                "data.q:a/b",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"a":[1,2]}}"#,
+                "data.a:\"[1,2]\"",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"a":{"b":1}}}"#,
+                "data.a:\"{\\\"b\\\":1}\"",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"org-1":"x"}}"#,
+                "data.org:org-1",
+                false,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","context":{"ip":"10.0.0.1"}}"#,
+                "context.ip:10.0.0.1",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","context":{"ip":"10.0.0.1"}}"#,
+                "-context.ip:10.0.0.2",
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t"}"#,
+                "-data.org:x",
+                true,
+            ),
+        ];
+        for (json, f, want) in cases {
+            let ev = test_event(json);
+            let m = Matcher::new(Filter::parse(f, 0).unwrap());
+            assert_eq!(m.matches(&Unshared::new(1, &ev)), want, "{f} on {json}");
+            let slow = LiveEvent::new(1, ev.clone());
+            let t = &m.filter.terms[0];
+            let TermKind::Field { field, cond } = &t.kind else {
+                unreachable!()
+            };
+            let v = term_value(&slow, field, cond);
+            let exact = if t.negated {
+                !v.unwrap_or(false)
+            } else {
+                v.unwrap_or(false)
+            };
+            assert_eq!(exact, want, "{f} on {json} without the cheap test");
         }
     }
 
