@@ -861,6 +861,15 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         load.elapsed.as_secs_f64(),
         load.rate()
     );
+    // Measure an idle server: a read by seq returns once the indexer has committed every
+    // acknowledged event (listings would meanwhile also look at those still in memory).
+    let t = Instant::now();
+    client_rt.block_on(async {
+        let res = reqwest::get(format!("{url}/v1/events/1")).await?;
+        anyhow::ensure!(res.status().is_success(), "read by seq: {}", res.status());
+        anyhow::Ok(())
+    })?;
+    eprintln!("  indexed {:.1}s later", t.elapsed().as_secs_f64());
 
     // The same listings as a read key with 10 principals sees them: the access rule joins
     // every query (only internal events of its tenants and private events naming it).
