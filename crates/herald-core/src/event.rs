@@ -77,34 +77,37 @@ impl PreparedEvent {
         s
     }
 
-    /// The text indexed for free-text search: the names and the payload, not the ids.
-    pub fn search_text(&self) -> String {
-        let mut t = String::with_capacity(256);
-        for part in [
+    /// The parts the search text is made of, in order: the type, source, subject, actor and
+    /// tenant, then the JSON of `data` and `context` (the names and the payload, not the
+    /// ids). A token never spans two parts.
+    pub fn search_parts(&self) -> impl Iterator<Item = &str> {
+        let range = |r: &Option<std::ops::Range<usize>>| {
+            r.as_ref().and_then(|r| self.body_tail.get(r.clone()))
+        };
+        [
             Some(self.ty.as_str()),
             Some(self.source.as_str()),
             self.subject.as_deref(),
             self.actor.as_deref(),
             self.tenant.as_deref(),
+            range(&self.data_range),
+            range(&self.context_range),
         ]
         .into_iter()
         .flatten()
-        {
+    }
+
+    /// The text indexed for free-text search: [`PreparedEvent::search_parts`], each followed
+    /// by a space.
+    pub fn search_text(&self) -> String {
+        let mut t = String::with_capacity(256);
+        for part in self.search_parts() {
             t.push_str(part);
-            t.push(' ');
-        }
-        for r in [&self.data_range, &self.context_range]
-            .into_iter()
-            .flatten()
-        {
-            t.push_str(&self.body_tail[r.clone()]);
             t.push(' ');
         }
         t
     }
-}
 
-impl PreparedEvent {
     /// The tokens of [`PreparedEvent::search_text`], as
     /// [`crate::matcher::token_text`] joins them, cut straight from the event's parts
     /// (without building the search text first): what the full-text index is given.
@@ -116,23 +119,8 @@ impl PreparedEvent {
                 .map(|r| r.len())
                 .sum::<usize>(),
         );
-        for part in [
-            Some(self.ty.as_str()),
-            Some(self.source.as_str()),
-            self.subject.as_deref(),
-            self.actor.as_deref(),
-            self.tenant.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for part in self.search_parts() {
             crate::matcher::push_tokens(&mut t, part);
-        }
-        for r in [&self.data_range, &self.context_range]
-            .into_iter()
-            .flatten()
-        {
-            crate::matcher::push_tokens(&mut t, &self.body_tail[r.clone()]);
         }
         t
     }

@@ -394,21 +394,8 @@ fn term_value(ev: &impl EventParts, field: &Field, cond: &Cond) -> Option<bool> 
 /// lowercase into ASCII letters it does not hold (the Kelvin sign `K` becomes `k`), so it
 /// may hold any token.
 fn may_hold(ev: &PreparedEvent, phrase: &[String]) -> bool {
-    let range =
-        |r: &Option<std::ops::Range<usize>>| r.as_ref().and_then(|r| ev.body_tail.get(r.clone()));
-    let parts = [
-        Some(ev.ty.as_str()),
-        Some(ev.source.as_str()),
-        ev.subject.as_deref(),
-        ev.actor.as_deref(),
-        ev.tenant.as_deref(),
-        range(&ev.data_range),
-        range(&ev.context_range),
-    ];
     phrase.iter().filter(|t| t.is_ascii()).all(|t| {
-        parts
-            .iter()
-            .flatten()
+        ev.search_parts()
             .any(|p| !p.is_ascii() || contains_ascii_ci(p.as_bytes(), t.as_bytes()))
     })
 }

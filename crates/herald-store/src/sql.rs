@@ -17,6 +17,8 @@ use std::fmt::Write;
 pub struct Where {
     pub sql: String,
     pub params: Vec<SqlValue>,
+    /// The clause asks the full-text index (a list of hits, built once per statement).
+    pub uses_fts: bool,
 }
 
 /// The stored JSON of an event in SQL: `herald_body` (see `sqlite::register_body_function`)
@@ -335,6 +337,7 @@ pub fn compile(
                         // the order: SQLite would otherwise call `herald_text` (which reads
                         // and tokenizes the body) on every row before the cheap membership
                         // test, seconds over a million events.
+                        w.uses_fts = true;
                         w.sql.push_str(
                             "(CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ",
                         );

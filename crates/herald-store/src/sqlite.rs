@@ -1982,6 +1982,7 @@ fn drive_by_text_hits(
         "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL {tail}) AND ({inner})"
     );
     w.params.splice(0..0, head);
+    w.uses_fts = true;
     Ok(TextDrive::Driven)
 }
 
@@ -2159,11 +2160,10 @@ impl Store for SqliteStore {
                 .collect();
             let recent = unindexed_matches(&batches, &q, limit + 1);
             drop(batches);
-            // A text term answered by the full-text index is one list of hits per statement:
-            // reading day by day would build it once per day.
-            let uses_fts = |w: &crate::sql::Where| w.sql.contains("fts.events_fts");
             let list = |w: &crate::sql::Where| -> rusqlite::Result<Vec<StoredEvent>> {
-                if by_day && !uses_fts(w) {
+                // A text term answered by the full-text index is one list of hits per
+                // statement: reading day by day would build it once per day.
+                if by_day && !w.uses_fts {
                     return list_by_day(conn, w, days, limit + 1);
                 }
                 let sql = format!(
@@ -2195,7 +2195,7 @@ impl Store for SqliteStore {
                 // text term the index cannot size: the rows of the attribute, tested day by
                 // day, usually fill the page first.
                 if driven == TextDrive::Common
-                    || (by_day && driven == TextDrive::Unknown && uses_fts(&w))
+                    || (by_day && driven == TextDrive::Unknown && w.uses_fts)
                 {
                     let by_row =
                         compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, None);
@@ -2387,15 +2387,20 @@ pub fn open_database(data_dir: &Path) -> Result<Connection, StoreError> {
 mod tests {
     use super::*;
 
+    /// A store in `dir` with the default options and these indexed paths.
+    fn open_in(dir: &Path, indexed_paths: &[&str]) -> SqliteStore {
+        SqliteStore::open(SqliteOptions {
+            data_dir: dir.to_owned(),
+            indexed_paths: indexed_paths.iter().map(|p| p.to_string()).collect(),
+            ..SqliteOptions::default()
+        })
+        .expect("open")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            indexed_paths: vec!["data.country".into()],
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir.path(), &["data.country"]);
         crate::contract::run_all(&store).await;
         store.close().await;
     }
@@ -2667,11 +2672,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_phrase_is_checked_only_on_the_events_the_index_found() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir.path(), &[]);
         let events: Vec<_> = (0..2000)
             .map(|i| {
                 let msg = if i == 777 { "kettle boiled" } else { "tea" };
@@ -2709,11 +2710,7 @@ mod tests {
 
     /// A store holding 3,000 events whose `data.msg` is `msg(i)`, all in the full-text index.
     async fn tea_store(dir: &Path, msg: impl Fn(usize) -> &'static str) -> SqliteStore {
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.to_owned(),
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir, &[]);
         let events: Vec<_> = (0..3000)
             .map(|i| {
                 crate::contract::event(&format!(
@@ -2736,11 +2733,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn words_with_combining_marks_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir.path(), &[]);
         store
             .append(vec![
                 crate::contract::event(
@@ -3077,12 +3070,7 @@ mod tests {
     async fn listings_read_day_by_day_match_one_statement() {
         use crate::sql::DAY_US;
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            indexed_paths: vec!["data.org".into()],
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir.path(), &["data.org"]);
         let days = [-3i64, -2, -1, 0, 1, 2, 20_000, 20_001, 20_003];
         let events: Vec<_> = (0..450i64)
             .map(|i| {
@@ -3184,11 +3172,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn listings_include_events_not_indexed_yet() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir.path(), &[]);
         let batch = |from: i64, n: i64| -> Vec<PreparedEvent> {
             (from..from + n)
                 .map(|i| {
@@ -3383,12 +3367,7 @@ mod tests {
     #[test]
     fn queries_use_the_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            indexed_paths: vec!["data.org".into()],
-            ..SqliteOptions::default()
-        })
-        .expect("open");
+        let store = open_in(dir.path(), &["data.org"]);
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let plan = |filter: &str| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
