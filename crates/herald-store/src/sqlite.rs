@@ -909,15 +909,27 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
 /// Logs a step of the writer that held up acknowledgements for long (the disk stalled, or
 /// a background thread fell behind), so that latency spikes can be explained.
 fn slow(what: &str, since: Instant, events: usize) {
+    slow_after(100, what, since, events);
+}
+
+/// [`slow`] for the indexer's steps, which hold up no acknowledgement: a commit of a
+/// second's worth of events at a low priority takes a few hundred milliseconds under load.
+fn slow_indexer(what: &str, since: Instant, events: usize) {
+    slow_after(2000, what, since, events);
+}
+
+fn slow_after(limit_ms: u128, what: &str, since: Instant, events: usize) {
     let ms = since.elapsed().as_millis();
-    if ms >= 100 {
+    if ms >= limit_ms {
         tracing::warn!(ms, events, "slow store step: {what}");
     }
 }
 
 /// Lowers the scheduling priority of the calling thread (Linux: a per-thread nice value).
-/// Background work that can lag without harm (text indexing, checkpoints) then yields the
-/// cores to what answers requests and feeds live streams, whose latency matters.
+/// Background work that can lag without harm (indexing, text indexing, checkpoints) then
+/// yields the cores to what answers requests and feeds live streams, whose latency matters.
+/// The indexer can lag: listings read what it has not committed from memory, and its
+/// bounded backlog stops the writer (and then ingest) before it falls too far behind.
 pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority with `who = 0` only changes the calling thread's nice value; it
@@ -1585,6 +1597,7 @@ impl Drop for Indexer {
 
 impl Indexer {
     fn run(mut self) {
+        lower_priority();
         loop {
             // With a transaction open, wake up often enough to commit on time or on demand.
             let next = if self.txn_started.is_some() {
@@ -1725,7 +1738,7 @@ impl Indexer {
             self.retry();
             return;
         }
-        slow("SQLite commit", t, self.txn_events);
+        slow_indexer("SQLite commit", t, self.txn_events);
         self.txn_started = None;
         self.txn_events = 0;
         self.progress.commit_wanted.store(false, Ordering::Release);
@@ -1760,7 +1773,7 @@ impl Indexer {
             let n = self.fts_batch.iter().map(|b| b.len()).sum();
             let sent =
                 self.fts_batch.is_empty() || tx.send(std::mem::take(&mut self.fts_batch)).is_ok();
-            slow("waiting for the full-text thread", t, n);
+            slow_indexer("waiting for the full-text thread", t, n);
             if !sent {
                 tracing::error!(
                     "the full-text thread stopped; text search scans events until restart"
@@ -2056,25 +2069,45 @@ fn day_listing_sql(w: &crate::sql::Where) -> String {
 /// same). Each event is looked at through an [`Unshared`] view, so that parsing its data or
 /// its text for this listing leaves nothing behind in the shared batch.
 fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<StoredEvent> {
-    if batches.is_empty() {
+    use std::cmp::Reverse;
+    if batches.is_empty() || want == 0 {
         return Vec::new();
     }
     let matcher = herald_core::matcher::Matcher::new(q.filter.clone());
-    let mut hits: Vec<&LiveEvent> = Vec::new();
-    for ev in batches.iter().flat_map(|b| b.iter()) {
-        let t = ev.event.time_us;
-        if q.since_us.is_some_and(|s| t < s)
-            || q.until_us.is_some_and(|u| t >= u)
-            || q.cursor.is_some_and(|c| (t, ev.seq) >= (c.time_us, c.seq))
-            || !q.access.can_read(&ev.event)
-            || !matcher.matches(&Unshared::new(ev.seq, &ev.event))
-        {
-            continue;
+    // The best `want` so far, the last of them on top. Newest first: events mostly arrive
+    // in time order, so once `want` are found, most older events fall below the last of
+    // them and are passed over without evaluating the filter.
+    let mut best: std::collections::BinaryHeap<Reverse<(i64, u64, usize, usize)>> =
+        std::collections::BinaryHeap::with_capacity(want + 1);
+    for (bi, batch) in batches.iter().enumerate().rev() {
+        for (ei, ev) in batch.iter().enumerate().rev() {
+            let t = ev.event.time_us;
+            if best.len() == want
+                && best
+                    .peek()
+                    .is_some_and(|Reverse(w)| (t, ev.seq) < (w.0, w.1))
+            {
+                continue;
+            }
+            if q.since_us.is_some_and(|s| t < s)
+                || q.until_us.is_some_and(|u| t >= u)
+                || q.cursor.is_some_and(|c| (t, ev.seq) >= (c.time_us, c.seq))
+                || !q.access.can_read(&ev.event)
+                || !matcher.matches(&Unshared::new(ev.seq, &ev.event))
+            {
+                continue;
+            }
+            best.push(Reverse((t, ev.seq, bi, ei)));
+            if best.len() > want {
+                best.pop();
+            }
         }
-        hits.push(ev);
     }
-    hits.sort_unstable_by_key(|e| std::cmp::Reverse((e.event.time_us, e.seq)));
-    hits.truncate(want);
+    let mut hits: Vec<&LiveEvent> = best
+        .into_iter()
+        .map(|Reverse((_, _, bi, ei))| &batches[bi][ei])
+        .collect();
+    hits.sort_unstable_by_key(|e| Reverse((e.event.time_us, e.seq)));
     hits.into_iter()
         .map(|ev| {
             let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
@@ -3254,6 +3287,93 @@ mod tests {
         assert_eq!(before, after);
         assert_eq!(after[0].len(), 185);
         store.close().await;
+    }
+
+    /// The listing from memory passes over events older than its last hit without
+    /// evaluating them; whatever the order of times across and within batches, it finds
+    /// what evaluating every event finds.
+    #[test]
+    fn unindexed_matches_equal_a_full_evaluation() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut seq = 0u64;
+        let batches: Vec<LiveBatch> = (0..6)
+            .map(|b| {
+                (0..40)
+                    .map(|_| {
+                        seq += 1;
+                        // Mostly rising with the batch, with stragglers and equal times.
+                        let t = 1_790_000_000_000_000
+                            + (b * 10 + next(25) as i64 - 8) * 1_000_000;
+                        let ev = crate::contract::event(&format!(
+                            r#"{{"id":"{seq}","source":"/s","type":"t{}","time":"{}","tenant":"org-{}","data":{{"msg":"word{}"}}}}"#,
+                            next(2),
+                            herald_core::timespec::format_rfc3339(t),
+                            next(3),
+                            next(5),
+                        ));
+                        LiveEvent::new(seq, ev)
+                    })
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .collect();
+        let restricted = Access {
+            only_tenants: Some(vec!["org-1".into()]),
+            ..Access::all()
+        };
+        let mut checked = 0;
+        for filter in ["", "type:t1", "word3", "-word3 tenant:org-2"] {
+            for access in [Access::all(), restricted.clone()] {
+                for want in [1, 7, 50, 1000] {
+                    for since in [None, Some(1_790_000_000_000_000 + 20_000_000)] {
+                        let mut q = EventQuery {
+                            filter: herald_core::Filter::parse(filter, 0).unwrap(),
+                            since_us: since,
+                            access: access.clone(),
+                            ..EventQuery::default()
+                        };
+                        let matcher = herald_core::matcher::Matcher::new(q.filter.clone());
+                        // Paged by cursor, each page against every event evaluated.
+                        loop {
+                            let mut all: Vec<(i64, u64)> = batches
+                                .iter()
+                                .flat_map(|b| b.iter())
+                                .filter(|ev| {
+                                    let t = ev.event.time_us;
+                                    q.since_us.is_none_or(|s| t >= s)
+                                        && q.cursor.is_none_or(|c| (t, ev.seq) < (c.time_us, c.seq))
+                                        && q.access.can_read(&ev.event)
+                                        && matcher.matches(&Unshared::new(ev.seq, &ev.event))
+                                })
+                                .map(|ev| (ev.event.time_us, ev.seq))
+                                .collect();
+                            all.sort_unstable_by(|a, b| b.cmp(a));
+                            all.truncate(want);
+                            let got: Vec<(i64, u64)> = unindexed_matches(&batches, &q, want)
+                                .iter()
+                                .map(|e| (e.time_us, e.seq))
+                                .collect();
+                            assert_eq!(got, all, "{filter:?} want {want} since {since:?}");
+                            checked += got.len();
+                            let Some(&(time_us, seq)) = got.last() else {
+                                break;
+                            };
+                            if got.len() < want {
+                                break;
+                            }
+                            q.cursor = Some(Cursor { time_us, seq });
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
     }
 
     /// A database of schema 6 (attribute indexes not bucketed by day, no `days` table) is
