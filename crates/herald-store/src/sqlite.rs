@@ -822,10 +822,14 @@ fn sync_attribute_indexes(conn: &Connection, wanted: &[String]) -> Result<(), St
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    // A new database has nothing to build over: creating its indexes is not news.
+    let stored: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))?;
     for (attr, name, def) in ATTRIBUTE_INDEXES {
         let exists = existing.iter().any(|e| e == name);
         let want = wanted.iter().any(|w| w == attr);
-        if want && !exists {
+        if want && !exists && !stored {
+            conn.execute_batch(&format!("CREATE INDEX {name} ON {def}"))?;
+        } else if want && !exists {
             tracing::info!(
                 attribute = attr,
                 index = name,
