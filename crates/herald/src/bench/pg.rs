@@ -164,6 +164,7 @@ pub async fn query_baseline(
     evs: &[GenEvent],
     now_us: i64,
     runs: usize,
+    q6_page: usize,
 ) -> anyhow::Result<Vec<QueryStat>> {
     let b = Baseline::connect(conninfo).await?;
     b.reset().await?;
@@ -225,32 +226,44 @@ pub async fn query_baseline(
             }
             rows = r.len();
         }
-        out.push(QueryStat { name, hist, rows });
+        out.push(QueryStat {
+            name: name.to_owned(),
+            hist,
+            rows,
+        });
     }
-    // Keyset page 100: the cursor is the last row of page 99.
-    let row = c
-        .query_one(
-            &format!("SELECT ts, id::text FROM {TABLE} WHERE type = 'product.edited' ORDER BY ts DESC, id DESC OFFSET 4949 LIMIT 1"),
-            &[],
-        )
-        .await?;
-    let cur_ts: std::time::SystemTime = row.get(0);
-    let cur_id: String = row.get(1);
-    let sql = format!(
-        "SELECT {cols} FROM {TABLE} WHERE type = 'product.edited' AND (ts, id) < ($1, $2::text::uuid) ORDER BY ts DESC, id DESC LIMIT 50"
-    );
+    // Keyset page `q6_page` (as Herald timed it): the cursor is the last row of the page
+    // before.
+    let q6_page = q6_page.max(1);
+    let mut cursor = None;
+    if q6_page > 1 {
+        let row = c
+            .query_one(
+                &format!("SELECT ts, id::text FROM {TABLE} WHERE type = 'product.edited' ORDER BY ts DESC, id DESC OFFSET {} LIMIT 1", (q6_page - 1) * 50 - 1),
+                &[],
+            )
+            .await?;
+        let cur_ts: std::time::SystemTime = row.get(0);
+        let cur_id: String = row.get(1);
+        cursor = Some((cur_ts, cur_id));
+    }
+    let paged = format!("SELECT {cols} FROM {TABLE} WHERE type = 'product.edited' AND (ts, id) < ($1, $2::text::uuid) ORDER BY ts DESC, id DESC LIMIT 50");
+    let first = format!("SELECT {cols} FROM {TABLE} WHERE type = 'product.edited' ORDER BY ts DESC, id DESC LIMIT 50");
     let mut hist = new_hist();
     let mut rows = 0;
     for i in 0..runs + 5 {
         let t = Instant::now();
-        let r = c.query(sql.as_str(), &[&cur_ts, &cur_id]).await?;
+        let r = match &cursor {
+            Some((cur_ts, cur_id)) => c.query(paged.as_str(), &[cur_ts, cur_id]).await?,
+            None => c.query(first.as_str(), &[]).await?,
+        };
         if i >= 5 {
             hist.record(t.elapsed().as_micros() as u64)?;
         }
         rows = r.len();
     }
     out.push(QueryStat {
-        name: "Q6 keyset page 100",
+        name: format!("Q6 keyset page {q6_page}"),
         hist,
         rows,
     });
