@@ -452,11 +452,14 @@ pub struct Matcher {
     /// For a `data.`/`context.` term on exact strings, by term position: each string
     /// quoted, as JSON without escapes holds it (see [`may_equal`]).
     literals: Vec<Option<Vec<String>>>,
+    /// The tokens of each text term's phrase, longest first: the order [`may_hold`] looks
+    /// for them in, so that a rare word rules an event out before a common one is found.
+    probes: Vec<Vec<String>>,
 }
 
 impl Matcher {
     pub fn new(filter: Filter) -> Matcher {
-        let phrases = filter
+        let phrases: Vec<Vec<String>> = filter
             .terms
             .iter()
             .map(|t| match &t.kind {
@@ -484,10 +487,20 @@ impl Matcher {
                 _ => None,
             })
             .collect();
+        let probes = phrases
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.sort_by_key(|t| std::cmp::Reverse(t.len()));
+                p.dedup();
+                p
+            })
+            .collect();
         Matcher {
             filter,
             phrases,
             literals,
+            probes,
         }
     }
 
@@ -502,10 +515,11 @@ impl Matcher {
             .iter()
             .zip(&self.phrases)
             .zip(&self.literals)
-            .all(|((t, phrase), literals)| {
+            .zip(&self.probes)
+            .all(|(((t, phrase), literals), probes)| {
                 let v = match &t.kind {
                     TermKind::Text(_) => {
-                        Some(may_hold(ev.event(), phrase) && tokens_in(ev.text(), phrase))
+                        Some(may_hold(ev.event(), probes) && tokens_in(ev.text(), phrase))
                     }
                     TermKind::Field { field, cond } => {
                         if may_equal(ev.event(), field, literals.as_deref()) {

@@ -288,17 +288,42 @@ pub fn access_clause(w: &mut Where, access: &Access) {
     w.sql.push(')');
 }
 
-/// Compiles the listing conditions. `fts_watermark` is `Some(seq)` when the FTS5 index is
-/// maintained and holds every event up to `seq`: text terms use the index up to there and
-/// scan the bodies (`LIKE`) after it. Without it, text terms scan the bodies within the other
-/// bounds.
+/// The events a statement's snapshot may hold that the full-text index does not: how text
+/// terms find them.
+#[derive(Clone, Copy)]
+pub enum TextTail<'a> {
+    /// The index holds every event up to this seq; the events after it are scanned (their
+    /// bodies read, `LIKE`, then `herald_text`).
+    Past(u64),
+    /// The seqs of those events that hold a phrase, already found in memory (see
+    /// `sqlite::Untexted`).
+    Hits(&'a dyn Fn(&str) -> Vec<u64>),
+}
+
+/// A list of seqs as a JSON array (`[1,2,3]`), for `json_each`.
+pub(crate) fn json_array(seqs: &[u64]) -> String {
+    let mut json = String::with_capacity(2 + seqs.len() * 8);
+    json.push('[');
+    for (i, s) in seqs.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(json, "{s}");
+    }
+    json.push(']');
+    json
+}
+
+/// Compiles the listing conditions. `fts` is `Some` when the FTS5 index is maintained: text
+/// terms use the index, and find the events it does not hold yet as [`TextTail`] says.
+/// Without it, text terms scan the bodies within the other bounds.
 pub fn compile(
     filter: &Filter,
     access: &Access,
     since_us: Option<i64>,
     until_us: Option<i64>,
     cursor: Option<Cursor>,
-    fts_watermark: Option<u64>,
+    fts: Option<TextTail<'_>>,
 ) -> Where {
     let mut w = Where::default();
     access_clause(&mut w, access);
@@ -327,11 +352,11 @@ pub fn compile(
         match &term.kind {
             TermKind::Text(text) => {
                 let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
-                let indexed = fts_watermark.and_then(|wm| fts_query(&tokens).map(|q| (wm, q)));
+                let indexed = fts.and_then(|tail| fts_query(&tokens).map(|q| (tail, q)));
                 match (tokens.as_slice(), indexed) {
                     // No token: matches nothing, as in the index and the live stream.
                     ([], _) => w.sql.push('0'),
-                    (_, Some((wm, query))) => {
+                    (_, Some((tail, query))) => {
                         // The index finds the events holding every token; for a phrase of
                         // several, `herald_text` checks that they are consecutive. CASE fixes
                         // the order: SQLite would otherwise call `herald_text` (which reads
@@ -353,11 +378,24 @@ pub fn compile(
                         } else {
                             w.sql.push('1');
                         }
-                        w.sql.push_str(" ELSE 0 END) OR (CASE WHEN seq > ");
-                        w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
-                        w.sql.push_str(" THEN ");
-                        text_scan(&mut w, text);
                         w.sql.push_str(" ELSE 0 END)");
+                        match tail {
+                            TextTail::Past(wm) => {
+                                w.sql.push_str(" OR (CASE WHEN seq > ");
+                                w.param(SqlValue::Integer(i64::try_from(wm).unwrap_or(i64::MAX)));
+                                w.sql.push_str(" THEN ");
+                                text_scan(&mut w, text);
+                                w.sql.push_str(" ELSE 0 END)");
+                            }
+                            TextTail::Hits(hits) => {
+                                let hits = hits(text);
+                                if !hits.is_empty() {
+                                    w.sql.push_str(" OR seq IN (SELECT value FROM json_each(");
+                                    w.param(SqlValue::Text(json_array(&hits)));
+                                    w.sql.push_str("))");
+                                }
+                            }
+                        }
                     }
                     (_, None) => text_scan(&mut w, text),
                 }
@@ -468,7 +506,7 @@ mod tests {
             Some(5),
             None,
             Some(Cursor { time_us: 9, seq: 3 }),
-            Some(77),
+            Some(TextTail::Past(77)),
         );
         let params: Vec<String> = w.params.iter().map(|p| format!("{p:?}")).collect();
         expect.assert_eq(&format!("{}\n{}", w.sql, params.join(" ")));
@@ -496,7 +534,15 @@ mod tests {
     fn single_tokens_are_taken_from_the_index() {
         let one = |text: &str| {
             let f = Filter::parse(text, 0).unwrap();
-            compile(&f, &Access::all(), None, None, None, Some(7)).sql
+            compile(
+                &f,
+                &Access::all(),
+                None,
+                None,
+                None,
+                Some(TextTail::Past(7)),
+            )
+            .sql
         };
         for word in ["kettle", "ΟΔΟΣ", "naïve"] {
             let sql = one(word);

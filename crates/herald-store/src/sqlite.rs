@@ -11,7 +11,7 @@
 
 use crate::log::Log;
 use crate::segment::{SegmentReader, SegmentWriter};
-use crate::sql::{compile, path_expr, BODY, DAY_EXPR};
+use crate::sql::{compile, path_expr, TextTail, BODY, DAY_EXPR};
 use crate::{
     AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, LiveBatch, LiveEvent, Page,
     ScanPage, ScanQuery, SeqRange, Store, StoreError, StoredEvent,
@@ -352,6 +352,7 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     fulltext: bool,
     unindexed: Arc<Unindexed>,
+    untexted: Arc<Mutex<Untexted>>,
     fts_watermark: Arc<AtomicU64>,
     progress: Arc<Progress>,
     fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -464,6 +465,11 @@ impl SqliteStore {
         let (live, _) = tokio::sync::broadcast::channel(opts.live_capacity.max(1));
         let pending = Arc::new(Pending::default());
         let unindexed = Arc::new(Unindexed::default());
+        // The start-up catch-up above left the full-text index holding every stored event.
+        let untexted = Arc::new(Mutex::new(Untexted {
+            batches: Default::default(),
+            complete: opts.fulltext,
+        }));
         let backlog = Arc::new(Backlog {
             events: Mutex::new(0),
             drained: Condvar::new(),
@@ -498,6 +504,7 @@ impl SqliteStore {
             progress: progress.clone(),
             pending,
             unindexed: unindexed.clone(),
+            untexted: untexted.clone(),
             backlog,
             txn: Vec::new(),
             txn_started: None,
@@ -517,6 +524,7 @@ impl SqliteStore {
                 pending: Vec::new(),
                 pending_events: 0,
                 watermark: fts_watermark.clone(),
+                untexted: untexted.clone(),
             };
             Some(
                 std::thread::Builder::new()
@@ -560,6 +568,7 @@ impl SqliteStore {
             }),
             fulltext: opts.fulltext,
             unindexed,
+            untexted,
             fts_watermark,
             progress,
             fts_thread: Mutex::new(fts_thread),
@@ -1304,6 +1313,30 @@ type Pending = Mutex<HashMap<i64, Vec<PendingEvent>>>;
 /// transaction.
 type Unindexed = Mutex<std::collections::VecDeque<LiveBatch>>;
 
+/// Events that SQLite holds, or is committing, and the full-text index does not hold yet,
+/// oldest first: the indexer adds a transaction's batches before its commit, the full-text
+/// thread removes them once its own commit holds them. So every event of a SQLite snapshot
+/// taken after looking here (and, before that, at [`Unindexed`]) is here, in the full-text
+/// index of that snapshot, or among the unindexed events: text terms test these in memory
+/// (see [`text_hits`]) instead of reading their bodies from the segments, which under heavy
+/// ingest meant up to 200,000 reads per listing. The batches are the ones the full-text
+/// thread holds anyway; this adds only their handles.
+#[derive(Default)]
+struct Untexted {
+    batches: std::collections::VecDeque<LiveBatch>,
+    /// Turns false for good when the full-text thread stops: the events past its watermark
+    /// are then not all here, and text terms scan them in SQL instead.
+    complete: bool,
+}
+
+impl Untexted {
+    /// Forgets the batches for good (the full-text thread stopped).
+    fn abandon(&mut self) {
+        self.complete = false;
+        self.batches.clear();
+    }
+}
+
 /// Events handed to the indexer and not inserted yet: the writer waits above
 /// [`INDEX_BACKLOG`] (which fills the request queue, and ingest answers 503).
 struct Backlog {
@@ -1571,6 +1604,7 @@ struct Indexer {
     progress: Arc<Progress>,
     pending: Arc<Pending>,
     unindexed: Arc<Unindexed>,
+    untexted: Arc<Mutex<Untexted>>,
     backlog: Arc<Backlog>,
     /// The batches of the open transaction: to drop from `pending` after the commit, and to
     /// insert again if the transaction fails.
@@ -1730,6 +1764,15 @@ impl Indexer {
             return;
         };
         let t = Instant::now();
+        // Before the commit: a reader that finds these events in SQLite finds them here too
+        // until the full-text index holds them (see `Untexted`). A failed commit that is
+        // retried adds them again; the full-text thread drops both copies.
+        if self.fts_tx.is_some() && !self.fts_batch.is_empty() {
+            let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
+            if u.complete {
+                u.batches.extend(self.fts_batch.iter().cloned());
+            }
+        }
         let mark = self
             .txn
             .last()
@@ -1783,6 +1826,10 @@ impl Indexer {
                     "the full-text thread stopped; text search scans events until restart"
                 );
                 self.fts_tx = None;
+                self.untexted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .abandon();
             }
         }
     }
@@ -1806,6 +1853,7 @@ struct FtsIndexer {
     pending_events: usize,
     /// Every event with `seq <=` this is in the index (shared with readers).
     watermark: Arc<AtomicU64>,
+    untexted: Arc<Mutex<Untexted>>,
 }
 
 impl FtsIndexer {
@@ -1835,6 +1883,10 @@ impl FtsIndexer {
                     pending = self.pending_events,
                     "the full-text index cannot be written; text search scans events past it until restart"
                 );
+                self.untexted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .abandon();
                 return;
             }
         }
@@ -1868,6 +1920,17 @@ impl FtsIndexer {
                 self.pending.clear();
                 self.pending_events = 0;
                 self.watermark.store(last, Ordering::Release);
+                // After the commit: a reader that no longer finds them in memory finds them
+                // in the index.
+                let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
+                while u
+                    .batches
+                    .front()
+                    .and_then(|b| b.last())
+                    .is_some_and(|e| e.seq <= last)
+                {
+                    u.batches.pop_front();
+                }
             }
             // The events are stored; only their text index lags. Queries still find them by
             // scanning the tail, and the next flush (or the next start) retries.
@@ -1933,7 +1996,7 @@ fn within<T>(
 fn drive_by_text_hits(
     conn: &Connection,
     filter: &herald_core::Filter,
-    watermark: u64,
+    tail: TextTail<'_>,
     acked: u64,
     span: (Option<i64>, Option<i64>),
     w: &mut crate::sql::Where,
@@ -1942,10 +2005,12 @@ fn drive_by_text_hits(
     // Past this, the index is so far behind (the indexer's backlog is at most 200,000) that
     // the tail alone is a long read; walk instead.
     const LONG_TAIL: u64 = 200_000;
-    if acked.saturating_sub(watermark) > LONG_TAIL {
-        return Ok(TextDrive::Unknown);
+    if let TextTail::Past(watermark) = tail {
+        if acked.saturating_sub(watermark) > LONG_TAIL {
+            return Ok(TextDrive::Unknown);
+        }
     }
-    let mut best: Option<(i64, String)> = None;
+    let mut best: Option<(i64, String, &str)> = None;
     let mut common = false;
     for term in &filter.terms {
         let herald_core::filter::TermKind::Text(text) = &term.kind else {
@@ -1963,13 +2028,13 @@ fn drive_by_text_hits(
                 "SELECT count(*) FROM (SELECT 1 FROM fts.events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
             )?
             .query_row(params![query, FEW + 1], |r| r.get(0))?;
-        if hits <= FEW && best.as_ref().is_none_or(|(n, _)| hits < *n) {
-            best = Some((hits, query));
+        if hits <= FEW && best.as_ref().is_none_or(|(n, _, _)| hits < *n) {
+            best = Some((hits, query, text.as_str()));
         } else if hits > FEW {
             common = true;
         }
     }
-    let Some((_, query)) = best else {
+    let Some((_, query, text)) = best else {
         return Ok(if common {
             TextDrive::Common
         } else {
@@ -1980,25 +2045,46 @@ fn drive_by_text_hits(
     if inner.is_empty() {
         inner.push('1');
     }
-    // The tail by seq (`+time` keeps SQLite off the time index, which would read the whole
-    // span), keeping only the events within the span.
-    let mut head = vec![
-        rusqlite::types::Value::Text(query),
-        rusqlite::types::Value::Integer(i64::try_from(watermark).unwrap_or(i64::MAX)),
-    ];
-    let mut tail = String::from("SELECT seq FROM events WHERE seq > ?");
-    if let Some(since) = span.0 {
-        tail.push_str(" AND +time >= ?");
-        head.push(rusqlite::types::Value::Integer(since));
-    }
-    if let Some(until) = span.1 {
-        tail.push_str(" AND +time < ?");
-        head.push(rusqlite::types::Value::Integer(until));
+    let mut tail_where = crate::sql::Where::default();
+    tail_where.params.push(rusqlite::types::Value::Text(query));
+    match tail {
+        TextTail::Past(watermark) => {
+            // The tail by seq (`+time` keeps SQLite off the time index, which would read
+            // the whole span), keeping only the events within the span.
+            tail_where
+                .sql
+                .push_str("SELECT seq FROM events WHERE seq > ?");
+            tail_where.params.push(rusqlite::types::Value::Integer(
+                i64::try_from(watermark).unwrap_or(i64::MAX),
+            ));
+            if let Some(since) = span.0 {
+                tail_where.sql.push_str(" AND +time >= ?");
+                tail_where
+                    .params
+                    .push(rusqlite::types::Value::Integer(since));
+            }
+            if let Some(until) = span.1 {
+                tail_where.sql.push_str(" AND +time < ?");
+                tail_where
+                    .params
+                    .push(rusqlite::types::Value::Integer(until));
+            }
+        }
+        // Found in memory already.
+        TextTail::Hits(hits) => {
+            tail_where.sql.push_str("SELECT value FROM json_each(?)");
+            tail_where
+                .params
+                .push(rusqlite::types::Value::Text(crate::sql::json_array(&hits(
+                    text,
+                ))));
+        }
     }
     w.sql = format!(
-        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL {tail}) AND ({inner})"
+        "seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ? UNION ALL {}) AND ({inner})",
+        tail_where.sql
     );
-    w.params.splice(0..0, head);
+    w.params.splice(0..0, tail_where.params);
     w.uses_fts = true;
     Ok(TextDrive::Driven)
 }
@@ -2125,6 +2211,32 @@ fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<
         .collect()
 }
 
+/// The seqs of the events of `batches` (committed to SQLite, not in the full-text index yet)
+/// whose text holds `text`, within the listing's bounds and before its cursor: the matcher
+/// decides, as the index and `herald_text` would (its cheap check for the phrase's words
+/// passes over most events without cutting their text).
+fn text_hits(batches: &[LiveBatch], text: &str, q: &EventQuery) -> Vec<u64> {
+    let matcher = herald_core::matcher::Matcher::new(herald_core::Filter {
+        terms: vec![herald_core::filter::Term {
+            negated: false,
+            kind: herald_core::filter::TermKind::Text(text.to_owned()),
+            span: (0, 0),
+        }],
+    });
+    batches
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter(|ev| {
+            let t = ev.event.time_us;
+            !(q.since_us.is_some_and(|s| t < s)
+                || q.until_us.is_some_and(|u| t >= u)
+                || q.cursor.is_some_and(|c| (t, ev.seq) >= (c.time_us, c.seq)))
+                && matcher.matches(&Unshared::new(ev.seq, &ev.event))
+        })
+        .map(|ev| ev.seq)
+        .collect()
+}
+
 /// What [`drive_by_text_hits`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextDrive {
@@ -2182,6 +2294,7 @@ impl Store for SqliteStore {
             .then(|| self.fts_watermark.load(Ordering::Acquire));
         let acked = self.progress.acked.load(Ordering::Acquire);
         let unindexed = self.unindexed.clone();
+        let untexted = self.untexted.clone();
         let by_day = crate::sql::day_indexed(&q.filter, &q.access);
         let days = crate::sql::day_range(q.since_us, q.until_us, q.cursor);
         Box::pin(self.read_now(move |conn| {
@@ -2197,6 +2310,28 @@ impl Store for SqliteStore {
                 .collect();
             let recent = unindexed_matches(&batches, &q, limit + 1);
             drop(batches);
+            // Then, still before the snapshot, the events the full-text index lacks (see
+            // `Untexted`): each text term's hits among them are found here, once.
+            let untexted: Option<Vec<LiveBatch>> = fts.and_then(|_| {
+                let u = untexted.lock().unwrap_or_else(|p| p.into_inner());
+                u.complete.then(|| u.batches.iter().cloned().collect())
+            });
+            let found_hits = std::cell::RefCell::new(HashMap::<String, Vec<u64>>::new());
+            let hits_of = |text: &str| -> Vec<u64> {
+                let Some(batches) = &untexted else {
+                    return Vec::new();
+                };
+                found_hits
+                    .borrow_mut()
+                    .entry(text.to_owned())
+                    .or_insert_with(|| text_hits(batches, text, &q))
+                    .clone()
+            };
+            let tail = match (fts, &untexted) {
+                (Some(_), Some(_)) => Some(TextTail::Hits(&hits_of)),
+                (Some(wm), None) => Some(TextTail::Past(wm)),
+                (None, _) => None,
+            };
             let list = |w: &crate::sql::Where| -> rusqlite::Result<Vec<StoredEvent>> {
                 // A text term answered by the full-text index is one list of hits per
                 // statement: reading day by day would build it once per day.
@@ -2212,13 +2347,13 @@ impl Store for SqliteStore {
                 let rows = stmt.query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?;
                 rows.collect()
             };
-            let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, fts);
+            let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, tail);
             let mut found = None;
-            if let Some(wm) = fts {
+            if let Some(tail) = tail {
                 let driven = drive_by_text_hits(
                     conn,
                     &q.filter,
-                    wm,
+                    tail,
                     acked,
                     (q.since_us, q.until_us),
                     &mut w,
@@ -2328,7 +2463,14 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let upto = self.progress.acked.load(Ordering::Acquire);
             self.read(move |conn| {
-                let mut w = compile(&q.filter, &q.access, q.since_us, None, None, fts);
+                let mut w = compile(
+                    &q.filter,
+                    &q.access,
+                    q.since_us,
+                    None,
+                    None,
+                    fts.map(TextTail::Past),
+                );
                 let limit = q.limit.max(1);
                 let sql = format!(
                     "SELECT seq, time, {BODY} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
@@ -2877,7 +3019,14 @@ mod tests {
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         for (filter, want) in [("tea", &tea), ("green -kettle", &green)] {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let w = compile(&f, &Access::all(), None, None, None, Some(3000));
+            let w = compile(
+                &f,
+                &Access::all(),
+                None,
+                None,
+                None,
+                Some(TextTail::Past(3000)),
+            );
             let sql = format!(
                 "SELECT seq FROM events WHERE {} ORDER BY time DESC, seq DESC LIMIT 10",
                 w.sql
@@ -2936,8 +3085,16 @@ mod tests {
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let drive = |filter: &str, wm: u64, span: (Option<i64>, Option<i64>)| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let mut w = compile(&f, &Access::all(), span.0, span.1, None, Some(wm));
-            let drive = drive_by_text_hits(&conn, &f, wm, 3000, span, &mut w).unwrap();
+            let mut w = compile(
+                &f,
+                &Access::all(),
+                span.0,
+                span.1,
+                None,
+                Some(TextTail::Past(wm)),
+            );
+            let drive =
+                drive_by_text_hits(&conn, &f, TextTail::Past(wm), 3000, span, &mut w).unwrap();
             (drive, w)
         };
         let plan = |filter: &str| plan_of(&conn, &drive(filter, wm, (None, None)).1);
@@ -2985,6 +3142,41 @@ mod tests {
         let (d, bounded) = drive("kettle", 500, span);
         assert_eq!(d, TextDrive::Driven);
         assert_eq!(seqs(&bounded), kettles[..2]);
+        // The same with the events the index lacks found in memory (`Untexted`): their hits
+        // are given as a list, for the driven listing and for the compiled term alike.
+        let lost: Vec<u64> = kettles[..2].iter().map(|&s| s as u64).collect();
+        let in_memory = |_: &str| lost.clone();
+        let f = herald_core::Filter::parse("kettle", 0).unwrap();
+        let mut w = compile(
+            &f,
+            &Access::all(),
+            None,
+            None,
+            None,
+            Some(TextTail::Hits(&in_memory)),
+        );
+        assert_eq!(seqs(&w), kettles);
+        let d = drive_by_text_hits(
+            &conn,
+            &f,
+            TextTail::Hits(&in_memory),
+            3000,
+            (None, None),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(d, TextDrive::Driven);
+        assert_eq!(seqs(&w), kettles);
+        let nothing = |_: &str| Vec::new();
+        let w = compile(
+            &f,
+            &Access::all(),
+            None,
+            None,
+            None,
+            Some(TextTail::Hits(&nothing)),
+        );
+        assert_eq!(seqs(&w), kettles[2..]);
         store.readers.conns.lock().unwrap().push(conn);
         store.close().await;
     }
@@ -3495,7 +3687,14 @@ mod tests {
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let plan = |filter: &str| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let w = compile(&f, &Access::all(), Some(0), None, None, Some(0));
+            let w = compile(
+                &f,
+                &Access::all(),
+                Some(0),
+                None,
+                None,
+                Some(TextTail::Past(0)),
+            );
             plan_of(&conn, &w)
         };
         // One day of a listing read day by day, with a cursor and the access rule of a
@@ -3504,7 +3703,7 @@ mod tests {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
             assert!(crate::sql::day_indexed(&f, access), "{filter}");
             let cursor = Some(Cursor { time_us: 5, seq: 9 });
-            let w = compile(&f, access, Some(0), None, cursor, Some(0));
+            let w = compile(&f, access, Some(0), None, cursor, Some(TextTail::Past(0)));
             day_plan_of(&conn, &w)
         };
         let all = Access::all();
