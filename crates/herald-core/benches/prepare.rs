@@ -1,10 +1,13 @@
 //! How long the core takes to validate and canonicalize one event of about 800 bytes (the
 //! ingest bench's shape) and to cut its full-text tokens: the per-event CPU of the HTTP
-//! threads and of the full-text thread that is Herald's own code. Run:
-//! `cargo bench -p herald-core --bench prepare`. It prints the best of five rounds.
+//! threads and of the full-text thread that is Herald's own code; and how long the matcher
+//! takes per event to rule out a rare value or word (what a listing spends on each event not
+//! indexed yet). Run: `cargo bench -p herald-core --bench prepare`. It prints the best of
+//! five rounds.
 
 use herald_core::event::{prepare_json, PrepareCtx};
 use herald_core::limits::Limits;
+use herald_core::matcher::{Matcher, Unshared};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -57,4 +60,23 @@ fn main() {
         "{N} events of {} bytes on average: prepare_json {best_prepare:.0} ns/event, token_text {best_tokens:.0} ns/event",
         bytes / N
     );
+    let prepared: Vec<_> = events
+        .iter()
+        .map(|e| prepare_json(e, "", &mut ctx).expect("valid"))
+        .collect();
+    for filter in ["data.org:org-0150", "req-000000000777", "type:order.placed"] {
+        let m = Matcher::new(herald_core::Filter::parse(filter, 0).expect("filter"));
+        let mut best = f64::MAX;
+        let mut hits = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            hits = prepared
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| m.matches(&Unshared::new(*i as u64, p)))
+                .count();
+            best = best.min(t.elapsed().as_secs_f64() * 1e9 / N as f64);
+        }
+        println!("matcher `{filter}`: {best:.0} ns/event ({hits} of {N} match)");
+    }
 }

@@ -393,18 +393,53 @@ fn term_value(ev: &impl EventParts, field: &Field, cond: &Cond) -> Option<bool> 
 /// it spares cutting the text of most events for a rare word. A part that is not ASCII may
 /// lowercase into ASCII letters it does not hold (the Kelvin sign `K` becomes `k`), so it
 /// may hold any token.
-fn may_hold(ev: &PreparedEvent, phrase: &[String]) -> bool {
-    phrase.iter().filter(|t| t.is_ascii()).all(|t| {
-        ev.search_parts()
-            .any(|p| !p.is_ascii() || contains_ascii_ci(p.as_bytes(), t.as_bytes()))
+fn may_hold(ev: &PreparedEvent, probes: &[Probe]) -> bool {
+    probes.iter().all(|t| {
+        ev.search_parts().any(|p| {
+            let p = p.as_bytes();
+            !p.is_ascii()
+                || match &t.exact {
+                    Some(f) => f.find(p).is_some(),
+                    None => contains_ascii_ci(p, &t.token),
+                }
+        })
     })
+}
+
+/// A token [`may_hold`] looks for.
+#[derive(Debug, Clone)]
+struct Probe {
+    /// Lowercase ASCII.
+    token: Vec<u8>,
+    /// For a token without letters (case does not matter): a searcher for its bytes.
+    exact: Option<memchr::memmem::Finder<'static>>,
+}
+
+/// What [`may_hold`] looks for in a phrase's tokens: the ASCII ones (any other may hide
+/// anywhere), each once, longest first, so that a rare word rules an event out before a
+/// common one is found.
+fn probes_of(phrase: &[String]) -> Vec<Probe> {
+    let mut toks: Vec<&String> = phrase.iter().filter(|t| t.is_ascii()).collect();
+    toks.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    toks.dedup();
+    toks.into_iter()
+        .map(|t| Probe {
+            token: t.as_bytes().to_vec(),
+            exact: (!t.bytes().any(|b| b.is_ascii_alphabetic()))
+                .then(|| memchr::memmem::Finder::new(t.as_bytes()).into_owned()),
+        })
+        .collect()
 }
 
 /// False when a `data.`/`context.` term on exact strings (`literals`, each quoted) cannot
 /// hold: the part has no escapes (no `\\`), so each string value in it appears between
 /// quotes byte for byte, and none of the strings does. Spares parsing the JSON of most
 /// events for a rare value. True whenever it cannot tell.
-fn may_equal(ev: &PreparedEvent, field: &Field, literals: Option<&[String]>) -> bool {
+fn may_equal(
+    ev: &PreparedEvent,
+    field: &Field,
+    literals: Option<&[memchr::memmem::Finder<'static>]>,
+) -> bool {
     let Some(literals) = literals else {
         return true;
     };
@@ -418,10 +453,7 @@ fn may_equal(ev: &PreparedEvent, field: &Field, literals: Option<&[String]>) -> 
         return true;
     };
     let part = part.as_bytes();
-    memchr::memchr(b'\\', part).is_some()
-        || literals
-            .iter()
-            .any(|l| memchr::memmem::find(part, l.as_bytes()).is_some())
+    literals.iter().any(|l| l.find(part).is_some()) || memchr::memchr(b'\\', part).is_some()
 }
 
 /// Whether `hay` contains `needle` (lowercase ASCII) in any ASCII case.
@@ -450,11 +482,11 @@ pub struct Matcher {
     /// The tokens of each term's phrase (empty for field terms), by term position.
     phrases: Vec<Vec<String>>,
     /// For a `data.`/`context.` term on exact strings, by term position: each string
-    /// quoted, as JSON without escapes holds it (see [`may_equal`]).
-    literals: Vec<Option<Vec<String>>>,
-    /// The tokens of each text term's phrase, longest first: the order [`may_hold`] looks
-    /// for them in, so that a rare word rules an event out before a common one is found.
-    probes: Vec<Vec<String>>,
+    /// quoted, as JSON without escapes holds it, ready to be searched for (see
+    /// [`may_equal`]).
+    literals: Vec<Option<Vec<memchr::memmem::Finder<'static>>>>,
+    /// What [`may_hold`] looks for, for each text term (see [`probes_of`]).
+    probes: Vec<Vec<Probe>>,
 }
 
 impl Matcher {
@@ -478,24 +510,16 @@ impl Matcher {
                     .iter()
                     .map(|p| match p {
                         // JSON text of an array or an object equals such a string too.
-                        Pattern::Exact(Value::Str(s)) if !s.starts_with(['[', '{']) => {
-                            Some(format!("\"{s}\""))
-                        }
+                        Pattern::Exact(Value::Str(s)) if !s.starts_with(['[', '{']) => Some(
+                            memchr::memmem::Finder::new(format!("\"{s}\"").as_bytes()).into_owned(),
+                        ),
                         _ => None,
                     })
                     .collect(),
                 _ => None,
             })
             .collect();
-        let probes = phrases
-            .iter()
-            .map(|p| {
-                let mut p = p.clone();
-                p.sort_by_key(|t| std::cmp::Reverse(t.len()));
-                p.dedup();
-                p
-            })
-            .collect();
+        let probes = phrases.iter().map(|p| probes_of(p)).collect();
         Matcher {
             filter,
             phrases,
@@ -616,18 +640,21 @@ mod tests {
             let live = LiveEvent::new(1, ev.clone());
             let toks: Vec<String> = tokens(&ev.search_text()).collect();
             for t in &toks {
-                assert!(may_hold(&ev, std::slice::from_ref(t)), "{t} in {json}");
+                assert!(
+                    may_hold(&ev, &probes_of(std::slice::from_ref(t))),
+                    "{t} in {json}"
+                );
             }
             for w in toks.windows(2) {
                 let phrase = w.to_vec();
-                assert!(may_hold(&ev, &phrase), "{phrase:?} in {json}");
+                assert!(may_hold(&ev, &probes_of(&phrase)), "{phrase:?} in {json}");
                 assert!(tokens_in(live.text(), &phrase));
             }
-            for absent in ["kettles", "zzz", "boiledat"] {
+            for absent in ["kettles", "zzz", "boiledat", "1000", "0001"] {
                 let phrase = vec![absent.to_owned()];
                 assert!(!tokens_in(live.text(), &phrase));
                 if json.is_ascii() {
-                    assert!(!may_hold(&ev, &phrase), "{absent} in {json}");
+                    assert!(!may_hold(&ev, &probes_of(&phrase)), "{absent} in {json}");
                 }
             }
         }

@@ -1932,8 +1932,8 @@ impl FtsIndexer {
                     u.batches.pop_front();
                 }
             }
-            // The events are stored; only their text index lags. Queries still find them by
-            // scanning the tail, and the next flush (or the next start) retries.
+            // The events are stored; only their text index lags. Queries still find them (in
+            // `Untexted`), and the next flush (or the next start) retries.
             Err(e) => {
                 tracing::warn!(error = %e, pending = self.pending_events, "full-text indexing failed; will retry")
             }
@@ -1990,9 +1990,10 @@ fn within<T>(
 /// full-text hits: tens of ms over a million events even when one event matches. When a
 /// positive text term has few hits, this adds the redundant condition `seq IN (hits ∪ tail)`
 /// in front, which SQLite uses to fetch those rows by seq and sort them instead; the tail is
-/// the events past the index's watermark within the listing's time bounds (`span`), which
-/// the walk would test one by one as well. Results are the same: the term itself still
-/// decides.
+/// the term's hits among the events the index lacks, found in memory ([`TextTail::Hits`]),
+/// or else every event past the index's watermark within the listing's time bounds
+/// (`span`), which the walk would test one by one as well. Results are the same: the term
+/// itself still decides.
 fn drive_by_text_hits(
     conn: &Connection,
     filter: &herald_core::Filter,
