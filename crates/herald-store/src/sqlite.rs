@@ -2313,7 +2313,12 @@ impl Store for SqliteStore {
             drop(batches);
             // Then, still before the snapshot, the events the full-text index lacks (see
             // `Untexted`): each text term's hits among them are found here, once.
-            let untexted: Option<Vec<LiveBatch>> = fts.and_then(|_| {
+            let has_text = q
+                .filter
+                .terms
+                .iter()
+                .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)));
+            let untexted: Option<Vec<LiveBatch>> = fts.filter(|_| has_text).and_then(|_| {
                 let u = untexted.lock().unwrap_or_else(|p| p.into_inner());
                 u.complete.then(|| u.batches.iter().cloned().collect())
             });
