@@ -420,7 +420,7 @@ struct Probe {
 /// common one is found.
 fn probes_of(phrase: &[String]) -> Vec<Probe> {
     let mut toks: Vec<&String> = phrase.iter().filter(|t| t.is_ascii()).collect();
-    toks.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    toks.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     toks.dedup();
     toks.into_iter()
         .map(|t| Probe {

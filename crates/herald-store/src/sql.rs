@@ -199,13 +199,13 @@ fn like_pattern(text: &str) -> String {
 }
 
 impl Where {
-    fn and(&mut self) {
+    pub(crate) fn and(&mut self) {
         if !self.sql.is_empty() {
             self.sql.push_str(" AND ");
         }
     }
 
-    fn param(&mut self, v: SqlValue) {
+    pub(crate) fn param(&mut self, v: SqlValue) {
         self.params.push(v);
         self.sql.push('?');
     }

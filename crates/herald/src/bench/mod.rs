@@ -977,7 +977,7 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
 /// Q1, Q2, Q7 and Q9 in turn, for as long as `bodies` take to ingest (batches of 1000, 4
 /// connections): each listing then also evaluates its filter on the events the indexer has
 /// not committed yet (up to its backlog), and the full-text index runs behind the events,
-/// whose tail text terms test row by row, all while ingest keeps both cores busy. What
+/// which text terms test in memory, all while ingest keeps both cores busy. What
 /// someone watching a busy server sees.
 async fn queries_under_load(
     url: &str,
