@@ -64,7 +64,12 @@ fn main() {
         .iter()
         .map(|e| prepare_json(e, "", &mut ctx).expect("valid"))
         .collect();
-    for filter in ["data.org:org-0150", "req-000000000777", "type:order.placed"] {
+    for filter in [
+        "data.org:org-0150",
+        "req-000000000777",
+        "s-00000003e7",
+        "type:order.placed",
+    ] {
         let m = Matcher::new(herald_core::Filter::parse(filter, 0).expect("filter"));
         let mut best = f64::MAX;
         let mut hits = 0;

@@ -400,7 +400,7 @@ fn may_hold(ev: &PreparedEvent, probes: &[Probe]) -> bool {
             !p.is_ascii()
                 || match &t.exact {
                     Some(f) => f.find(p).is_some(),
-                    None => contains_ascii_ci(p, &t.token),
+                    None => contains_ascii_ci(p, &t.token, t.anchor),
                 }
         })
     })
@@ -413,6 +413,8 @@ struct Probe {
     token: Vec<u8>,
     /// For a token without letters (case does not matter): a searcher for its bytes.
     exact: Option<memchr::memmem::Finder<'static>>,
+    /// Where [`contains_ascii_ci`] anchors its search ([`rarest`]).
+    anchor: usize,
 }
 
 /// What [`may_hold`] looks for in a phrase's tokens: the ASCII ones (any other may hide
@@ -425,6 +427,7 @@ fn probes_of(phrase: &[String]) -> Vec<Probe> {
     toks.into_iter()
         .map(|t| Probe {
             token: t.as_bytes().to_vec(),
+            anchor: rarest(t.as_bytes()),
             exact: (!t.bytes().any(|b| b.is_ascii_alphabetic()))
                 .then(|| memchr::memmem::Finder::new(t.as_bytes()).into_owned()),
         })
@@ -456,17 +459,44 @@ fn may_equal(
     literals.iter().any(|l| l.find(part).is_some()) || memchr::memchr(b'\\', part).is_some()
 }
 
-/// Whether `hay` contains `needle` (lowercase ASCII) in any ASCII case.
-fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let Some(&first) = needle.first() else {
-        return true;
+/// Whether `hay` contains `needle` (lowercase ASCII) in any ASCII case. The search looks for
+/// the needle's byte at `anchor` (in both cases), then compares around each find: with
+/// [`rarest`] as the anchor, few finds need comparing.
+fn contains_ascii_ci(hay: &[u8], needle: &[u8], anchor: usize) -> bool {
+    let Some(&b) = needle.get(anchor) else {
+        return needle.is_empty();
     };
     if hay.len() < needle.len() {
         return false;
     }
     let last_start = hay.len() - needle.len();
-    memchr::memchr2_iter(first, first.to_ascii_uppercase(), &hay[..=last_start])
-        .any(|i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
+    // A find at `j` of the slice from `anchor` is a candidate that starts at `j`.
+    memchr::memchr2_iter(
+        b,
+        b.to_ascii_uppercase(),
+        &hay[anchor..=last_start + anchor],
+    )
+    .any(|j| hay[j..j + needle.len()].eq_ignore_ascii_case(needle))
+}
+
+/// The position of the byte of `needle` that is likely rarest in event text (by a fixed
+/// ranking: `0`, `1`, `2` and common English letters are frequent; `q`, `z`, `j`, `x` are
+/// not), so that [`contains_ascii_ci`] stops at few places.
+fn rarest(needle: &[u8]) -> usize {
+    const LETTERS: &[u8] = b"etaoinsrhldcumfpgwybvkxjqz";
+    let rank = |b: u8| -> usize {
+        match b {
+            b'0'..=b'2' => 40,
+            b'3'..=b'9' => 20,
+            b'a'..=b'z' => LETTERS.iter().position(|&l| l == b).map_or(0, |p| 35 - p),
+            _ => 10,
+        }
+    };
+    needle
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, &b)| rank(b))
+        .map_or(0, |(i, _)| i)
 }
 
 /// True when every term of `filter` matches the event.
@@ -618,13 +648,49 @@ mod tests {
 
     #[test]
     fn substrings_are_found_in_any_ascii_case() {
-        assert!(contains_ascii_ci(b"Kettle Boiled", b"boiled"));
-        assert!(contains_ascii_ci(b"xKETTLE", b"kettle"));
-        assert!(contains_ascii_ci(b"kettle", b"kettle"));
-        assert!(contains_ascii_ci(b"abc", b""));
-        assert!(!contains_ascii_ci(b"kettl", b"kettle"));
-        assert!(!contains_ascii_ci(b"ke ttle", b"kettle"));
-        assert!(!contains_ascii_ci(b"", b"a"));
+        let has = |hay: &[u8], needle: &[u8]| {
+            let got = contains_ascii_ci(hay, needle, rarest(needle));
+            // Whatever the anchor, the same answer.
+            for anchor in 0..needle.len() {
+                assert_eq!(contains_ascii_ci(hay, needle, anchor), got, "{anchor}");
+            }
+            got
+        };
+        assert!(has(b"Kettle Boiled", b"boiled"));
+        assert!(has(b"xKETTLE", b"kettle"));
+        assert!(has(b"kettle", b"kettle"));
+        assert!(has(b"abc", b""));
+        assert!(!has(b"kettl", b"kettle"));
+        assert!(!has(b"ke ttle", b"kettle"));
+        assert!(!has(b"", b"a"));
+        assert_eq!(rarest(b"00000003e7"), 7);
+        assert_eq!(rarest(b"quiz"), 3);
+        // Against a plain search, on every needle of up to 3 bytes over a small alphabet, in
+        // haystacks that hold it at the start, in the middle, at the end or not at all.
+        let alphabet = b"aZz0 q";
+        let mut needles: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<u8>> = needles
+                .iter()
+                .flat_map(|n| alphabet.iter().map(move |&c| [n.as_slice(), &[c]].concat()))
+                .collect();
+            needles.extend(longer);
+        }
+        needles.sort();
+        needles.dedup();
+        for needle in &needles {
+            let lower = needle.to_ascii_lowercase();
+            if lower.iter().any(|b| !b.is_ascii_alphanumeric()) {
+                continue;
+            }
+            for hay in &needles {
+                let plain = hay
+                    .windows(lower.len().max(1))
+                    .any(|w| w.eq_ignore_ascii_case(&lower))
+                    || lower.is_empty();
+                assert_eq!(has(hay, &lower), plain, "{lower:?} in {hay:?}");
+            }
+        }
     }
 
     /// The cheap test never rules out an event that holds the phrase: checked on every
