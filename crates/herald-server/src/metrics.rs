@@ -38,6 +38,7 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabel, Counter>,
     pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     pub queue_depth: Gauge,
+    pub index_backlog: Gauge,
     pub commit_events: Histogram,
     pub commit_duration: Histogram,
     pub stream_subscribers: Gauge,
@@ -66,6 +67,7 @@ impl Metrics {
             (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
         );
         let queue_depth = Gauge::default();
+        let index_backlog = Gauge::default();
         let commit_events = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -102,6 +104,11 @@ impl Metrics {
             "herald_ingest_queue_depth",
             "Write requests waiting for the store writer",
             queue_depth.clone(),
+        );
+        registry.register(
+            "herald_store_index_backlog",
+            "Acknowledged events the indexer has not committed yet (reads find them in memory meanwhile)",
+            index_backlog.clone(),
         );
         registry.register(
             "herald_store_commit_events",
@@ -192,6 +199,7 @@ impl Metrics {
             rejected,
             http_duration,
             queue_depth,
+            index_backlog,
             commit_events,
             commit_duration,
         })

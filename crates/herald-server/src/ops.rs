@@ -32,6 +32,9 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.queue_depth.set(st.store.queue_depth() as i64);
+    st.metrics
+        .index_backlog
+        .set(i64::try_from(st.store.index_backlog()).unwrap_or(i64::MAX));
     let mut res = st.metrics.render().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

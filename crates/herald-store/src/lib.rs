@@ -193,6 +193,19 @@ pub trait Store: Send + Sync + 'static {
     /// Write requests waiting for the writer.
     fn queue_depth(&self) -> usize;
 
+    /// Waits until every event acknowledged before the call is committed to the store's
+    /// indexes (asking for that commit now). Reads never need it (they see acknowledged
+    /// events either way); benches and tests use it to measure or exercise the indexes.
+    fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Acknowledged events not committed to the store's indexes yet (reads see them all the
+    /// same): how far its indexing is behind. Zero for a store that indexes as it writes.
+    fn index_backlog(&self) -> u64 {
+        0
+    }
+
     /// Stops taking appends, commits what was queued, and stops the writer.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

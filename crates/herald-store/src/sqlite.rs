@@ -353,6 +353,8 @@ pub struct SqliteStore {
     fulltext: bool,
     unindexed: Arc<Unindexed>,
     untexted: Arc<Mutex<Untexted>>,
+    /// Read by `get_by_id` (see [`Pending`]).
+    pending: Arc<Pending>,
     fts_watermark: Arc<AtomicU64>,
     progress: Arc<Progress>,
     fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -502,7 +504,7 @@ impl SqliteStore {
             conn,
             rx: index_rx,
             progress: progress.clone(),
-            pending,
+            pending: pending.clone(),
             unindexed: unindexed.clone(),
             untexted: untexted.clone(),
             backlog,
@@ -569,6 +571,7 @@ impl SqliteStore {
             fulltext: opts.fulltext,
             unindexed,
             untexted,
+            pending,
             fts_watermark,
             progress,
             fts_thread: Mutex::new(fts_thread),
@@ -2246,6 +2249,32 @@ fn text_hits(batches: &[LiveBatch], text: &str, q: &EventQuery) -> Vec<u64> {
 /// text terms scan the tail in SQL instead of testing each event in memory.
 const UNTEXTED_TESTED_MAX: usize = 500_000;
 
+/// The acknowledged event `seq` if SQLite does not hold it yet (see [`Unindexed`]), as the
+/// store returns it, when `access` may read it: `Some(None)` when it may not. `None` when it
+/// is not there (committed before this look, or never acknowledged): SQLite then answers.
+fn unindexed_by_seq(
+    unindexed: &Unindexed,
+    seq: u64,
+    access: &Access,
+) -> Option<Option<StoredEvent>> {
+    let u = unindexed.lock().unwrap_or_else(|p| p.into_inner());
+    // Batches are in seq order, each a run of increasing seqs.
+    let i = u.partition_point(|b| b.last().is_some_and(|e| e.seq < seq));
+    let batch = u.get(i)?;
+    let at = batch.binary_search_by_key(&seq, |e| e.seq).ok()?;
+    let ev = &batch[at];
+    if !access.can_read(&ev.event) {
+        return Some(None);
+    }
+    let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
+    ev.write_body(&mut body);
+    Some(Some(StoredEvent {
+        seq: ev.seq,
+        time_us: ev.event.time_us,
+        body,
+    }))
+}
+
 /// What [`drive_by_text_hits`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextDrive {
@@ -2437,9 +2466,15 @@ impl Store for SqliteStore {
         seq: u64,
         access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
+        // Read-your-writes without waiting for the indexer: an acknowledged event is in
+        // memory until SQLite holds it, and a SQLite snapshot taken after looking there holds
+        // it otherwise (the indexer removes it only after its commit).
+        if let Some(found) = unindexed_by_seq(&self.unindexed, seq, access) {
+            return Box::pin(async move { Ok(found) });
+        }
         let mut w = crate::sql::Where::default();
         crate::sql::access_clause(&mut w, access);
-        Box::pin(self.read(move |conn| {
+        Box::pin(self.read_now(move |conn| {
             let sql = format!(
                 "SELECT seq, time, {BODY} FROM events WHERE seq = ? AND ({})",
                 if w.sql.is_empty() { "1" } else { &w.sql }
@@ -2462,10 +2497,35 @@ impl Store for SqliteStore {
         access: &'a Access,
     ) -> BoxFuture<'a, Result<Option<StoredEvent>, StoreError>> {
         let key = herald_core::event::dedup_key(source, id);
+        // As `get_by_seq`: an acknowledged event SQLite does not hold yet is in `pending`
+        // (by duplicate key, with its seq) and in memory; a snapshot taken after looking
+        // there holds the others. `pending` also holds the writer's group before its fsync:
+        // only seqs acknowledged count.
+        // The writer holds `pending` while it handles a group: rather than block this
+        // thread, wait for the indexer then (as before memory was looked at).
+        let acked = self.progress.acked.load(Ordering::Acquire);
+        let pending = match self.pending.try_lock() {
+            Ok(p) => Some(p),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let looked = pending.map(|p| {
+            p.get(&key).and_then(|list| {
+                list.iter()
+                    .find(|e| e.source == source && e.id == id && e.seq <= acked)
+                    .map(|e| e.seq)
+            })
+        });
+        if let Some(found) = looked
+            .flatten()
+            .and_then(|seq| unindexed_by_seq(&self.unindexed, seq, access))
+        {
+            return Box::pin(async move { Ok(found) });
+        }
         let mut w = crate::sql::Where::default();
         crate::sql::access_clause(&mut w, access);
         let (source, id) = (source.to_owned(), id.to_owned());
-        Box::pin(self.read(move |conn| {
+        let read = move |conn: &Connection| {
             let sql = format!(
                 "SELECT seq, time, {BODY} FROM events WHERE dkey = ? AND source = ? AND id = ? AND ({})",
                 if w.sql.is_empty() { "1" } else { &w.sql }
@@ -2480,7 +2540,12 @@ impl Store for SqliteStore {
                 .prepare_cached(&sql)?
                 .query_row(rusqlite::params_from_iter(params.iter()), row_to_event)
                 .optional()?)
-        }))
+        };
+        if looked.is_some() {
+            Box::pin(self.read_now(read))
+        } else {
+            Box::pin(self.read(read))
+        }
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LiveBatch> {
@@ -2553,6 +2618,18 @@ impl Store for SqliteStore {
 
     fn queue_depth(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.visible())
+    }
+
+    fn index_backlog(&self) -> u64 {
+        let committed = *self.progress.committed.borrow();
+        self.progress
+            .acked
+            .load(Ordering::Acquire)
+            .saturating_sub(committed)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -3604,6 +3681,81 @@ mod tests {
             }
         }
         assert!(checked > 1000, "{checked}");
+    }
+
+    /// Reads by seq and by id answer acknowledged events from memory while SQLite does not
+    /// hold them yet, without asking the indexer to commit, with the caller's access rule;
+    /// and the same once it does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_by_seq_and_id_do_not_wait_for_the_indexer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(dir.path(), &[]);
+        let events: Vec<PreparedEvent> = (0..50)
+            .map(|i| {
+                crate::contract::event(&format!(
+                    r#"{{"id":"e{i}","source":"/s","type":"t","tenant":"org-{}","data":{{"n":{i}}}}}"#,
+                    i % 2
+                ))
+            })
+            .collect();
+        let out = store.append(events).await.unwrap();
+        let seqs: Vec<u64> = out
+            .iter()
+            .map(|o| match o {
+                AppendOutcome::Stored(s) => *s,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            !store.unindexed.lock().unwrap().is_empty(),
+            "the events are not committed yet"
+        );
+        let org1 = Access {
+            only_tenants: Some(vec!["org-1".into()]),
+            ..Access::all()
+        };
+        let read_all = |access: Access| {
+            let store = &store;
+            let seqs = &seqs;
+            async move {
+                let mut got = Vec::new();
+                for (i, &seq) in seqs.iter().enumerate() {
+                    let by_seq = store.get_by_seq(seq, &access).await.unwrap();
+                    let by_id = store
+                        .get_by_id("/s", &format!("e{i}"), &access)
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        by_seq.as_ref().map(|e| (e.seq, &e.body)),
+                        by_id.as_ref().map(|e| (e.seq, &e.body))
+                    );
+                    got.push(by_seq.map(|e| (e.seq, e.time_us, e.body)));
+                }
+                assert!(store
+                    .get_by_seq(seqs[seqs.len() - 1] + 1, &access)
+                    .await
+                    .unwrap()
+                    .is_none());
+                assert!(store
+                    .get_by_id("/s", "absent", &access)
+                    .await
+                    .unwrap()
+                    .is_none());
+                got
+            }
+        };
+        let before = (read_all(Access::all()).await, read_all(org1.clone()).await);
+        assert!(
+            !store.unindexed.lock().unwrap().is_empty(),
+            "the reads did not make the indexer commit"
+        );
+        assert!(before.0.iter().all(Option::is_some));
+        assert_eq!(before.1.iter().filter(|e| e.is_some()).count(), 25);
+        store.visible().await.unwrap();
+        assert!(store.unindexed.lock().unwrap().is_empty());
+        let after = (read_all(Access::all()).await, read_all(org1).await);
+        assert_eq!(before, after);
+        store.close().await;
     }
 
     /// A database of schema 6 (attribute indexes not bucketed by day, no `days` table) is

@@ -176,6 +176,7 @@ use herald_server::query::now_micros as now_us;
 /// A Herald server on its own runtime, so that the load generator does not share one.
 struct Server {
     url: String,
+    store: Arc<dyn herald_store::Store>,
     metrics: Arc<Metrics>,
     keys: herald_store::KeyStore,
     rt: Option<tokio::runtime::Runtime>,
@@ -218,7 +219,8 @@ impl Server {
             on_commit: Some(metrics.commit_observer()),
         })?;
         let keys = herald_store::KeyStore::open(&path)?;
-        let state = AppState::new(Arc::new(store), keys.clone(), &cfg, metrics.clone())
+        let store: Arc<dyn herald_store::Store> = Arc::new(store);
+        let state = AppState::new(store.clone(), keys.clone(), &cfg, metrics.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -231,6 +233,7 @@ impl Server {
         });
         Ok(Server {
             url,
+            store,
             metrics,
             keys,
             rt: Some(rt),
@@ -281,11 +284,18 @@ impl Server {
         )
     }
 
-    /// Runs a load and prints how the writer grouped it.
-    /// Runs a load, then waits until everything acknowledged is indexed (a read by seq waits
-    /// for the indexer to commit it; listings do not, they also look at the events still in
-    /// memory), so that the figures are sustained rates, not bursts into the indexer's
-    /// backlog.
+    /// Waits until the server has indexed every acknowledged event (`Store::settle`).
+    fn settle(&self) -> anyhow::Result<()> {
+        if let Some(rt) = &self.rt {
+            rt.block_on(self.store.settle())?;
+        }
+        Ok(())
+    }
+
+    /// Runs a load, then waits until everything acknowledged is indexed (`Store::settle`:
+    /// reads do not wait, they also look at the events still in memory), so that the figures
+    /// are sustained rates, not bursts into the indexer's backlog; prints how the writer
+    /// grouped it.
     fn measured(
         &self,
         name: &str,
@@ -297,9 +307,7 @@ impl Server {
         let mut out = f()?;
         let wall = t.elapsed().as_secs_f64();
         let settle = Instant::now();
-        if let Some(rt) = &self.rt {
-            rt.block_on(wait_indexed(&self.url))?;
-        }
+        self.settle()?;
         out.settle = settle.elapsed();
         let (c1, e1, s1) = self.commit_totals();
         let commits = (c1 - c0).max(1.0);
@@ -857,10 +865,10 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         load.elapsed.as_secs_f64(),
         load.rate()
     );
-    // Measure an idle server: a read by seq returns once the indexer has committed every
-    // acknowledged event (listings would meanwhile also look at those still in memory).
+    // Measure an idle server: once the indexer has committed every acknowledged event
+    // (reads would meanwhile also look at those still in memory).
     let t = Instant::now();
-    client_rt.block_on(wait_indexed(&url))?;
+    server.settle()?;
     eprintln!("  indexed {:.1}s later", t.elapsed().as_secs_f64());
 
     // The same listings as a read key with 10 principals sees them: the access rule joins
@@ -1016,19 +1024,6 @@ async fn queries_under_load(
         })
         .collect();
     Ok((outcome, stats))
-}
-
-/// Returns once the server has indexed every acknowledged event: a read by seq waits for
-/// the indexer to commit them (listings do not: they also look at events still in memory).
-/// Seq 1 may not exist; the wait is the same.
-async fn wait_indexed(url: &str) -> anyhow::Result<()> {
-    let res = reqwest::get(format!("{url}/v1/events/1")).await?;
-    anyhow::ensure!(
-        res.status().is_success() || res.status() == reqwest::StatusCode::NOT_FOUND,
-        "read by seq: {}",
-        res.status()
-    );
-    Ok(())
 }
 
 /// `filter=…`, encoded for a query string.

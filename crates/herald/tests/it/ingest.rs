@@ -126,6 +126,12 @@ async fn mixed_batches_duplicates_and_conflicts() {
         metrics.contains("herald_events_duplicate_total 2"),
         "{metrics}"
     );
+    // How far the indexer is behind: a number, whatever it is at this moment.
+    let backlog = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_store_index_backlog "))
+        .unwrap_or_else(|| panic!("no index backlog in {metrics}"));
+    assert!(backlog.trim().parse::<u64>().is_ok(), "{backlog}");
     s.stop().await;
 }
 
