@@ -1288,7 +1288,7 @@ fn replay_legacy_logs(conn: &Connection, data_dir: &Path) -> Result<(), StoreErr
 struct Progress {
     /// Every event with `seq <=` this is durable (in the log or in SQLite).
     acked: AtomicU64,
-    /// A reader waits for the indexer to commit its open transaction.
+    /// Someone waits for the indexer to commit its open transaction (`Store::settle`).
     commit_wanted: AtomicBool,
     /// Every event with `seq <=` this is committed in SQLite (visible to readers).
     committed: tokio::sync::watch::Sender<u64>,
@@ -1352,11 +1352,11 @@ struct Backlog {
 const INDEX_BACKLOG: usize = 200_000;
 
 /// The indexer commits its SQLite transaction after this many events, or when it is this
-/// old, or when a reader needs to see what was acknowledged, whichever comes first. Each
-/// commit writes every index page it touched; a second's worth of events shares those pages
-/// (a measured ~25% more sustained ingest than 200 ms), and readers never wait for the age
-/// (they ask for a commit). The events of the open transaction are kept in memory for a
-/// retry, which bounds it by count.
+/// old, or when `Store::settle` asks for it, whichever comes first. Each commit writes every
+/// index page it touched; a second's worth of events shares those pages (a measured ~25%
+/// more sustained ingest than 200 ms), and readers never wait for the age (they read the
+/// events of the open transaction from memory). The events of the open transaction are kept
+/// in memory for a retry, which bounds it by count.
 const TXN_MAX_EVENTS: usize = 100_000;
 const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(1000);
 
@@ -2275,6 +2275,42 @@ fn unindexed_by_seq(
     }))
 }
 
+/// The first `limit` events of `batches` (acknowledged, not in SQLite yet) that a catch-up
+/// read holds, in seq order: after its position and up to `upto`, from its `since`, readable
+/// by its caller, matching its filter.
+fn unindexed_after(
+    batches: &[LiveBatch],
+    q: &ScanQuery,
+    upto: u64,
+    limit: usize,
+) -> Vec<StoredEvent> {
+    if batches.is_empty() {
+        return Vec::new();
+    }
+    let matcher = herald_core::matcher::Matcher::new(q.filter.clone());
+    batches
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter(|ev| {
+            ev.seq > q.after_seq
+                && ev.seq <= upto
+                && q.since_us.is_none_or(|s| ev.event.time_us >= s)
+                && q.access.can_read(&ev.event)
+                && matcher.matches(&Unshared::new(ev.seq, &ev.event))
+        })
+        .take(limit)
+        .map(|ev| {
+            let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
+            ev.write_body(&mut body);
+            StoredEvent {
+                seq: ev.seq,
+                time_us: ev.event.time_us,
+                body,
+            }
+        })
+        .collect()
+}
+
 /// What [`drive_by_text_hits`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextDrive {
@@ -2556,52 +2592,76 @@ impl Store for SqliteStore {
         let fts = self
             .fulltext
             .then(|| self.fts_watermark.load(Ordering::Acquire));
-        // Everything acknowledged before the read starts is visible to it; the page ends at
+        // Everything acknowledged before the read starts is in the look at memory or in the
+        // snapshot after it (as for listings: no waiting for the indexer); the page ends at
         // the newest acknowledged event known now, so `scanned_to` never passes an event the
         // read could not see.
-        Box::pin(async move {
-            let upto = self.progress.acked.load(Ordering::Acquire);
-            self.read(move |conn| {
-                let mut w = compile(
-                    &q.filter,
-                    &q.access,
-                    q.since_us,
-                    None,
-                    None,
-                    fts.map(TextTail::Past),
-                );
-                let limit = q.limit.max(1);
-                let sql = format!(
-                    "SELECT seq, time, {BODY} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
-                    w.sql, limit
-                );
-                w.params.insert(0, rusqlite::types::Value::Integer(upto as i64));
-                w.params.insert(0, rusqlite::types::Value::Integer(q.after_seq as i64));
-                let mut stmt = conn.prepare_cached(&sql)?;
-                let events: Vec<StoredEvent> = stmt
-                    .query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?
-                    .collect::<Result<_, _>>()?;
-                let done = events.len() < limit;
-                let scanned_to = if done {
-                    upto.max(q.after_seq)
-                } else {
-                    events.last().map(|e| e.seq).unwrap_or(q.after_seq)
-                };
-                Ok(ScanPage {
-                    events,
-                    scanned_to,
-                    done,
-                })
+        let upto = self.progress.acked.load(Ordering::Acquire);
+        let unindexed = self.unindexed.clone();
+        Box::pin(self.read_now(move |conn| {
+            let limit = q.limit.max(1);
+            let batches: Vec<LiveBatch> = unindexed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            let recent = unindexed_after(&batches, &q, upto, limit);
+            drop(batches);
+            let mut w = compile(
+                &q.filter,
+                &q.access,
+                q.since_us,
+                None,
+                None,
+                fts.map(TextTail::Past),
+            );
+            let sql = format!(
+                "SELECT seq, time, {BODY} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
+                w.sql, limit
+            );
+            w.params.insert(0, rusqlite::types::Value::Integer(upto as i64));
+            w.params.insert(0, rusqlite::types::Value::Integer(q.after_seq as i64));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut events: Vec<StoredEvent> = stmt
+                .query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?
+                .collect::<Result<_, _>>()?;
+            if !recent.is_empty() {
+                // Each list holds the first matches of its part; an event committed since
+                // the look at memory is in both.
+                events.extend(recent);
+                events.sort_unstable_by_key(|e| e.seq);
+                events.dedup_by_key(|e| e.seq);
+                events.truncate(limit);
+            }
+            let done = events.len() < limit;
+            let scanned_to = if done {
+                upto.max(q.after_seq)
+            } else {
+                events.last().map(|e| e.seq).unwrap_or(q.after_seq)
+            };
+            Ok(ScanPage {
+                events,
+                scanned_to,
+                done,
             })
-            .await
-        })
+        }))
     }
 
     fn seq_range(&self) -> BoxFuture<'_, Result<SeqRange, StoreError>> {
+        let last = self.progress.acked.load(Ordering::Acquire);
+        // Without waiting for the indexer: the oldest event SQLite holds, or else the oldest
+        // acknowledged one in memory.
+        let in_memory = self
+            .unindexed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .front()
+            .and_then(|b| b.first())
+            .map(|e| e.seq);
         Box::pin(async move {
-            let last = self.progress.acked.load(Ordering::Acquire);
             let oldest = self
-                .read(move |conn| {
+                .read_now(move |conn| {
                     Ok(conn
                         .query_row("SELECT min(seq) FROM events", [], |r| {
                             r.get::<_, Option<i64>>(0)
@@ -2610,7 +2670,7 @@ impl Store for SqliteStore {
                 })
                 .await?;
             Ok(SeqRange {
-                oldest: oldest.unwrap_or(last + 1),
+                oldest: oldest.or(in_memory).unwrap_or(last + 1),
                 last,
             })
         })
@@ -3683,9 +3743,9 @@ mod tests {
         assert!(checked > 1000, "{checked}");
     }
 
-    /// Reads by seq and by id answer acknowledged events from memory while SQLite does not
-    /// hold them yet, without asking the indexer to commit, with the caller's access rule;
-    /// and the same once it does.
+    /// Reads by seq and by id, catch-up scans and the stream's range answer acknowledged
+    /// events from memory while SQLite does not hold them yet, without asking the indexer to
+    /// commit, with the caller's access rule; and the same once it does.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_by_seq_and_id_do_not_wait_for_the_indexer() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -3744,7 +3804,41 @@ mod tests {
                 got
             }
         };
+        // Catch-up reads, paged, with a filter and a caller's rule.
+        let scan_all = |filter: &'static str, access: Access| {
+            let store = &store;
+            async move {
+                let mut got = Vec::new();
+                let mut after = 0;
+                loop {
+                    let page = store
+                        .scan(ScanQuery {
+                            filter: herald_core::Filter::parse(filter, 0).unwrap(),
+                            after_seq: after,
+                            since_us: None,
+                            limit: 7,
+                            access: access.clone(),
+                        })
+                        .await
+                        .unwrap();
+                    assert!(page.scanned_to >= after);
+                    got.extend(page.events.into_iter().map(|e| (e.seq, e.body)));
+                    after = page.scanned_to;
+                    if page.done {
+                        break got;
+                    }
+                }
+            }
+        };
         let before = (read_all(Access::all()).await, read_all(org1.clone()).await);
+        let scans_before = (
+            scan_all("", Access::all()).await,
+            scan_all("data.n:<20", org1.clone()).await,
+        );
+        assert_eq!(scans_before.0.len(), 50);
+        assert_eq!(scans_before.1.len(), 10);
+        let range = store.seq_range().await.unwrap();
+        assert_eq!((range.oldest, range.last), (seqs[0], seqs[49]));
         assert!(
             !store.unindexed.lock().unwrap().is_empty(),
             "the reads did not make the indexer commit"
@@ -3753,8 +3847,13 @@ mod tests {
         assert_eq!(before.1.iter().filter(|e| e.is_some()).count(), 25);
         store.visible().await.unwrap();
         assert!(store.unindexed.lock().unwrap().is_empty());
-        let after = (read_all(Access::all()).await, read_all(org1).await);
+        let after = (read_all(Access::all()).await, read_all(org1.clone()).await);
         assert_eq!(before, after);
+        let scans_after = (
+            scan_all("", Access::all()).await,
+            scan_all("data.n:<20", org1).await,
+        );
+        assert_eq!(scans_before, scans_after);
         store.close().await;
     }
 
