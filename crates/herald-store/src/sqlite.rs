@@ -2186,9 +2186,7 @@ fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<
             {
                 continue;
             }
-            if q.since_us.is_some_and(|s| t < s)
-                || q.until_us.is_some_and(|u| t >= u)
-                || q.cursor.is_some_and(|c| (t, ev.seq) >= (c.time_us, c.seq))
+            if outside_listing(q, t, ev.seq)
                 || !q.access.can_read(&ev.event)
                 || !matcher.matches(&Unshared::new(ev.seq, &ev.event))
             {
@@ -2205,17 +2203,7 @@ fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<
         .map(|Reverse((_, _, bi, ei))| &batches[bi][ei])
         .collect();
     hits.sort_unstable_by_key(|e| Reverse((e.event.time_us, e.seq)));
-    hits.into_iter()
-        .map(|ev| {
-            let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
-            ev.write_body(&mut body);
-            StoredEvent {
-                seq: ev.seq,
-                time_us: ev.event.time_us,
-                body,
-            }
-        })
-        .collect()
+    hits.into_iter().map(stored_from_memory).collect()
 }
 
 /// The seqs of the events of `batches` (committed to SQLite, not in the full-text index yet)
@@ -2234,10 +2222,7 @@ fn text_hits(batches: &[LiveBatch], text: &str, q: &EventQuery) -> Vec<u64> {
         .iter()
         .flat_map(|b| b.iter())
         .filter(|ev| {
-            let t = ev.event.time_us;
-            !(q.since_us.is_some_and(|s| t < s)
-                || q.until_us.is_some_and(|u| t >= u)
-                || q.cursor.is_some_and(|c| (t, ev.seq) >= (c.time_us, c.seq)))
+            !outside_listing(q, ev.event.time_us, ev.seq)
                 && q.access.can_read(&ev.event)
                 && matcher.matches(&Unshared::new(ev.seq, &ev.event))
         })
@@ -2266,13 +2251,39 @@ fn unindexed_by_seq(
     if !access.can_read(&ev.event) {
         return Some(None);
     }
+    Some(Some(stored_from_memory(ev)))
+}
+
+/// An acknowledged event held in memory as the store returns it: its stored JSON, written as
+/// the writer wrote it to its segment.
+fn stored_from_memory(ev: &LiveEvent) -> StoredEvent {
     let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
     ev.write_body(&mut body);
-    Some(Some(StoredEvent {
+    StoredEvent {
         seq: ev.seq,
         time_us: ev.event.time_us,
         body,
-    }))
+    }
+}
+
+/// The batches of `unindexed` now (their handles): what a read looks at before its SQLite
+/// snapshot.
+fn snapshot(unindexed: &Unindexed) -> Vec<LiveBatch> {
+    unindexed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
+/// Whether an event at `time_us`, `seq` lies outside a listing's time bounds or at or before
+/// its cursor (as `sql::compile` writes them).
+fn outside_listing(q: &EventQuery, time_us: i64, seq: u64) -> bool {
+    q.since_us.is_some_and(|s| time_us < s)
+        || q.until_us.is_some_and(|u| time_us >= u)
+        || q.cursor
+            .is_some_and(|c| (time_us, seq) >= (c.time_us, c.seq))
 }
 
 /// The first `limit` events of `batches` (acknowledged, not in SQLite yet) that a catch-up
@@ -2299,15 +2310,7 @@ fn unindexed_after(
                 && matcher.matches(&Unshared::new(ev.seq, &ev.event))
         })
         .take(limit)
-        .map(|ev| {
-            let mut body = String::with_capacity(ev.event.body_tail.len() + 24);
-            ev.write_body(&mut body);
-            StoredEvent {
-                seq: ev.seq,
-                time_us: ev.event.time_us,
-                body,
-            }
-        })
+        .map(stored_from_memory)
         .collect()
 }
 
@@ -2379,12 +2382,7 @@ impl Store for SqliteStore {
             // Acknowledged events SQLite does not hold yet, looked at before any SQLite
             // snapshot (see `Unindexed`): the listing takes them from memory instead of
             // waiting for the indexer, which under heavy ingest is seconds behind.
-            let batches: Vec<LiveBatch> = unindexed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
+            let batches = snapshot(&unindexed);
             let recent = unindexed_matches(&batches, &q, limit + 1);
             drop(batches);
             // Then, still before the snapshot, the events the full-text index lacks (see
@@ -2600,12 +2598,7 @@ impl Store for SqliteStore {
         let unindexed = self.unindexed.clone();
         Box::pin(self.read_now(move |conn| {
             let limit = q.limit.max(1);
-            let batches: Vec<LiveBatch> = unindexed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
+            let batches = snapshot(&unindexed);
             let recent = unindexed_after(&batches, &q, upto, limit);
             drop(batches);
             let mut w = compile(

@@ -926,7 +926,6 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
     };
     println!("\nquery latency over {} events (Herald through HTTP incl. JSON; PostgreSQL through its protocol), {} runs:", a.events, a.runs);
     for (i, h) in herald.iter().enumerate() {
-        let ms = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         let mut line = format!(
             "{:<28} herald p50 {:>6.2} ms  p99 {:>6.2} ms  ({} rows)",
             h.name,
@@ -947,7 +946,6 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
     }
     println!("\nthe same through a read key with 10 principals (8 tenants, a user, a group):");
     for (h, k) in herald.iter().zip(&with_key) {
-        let ms = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         println!(
             "{:<28} key  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} rows)   p50 vs no key {:>+5.0}%",
             k.name,
@@ -963,7 +961,6 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         load.rate()
     );
     for q in &under_load {
-        let ms = |hist: &Histogram<u64>, q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         let mut line = format!(
             "{:<28} load p50 {:>6.2} ms  p99 {:>6.2} ms  ({} runs)",
             q.name,
@@ -980,6 +977,11 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// A quantile of a histogram of microseconds, in milliseconds.
+fn ms(hist: &Histogram<u64>, q: f64) -> f64 {
+    hist.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Q1, Q2, Q7 and Q9 in turn, for as long as `bodies` take to ingest (batches of 1000, 4
