@@ -14,12 +14,13 @@
 //! once, revoking from the CLI takes effect within [`CACHE_TTL`].
 
 use crate::error::ApiError;
+use crate::extract::{Json, Path};
 use crate::AppState;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use base64::Engine;
 use herald_core::Access;
 use herald_store::{KeyInfo, KeyStore, Restrictions, Role};

@@ -23,6 +23,8 @@ pub enum ApiError {
     Forbidden(String),
     /// 404.
     NotFound(String),
+    /// 405: a known route, another method.
+    MethodNotAllowed(String),
     /// 409: every event conflicts with a stored one.
     Conflict(Vec<IngestResult>),
     /// 413: the body or the batch is too large.
@@ -31,6 +33,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 422: every event was rejected.
     Unprocessable(Vec<IngestResult>),
+    /// 422: a JSON request body (not events) is well-formed but not of the expected shape.
+    InvalidBody(String),
     /// 429 with Retry-After: the caller's rate limit.
     TooManyRequests {
         detail: String,
@@ -89,6 +93,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::Forbidden(d) => problem(StatusCode::FORBIDDEN, "forbidden", "Forbidden", Some(d)),
             ApiError::NotFound(d) => problem(StatusCode::NOT_FOUND, "not-found", "Not found", Some(d)),
+            ApiError::MethodNotAllowed(d) => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                Some(d),
+            ),
             ApiError::Conflict(results) => Problem {
                 results: Some(results),
                 ..problem(
@@ -115,6 +125,12 @@ impl IntoResponse for ApiError {
                     ..problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid-event", "Invalid event", detail)
                 }
             }
+            ApiError::InvalidBody(d) => problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-body",
+                "Invalid request body",
+                Some(d),
+            ),
             ApiError::TooManyRequests { detail, retry_after_secs } => {
                 retry_after = Some(retry_after_secs);
                 problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", Some(detail))

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
@@ -162,7 +163,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let streams = Router::new()
         .route("/v1/stream", get(stream::stream))
         .route("/v1/public/stream", get(stream::public_stream));
-    let mut app = requests.merge(streams).fallback(ops::not_found);
+    let mut app = requests
+        .merge(streams)
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed);
     // Outside authentication: a browser's preflight carries no key.
     if let Some(cors) = cors(&state.cors_origins) {
         app = app.layer(cors);

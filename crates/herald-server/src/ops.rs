@@ -57,3 +57,10 @@ pub async fn openapi() -> Response {
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json".into())
 }
+
+/// A known route asked with a method it does not take (axum adds the `Allow` header).
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "this route does not take {method}; see the Allow header and /openapi.json"
+    ))
+}

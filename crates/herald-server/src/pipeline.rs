@@ -11,11 +11,12 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::Json;
+use crate::extract::Query;
 use crate::query::now_micros;
 use crate::registry::{OptOutMode, Snapshot, TypeEntry};
 use crate::AppState;
-use axum::extract::{Extension, Query, State};
-use axum::Json;
+use axum::extract::{Extension, State};
 use herald_core::event::now_text;
 use herald_core::pipeline::{unit_value, RequestInfo, Step};
 use herald_core::types::{sample_keeps, sampled_rate, ValidationMode};

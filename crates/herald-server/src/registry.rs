@@ -10,12 +10,13 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::Json;
+use crate::extract::{Path, Query};
 use crate::query::now_micros;
 use crate::AppState;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use herald_core::pipeline::{Processor, ProcessorConfig};
 use herald_core::schema::{compatibility, compile, CompiledSchema, Incompatibility};
 use herald_core::types::{TypePattern, TypeSettings, TypeTable};

@@ -35,10 +35,11 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::Query;
 use crate::query::now_micros;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;

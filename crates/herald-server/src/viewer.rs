@@ -10,11 +10,12 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::Json;
+use crate::extract::Path;
 use crate::AppState;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use herald_core::Access;

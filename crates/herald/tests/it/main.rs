@@ -9,6 +9,7 @@ mod cli;
 mod client_lib;
 mod crash;
 mod harness;
+mod hostile;
 mod ingest;
 mod query;
 mod sdk;
