@@ -25,6 +25,8 @@ pub enum ApiError {
     NotFound(String),
     /// 405: a known route, another method.
     MethodNotAllowed(String),
+    /// 408: the request took longer than the server's limit.
+    Timeout(String),
     /// 409: every event conflicts with a stored one.
     Conflict(Vec<IngestResult>),
     /// 413: the body or the batch is too large.
@@ -108,6 +110,12 @@ impl IntoResponse for ApiError {
                     Some("an event with the same source and id but different content is already stored".into()),
                 )
             },
+            ApiError::Timeout(d) => problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "Request timeout",
+                Some(d),
+            ),
             ApiError::TooLarge(d) => problem(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Payload too large", Some(d)),
             ApiError::UnsupportedMediaType(d) => problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

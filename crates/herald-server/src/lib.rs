@@ -157,7 +157,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
-        ));
+        ))
+        .layer(axum::middleware::map_response(ops::timeout_problem));
     // Streams live as long as the client wants: no request timeout; their own heartbeats
     // and slow-client limit apply instead.
     let streams = Router::new()

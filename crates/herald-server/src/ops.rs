@@ -58,6 +58,20 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json".into())
 }
 
+/// The request timeout's answer (an empty 408 from the timeout layer) as a problem document.
+pub async fn timeout_problem(res: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if res.status() == axum::http::StatusCode::REQUEST_TIMEOUT
+        && !res.headers().contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return ApiError::Timeout(
+            "the request took longer than the server's limit (query.request_timeout_secs)".into(),
+        )
+        .into_response();
+    }
+    res
+}
+
 /// A known route asked with a method it does not take (axum adds the `Allow` header).
 pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::MethodNotAllowed(format!(

@@ -247,7 +247,15 @@ async fn hostile_requests_get_decisions_and_stored_events_stay() {
                     ]);
                     q.push_str(&format!("{key}={}&", pct(&value_bytes(&mut rng))));
                 }
-                s.client.get(format!("{}/v1/events?{q}", s.url))
+                // A stream whose query is valid answers 200 and stays open: its head is
+                // checked, its body dropped unread.
+                let path = *rng.pick(&[
+                    "/v1/events",
+                    "/v1/events",
+                    "/v1/public/events",
+                    "/v1/stream",
+                ]);
+                s.client.get(format!("{}{path}?{q}", s.url))
             }
             8 => {
                 let tail = match rng.below(4) {
@@ -322,10 +330,16 @@ async fn hostile_requests_get_decisions_and_stored_events_stay() {
                     .body(body(&mut rng))
             }
         };
-        let res = req
-            .send()
+        let req = req
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .expect("a request");
+        let ingest = req.method() == reqwest::Method::POST && req.url().path() == "/v1/events";
+        let res = s
+            .client
+            .execute(req)
             .await
-            .unwrap_or_else(|e| panic!("request {i} (seed {seed:#x}): {e}"));
+            .unwrap_or_else(|e| panic!("request {i} (seed {seed:#x}): {}", e.without_url()));
         let status = res.status().as_u16();
         let ctype = res
             .headers()
@@ -334,6 +348,11 @@ async fn hostile_requests_get_decisions_and_stored_events_stay() {
             .unwrap_or("")
             .to_owned();
         let allow = res.headers().get("allow").cloned();
+        if ctype.starts_with("text/event-stream") {
+            assert_eq!(status, 200);
+            *answered.entry(status).or_default() += 1;
+            continue;
+        }
         let text = res.text().await.expect("body");
         *answered.entry(status).or_default() += 1;
         assert!(
@@ -352,7 +371,7 @@ async fn hostile_requests_get_decisions_and_stored_events_stay() {
             assert_eq!(p["status"], status, "{text}");
             assert!(p["title"].is_string() && p["detail"].is_string(), "{text}");
         }
-        if status == 201 || status == 207 {
+        if ingest && (status == 201 || status == 207) {
             let v: Value = serde_json::from_str(&text).expect("ingest answers JSON");
             for r in v["results"].as_array().expect("results") {
                 if r["status"] == "stored" {
@@ -383,5 +402,41 @@ async fn hostile_requests_get_decisions_and_stored_events_stay() {
         assert_eq!(ev["id"].as_str(), Some(id.as_str()), "{ev}");
     }
     assert_eq!(s.get("/healthz").await.0, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_time_limit_gets_a_problem() {
+    let s = TestServer::start_with(|c| c.query.request_timeout_secs = 1).await;
+    // A body that stops arriving for longer than the limit.
+    let chunks = futures_util::stream::unfold(0, |i| async move {
+        match i {
+            0 => Some((Ok::<_, std::io::Error>(b"[".to_vec()), 1)),
+            1 => {
+                tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+                Some((Ok(b"]".to_vec()), 2))
+            }
+            _ => None,
+        }
+    });
+    let res = s
+        .client
+        .post(format!("{}/v1/events", s.url))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("the server answers before the body ends");
+    assert_eq!(res.status().as_u16(), 408);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let p: Value = res.json().await.expect("problem");
+    assert_eq!(p["status"], 408, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("request_timeout_secs"),
+        "{p}"
+    );
     s.stop().await;
 }
