@@ -10,7 +10,11 @@
 //! `len: u32 LE | crc32(body): u32 LE | body`. A record whose length is zero, whose CRC does
 //! not check out, or that runs past the end of the file ends the segment: it is the torn last
 //! write of a crashed process (never acknowledged: its `fdatasync` did not return), and
-//! opening the writer cuts it off. A segment is closed when it passes its size limit; only the
+//! opening the writer cuts it off. Not so before the end of the newest record the index holds
+//! (acknowledged for certain): a damaged record there is the disk's doing, and the scan skips
+//! to the next intact record instead of cutting the acknowledged ones after it. Reads check
+//! each body's length and CRC, so that a damaged body is an error, never served. A segment is
+//! closed when it passes its size limit; only the
 //! last one is ever written.
 //!
 //! A location is `segment number << 40 | offset of the body in the file`: immutable, so a
@@ -75,10 +79,16 @@ fn list(dir: &Path) -> io::Result<Vec<u32>> {
 /// Reads the records of one segment from `from` (an offset of a record, or 0 for the
 /// first), calling `f(location of the body, body)` for each intact one. Returns where the
 /// intact records end.
+///
+/// A damaged record before `keep_below` (the end of a record known to be acknowledged) is not
+/// a torn write: the scan skips it to the next intact record, logs it, and goes on, so that
+/// the acknowledged records after it are neither lost nor cut off. Past `keep_below` a
+/// damaged record ends the segment, as a torn last write does.
 fn scan_file(
     file: &File,
     n: u32,
     from: u64,
+    keep_below: u64,
     f: &mut dyn FnMut(i64, &str) -> io::Result<()>,
 ) -> io::Result<u64> {
     let size = file.metadata()?.len();
@@ -101,32 +111,72 @@ fn scan_file(
     let mut chunk_at = pos;
     let mut body = Vec::new();
     loop {
-        let mut rec = [0u8; 8];
-        if pos + 8 > size {
-            break;
+        let intact = (|| -> io::Result<bool> {
+            let mut rec = [0u8; 8];
+            if pos + 8 > size || !read_buffered(file, &mut chunk, &mut chunk_at, pos, &mut rec)? {
+                return Ok(false);
+            }
+            let len = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default()) as u64;
+            let crc = u32::from_le_bytes(rec[4..].try_into().unwrap_or_default());
+            if len == 0 || pos + 8 + len > size {
+                return Ok(false);
+            }
+            body.resize(len as usize, 0);
+            Ok(
+                read_buffered(file, &mut chunk, &mut chunk_at, pos + 8, &mut body)?
+                    && crc32fast::hash(&body) == crc
+                    && std::str::from_utf8(&body).is_ok(),
+            )
+        })()?;
+        if !intact {
+            if pos >= keep_below {
+                break;
+            }
+            match next_intact(file, pos + 1, size)? {
+                Some(next) => {
+                    tracing::error!(
+                        segment = n,
+                        offset = pos,
+                        skipped_bytes = next - pos,
+                        "an event segment holds a damaged record among acknowledged ones (the disk changed it); skipped it and kept the records after it"
+                    );
+                    pos = next;
+                    continue;
+                }
+                None => break,
+            }
         }
-        if !read_buffered(file, &mut chunk, &mut chunk_at, pos, &mut rec)? {
-            break;
-        }
-        let len = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default()) as u64;
-        let crc = u32::from_le_bytes(rec[4..].try_into().unwrap_or_default());
-        if len == 0 || pos + 8 + len > size {
-            break;
-        }
-        body.resize(len as usize, 0);
-        if !read_buffered(file, &mut chunk, &mut chunk_at, pos + 8, &mut body)? {
-            break;
-        }
-        if crc32fast::hash(&body) != crc {
-            break;
-        }
-        let Ok(text) = std::str::from_utf8(&body) else {
-            break;
-        };
+        let text = std::str::from_utf8(&body).unwrap_or_default();
         f(loc(n, pos + 8), text)?;
-        pos += 8 + len;
+        pos += 8 + body.len() as u64;
     }
     Ok(pos)
+}
+
+/// The offset of the first intact record at or after `from`: a record header whose length
+/// fits and whose CRC matches a UTF-8 body that starts like every stored event
+/// (`{"seq":`). Only called on a damaged segment, so it reads the rest of the file at once.
+fn next_intact(file: &File, from: u64, size: u64) -> io::Result<Option<u64>> {
+    const START: &[u8] = b"{\"seq\":";
+    if from >= size {
+        return Ok(None);
+    }
+    let mut rest = vec![0u8; (size - from) as usize];
+    file.read_exact_at(&mut rest, from)?;
+    for at in memchr::memmem::find_iter(&rest, START) {
+        let Some(head) = at.checked_sub(8) else {
+            continue;
+        };
+        let len = u32::from_le_bytes(rest[head..head + 4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(rest[head + 4..head + 8].try_into().unwrap_or_default());
+        let Some(body) = rest.get(at..at + len) else {
+            continue;
+        };
+        if len > 0 && crc32fast::hash(body) == crc && std::str::from_utf8(body).is_ok() {
+            return Ok(Some(from + head as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// Fills `out` from `at`, through a 4 MiB read-ahead buffer. False past the end of file.
@@ -183,7 +233,7 @@ pub fn replay(
             continue;
         }
         let file = File::open(segment_path(dir, n))?;
-        scan_file(&file, n, if n == first { from } else { 0 }, f)?;
+        scan_file(&file, n, if n == first { from } else { 0 }, 0, f)?;
     }
     Ok(())
 }
@@ -296,8 +346,14 @@ fn zero_tail(file: &File, from: u64) -> io::Result<bool> {
 
 impl SegmentWriter {
     /// Opens the last segment of `dir` (creating the directory and segment 1 if needed) and
-    /// cuts a torn tail off it.
-    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<SegmentWriter> {
+    /// cuts a torn tail off it. `acknowledged` is the location and length of a record known
+    /// to be acknowledged (the newest the index holds): nothing up to its end is ever cut,
+    /// even past a damaged record (see [`scan_file`]).
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        acknowledged: Option<(i64, u64)>,
+    ) -> io::Result<SegmentWriter> {
         std::fs::create_dir_all(dir)?;
         // A spare left by an earlier run may be incomplete: prepare it again.
         let _ = std::fs::remove_file(dir.join("spare.tmp"));
@@ -329,8 +385,25 @@ impl SegmentWriter {
                     .read(true)
                     .write(true)
                     .open(segment_path(dir, last))?;
-                let end = scan_file(&file, last, 0, &mut |_, _| Ok(()))?;
+                let keep_below = match acknowledged.map(|(l, len)| (split(l), len)) {
+                    Some(((n, off), len)) if n == last => off + len,
+                    _ => 0,
+                };
+                let end = scan_file(&file, last, 0, keep_below, &mut |_, _| Ok(()))?;
                 let size = file.metadata()?.len();
+                // The acknowledged records themselves are damaged, with none intact after
+                // them: append after them all the same, so that no new record takes the place
+                // of one the index points at.
+                let end = if end < keep_below && keep_below <= size {
+                    tracing::error!(
+                        segment = last,
+                        offset = end,
+                        "the newest acknowledged records of the last event segment are damaged; appending after them"
+                    );
+                    keep_below
+                } else {
+                    end
+                };
                 if end < HEADER {
                     drop(file);
                     fresh(last)?
@@ -473,17 +546,31 @@ impl SegmentReader {
         Ok(f)
     }
 
-    /// The body of `len` bytes at `loc`, as text.
+    /// The body of `len` bytes at `loc`, as text, checked against its record's length and
+    /// CRC: a body the disk changed is an error, never served.
     pub fn read(&self, loc: i64, len: u64) -> io::Result<String> {
         let (n, off) = split(loc);
-        let mut buf = vec![0u8; len as usize];
-        self.file(n)?.read_exact_at(&mut buf, off)?;
-        String::from_utf8(buf).map_err(|_| {
+        let damaged = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the event at segment {n} offset {off} is not UTF-8"),
+                format!("the event at segment {n} offset {off} is damaged: {what}"),
             )
-        })
+        };
+        let start = off
+            .checked_sub(8)
+            .ok_or_else(|| damaged("no record header"))?;
+        let mut buf = vec![0u8; len as usize + 8];
+        self.file(n)?.read_exact_at(&mut buf, start)?;
+        let stored_len = u32::from_le_bytes(buf[..4].try_into().unwrap_or_default()) as u64;
+        let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+        if stored_len != len {
+            return Err(damaged("its record has another length"));
+        }
+        if crc32fast::hash(&buf[8..]) != crc {
+            return Err(damaged("its checksum does not match"));
+        }
+        buf.drain(..8);
+        String::from_utf8(buf).map_err(|_| damaged("not UTF-8"))
     }
 }
 
@@ -504,7 +591,7 @@ mod tests {
     #[test]
     fn records_are_read_back_by_location_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::open(dir.path(), 40).unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 40, None).unwrap();
         let a = w.push(r#"{"seq":1}"#);
         let b = w.push(r#"{"seq":2}"#);
         w.sync(true).unwrap();
@@ -530,7 +617,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_zeroed_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::open(dir.path(), 1 << 20).unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         w.push(r#"{"seq":1}"#);
         w.sync(true).unwrap();
         w.push(r#"{"seq":2}"#);
@@ -549,7 +636,7 @@ mod tests {
         rec.extend_from_slice(stale.as_bytes());
         f.write_all_at(&rec, end + 17).unwrap();
         drop(f);
-        let mut w = SegmentWriter::open(dir.path(), 1 << 20).unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert_eq!(w.pos, end);
         assert_eq!(all(dir.path(), None), [r#"{"seq":1}"#]);
         w.push(r#"{"seq":3}"#);
@@ -563,5 +650,72 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(b"X", w.pos - 2).unwrap();
         assert_eq!(all(dir.path(), None), [r#"{"seq":1}"#]);
+    }
+
+    #[test]
+    fn damaged_records_among_acknowledged_ones_are_skipped_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        let bodies: Vec<String> = (1..=6)
+            .map(|i| format!(r#"{{"seq":{i},"x":"{}"}}"#, "a".repeat(i)))
+            .collect();
+        let locs: Vec<i64> = bodies
+            .iter()
+            .map(|b| {
+                let l = w.push(b);
+                w.sync(true).unwrap();
+                l
+            })
+            .collect();
+        let end = w.pos;
+        drop(w);
+        // The disk changes a byte of the second body and the length of the third record.
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"Z", split(locs[1]).1 + 3).unwrap();
+        f.write_all_at(&[0xff, 0, 0, 0], split(locs[2]).1 - 8)
+            .unwrap();
+        drop(f);
+        let kept = |d: &Path| -> Vec<String> {
+            let mut out = Vec::new();
+            scan_file(
+                &File::open(segment_path(d, 1)).unwrap(),
+                1,
+                0,
+                u64::MAX,
+                &mut |_, b| {
+                    out.push(b.to_owned());
+                    Ok(())
+                },
+            )
+            .unwrap();
+            out
+        };
+        let expected: Vec<String> = [0, 3, 4, 5].iter().map(|&i| bodies[i].clone()).collect();
+        assert_eq!(kept(dir.path()), expected);
+        // The index holds the fifth: the writer keeps everything up to it and the sixth after
+        // it (acknowledged, not indexed yet), and appends after them.
+        let ack = Some((locs[4], bodies[4].len() as u64));
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, ack).unwrap();
+        assert_eq!(w.pos, end, "nothing was cut");
+        let seventh = r#"{"seq":7}"#;
+        let l7 = w.push(seventh);
+        w.sync(true).unwrap();
+        let mut expected = expected;
+        expected.push(seventh.to_owned());
+        assert_eq!(kept(dir.path()), expected);
+        // Reads check each body: the damaged ones are errors, the others are served.
+        let r = SegmentReader::new(dir.path());
+        for i in [1, 2] {
+            let e = r.read(locs[i], bodies[i].len() as u64).unwrap_err();
+            assert!(e.to_string().contains("damaged"), "{e}");
+        }
+        assert_eq!(r.read(locs[3], bodies[3].len() as u64).unwrap(), bodies[3]);
+        assert_eq!(r.read(l7, seventh.len() as u64).unwrap(), seventh);
+        // Without what the index holds, a damaged record still ends the segment (a torn
+        // write looks the same).
+        drop(w);
+        let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        assert_eq!(w.pos, split(locs[1]).1 - 8);
     }
 }

@@ -421,7 +421,12 @@ impl SqliteStore {
                 seg_dir.display()
             ))
         };
-        let seg_writer = SegmentWriter::open(&seg_dir, opts.segment_bytes).map_err(seg_err)?;
+        let seg_writer = SegmentWriter::open(
+            &seg_dir,
+            opts.segment_bytes,
+            indexed_body(indexed_position(&conn)?),
+        )
+        .map_err(seg_err)?;
         let next_seq = replay_segments(&conn, &seg_dir)? as i64 + 1;
         let fts_path = opts.data_dir.join("fts.db");
         let fts_conn = Connection::open(&fts_path)?;
@@ -1092,10 +1097,12 @@ fn index_stored(
 
 /// Inserts the segment records that SQLite does not hold yet (after a crash, or a power
 /// loss that cost SQLite its last commits), in one transaction. Returns the highest seq.
-fn replay_segments(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
-    // Where indexing got to: the mark the indexer commits with its rows, or (for a
-    // database from before the mark) the newest row. The mark stays when rows are deleted,
-    // so their events are neither indexed again nor their seqs reused.
+/// Where indexing got to, as (seq, location, length): the mark the indexer commits with its
+/// rows, or (for a database from before the mark) the newest row. The mark stays when rows
+/// are deleted, so their events are neither indexed again nor their seqs reused.
+type IndexedAt = Option<(i64, Option<i64>, Option<i64>)>;
+
+fn indexed_position(conn: &Connection) -> Result<IndexedAt, StoreError> {
     let mark: Option<(i64, Option<i64>, Option<i64>)> = conn
         .query_row("SELECT value FROM meta WHERE key = 'indexed'", [], |r| {
             r.get::<_, String>(0)
@@ -1112,13 +1119,22 @@ fn replay_segments(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let from = match (mark, newest) {
+    Ok(match (mark, newest) {
         (Some(m), Some(n)) if n.0 > m.0 => Some(n),
         (Some(m), _) => Some(m),
         (None, n) => n,
-    };
+    })
+}
+
+/// The location and length of the newest body the index holds (an acknowledged record).
+fn indexed_body(at: IndexedAt) -> Option<(i64, u64)> {
+    at.and_then(|(_, loc, len)| Some((loc?, len? as u64)))
+}
+
+fn replay_segments(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
+    let from = indexed_position(conn)?;
     let mut last = from.map(|n| n.0 as u64).unwrap_or(0);
-    let after = from.and_then(|(_, loc, len)| Some((loc?, len? as u64)));
+    let after = indexed_body(from);
     let tx = conn.unchecked_transaction()?;
     let mut newest_loc = None;
     let mut replayed = 0usize;
