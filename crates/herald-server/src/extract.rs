@@ -1,6 +1,6 @@
 //! Request extractors whose rejections are problem documents.
 //!
-//! axum's own `Query`, `Path` and `Json` answer bad input in plain text (a repeated query
+//! axum's own `Query`, `Path`, `Json` and `Bytes` answer bad input in plain text (a repeated query
 //! parameter, a path segment that is not UTF-8, a JSON body of the wrong shape). Every 4xx of
 //! Herald's API is `application/problem+json` instead, so that a client has one way to read
 //! why a request failed. These wrappers delegate to axum's and turn the rejection into an
@@ -23,6 +23,9 @@ pub struct Path<T>(pub T);
 
 /// A JSON request body, deserialized; as a response, `T` serialized (see `axum::Json`).
 pub struct Json<T>(pub T);
+
+/// The raw request body, within axum's default body limit (see `axum::body::Bytes`).
+pub struct Body(pub axum::body::Bytes);
 
 fn client_error(status: StatusCode, detail: String) -> ApiError {
     match status {
@@ -75,6 +78,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             }
             Err(e) => Err(client_error(e.status(), e.body_text())),
         }
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| client_error(e.status(), e.body_text()))
     }
 }
 

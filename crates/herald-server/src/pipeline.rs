@@ -552,7 +552,7 @@ pub struct ReplayResponse {
 pub async fn replay(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-    body: axum::body::Bytes,
+    crate::extract::Body(body): crate::extract::Body,
 ) -> Result<Json<ReplayResponse>, ApiError> {
     caller.admin()?;
     let req: ReplayRequest = if body.is_empty() {

@@ -676,7 +676,7 @@ pub async fn put_type(
     State(st): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(ty): Path<String>,
-    body: axum::body::Bytes,
+    crate::extract::Body(body): crate::extract::Body,
 ) -> Result<Json<CatalogEntry>, ApiError> {
     caller.admin()?;
     pattern_param(&ty)?;
@@ -909,7 +909,7 @@ pub async fn put_schema(
     Extension(caller): Extension<Caller>,
     Path((ty, version)): Path<(String, String)>,
     Query(params): Query<PublishParams>,
-    body: axum::body::Bytes,
+    crate::extract::Body(body): crate::extract::Body,
 ) -> Result<Response, ApiError> {
     caller.admin()?;
     pattern_param(&ty)?;

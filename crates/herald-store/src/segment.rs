@@ -132,7 +132,9 @@ fn scan_file(
             if pos >= keep_below {
                 break;
             }
-            match next_intact(file, pos + 1, size)? {
+            // Only within what is acknowledged: past it, skipping damaged bytes could bring
+            // back a record of a torn, unacknowledged write.
+            match next_intact(file, pos + 1, keep_below.min(size), size)? {
                 Some(next) => {
                     tracing::error!(
                         segment = n,
@@ -153,28 +155,42 @@ fn scan_file(
     Ok(pos)
 }
 
-/// The offset of the first intact record at or after `from`: a record header whose length
-/// fits and whose CRC matches a UTF-8 body that starts like every stored event
-/// (`{"seq":`). Only called on a damaged segment, so it reads the rest of the file at once.
-fn next_intact(file: &File, from: u64, size: u64) -> io::Result<Option<u64>> {
+/// The offset of the first intact record that starts in `from..=last`: a record header whose
+/// length fits the file and whose CRC matches a UTF-8 body that starts like every stored
+/// event (`{"seq":`). Only called on a damaged segment; it searches in 4 MiB windows.
+fn next_intact(file: &File, from: u64, last: u64, size: u64) -> io::Result<Option<u64>> {
     const START: &[u8] = b"{\"seq\":";
-    if from >= size {
-        return Ok(None);
-    }
-    let mut rest = vec![0u8; (size - from) as usize];
-    file.read_exact_at(&mut rest, from)?;
-    for at in memchr::memmem::find_iter(&rest, START) {
-        let Some(head) = at.checked_sub(8) else {
-            continue;
-        };
-        let len = u32::from_le_bytes(rest[head..head + 4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(rest[head + 4..head + 8].try_into().unwrap_or_default());
-        let Some(body) = rest.get(at..at + len) else {
-            continue;
-        };
-        if len > 0 && crc32fast::hash(body) == crc && std::str::from_utf8(body).is_ok() {
-            return Ok(Some(from + head as u64));
+    const WINDOW: u64 = 4 << 20;
+    let finder = memchr::memmem::Finder::new(START);
+    let mut window = Vec::new();
+    let mut body = Vec::new();
+    // `{"seq":` sits 8 bytes after the start of its record.
+    let mut at = from + 8;
+    let stop = (last + 8 + START.len() as u64).min(size);
+    while at < stop {
+        let n = (stop - at).min(WINDOW);
+        window.resize(n as usize, 0);
+        file.read_exact_at(&mut window, at)?;
+        for i in finder.find_iter(&window) {
+            let head = at + i as u64 - 8;
+            if head > last {
+                return Ok(None);
+            }
+            let mut rec = [0u8; 8];
+            file.read_exact_at(&mut rec, head)?;
+            let len = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default()) as u64;
+            let crc = u32::from_le_bytes(rec[4..].try_into().unwrap_or_default());
+            if len == 0 || head + 8 + len > size {
+                continue;
+            }
+            body.resize(len as usize, 0);
+            file.read_exact_at(&mut body, head + 8)?;
+            if crc32fast::hash(&body) == crc && std::str::from_utf8(&body).is_ok() {
+                return Ok(Some(head));
+            }
         }
+        // Overlap the windows so that a start cut by the boundary is found in the next.
+        at += n.saturating_sub(START.len() as u64 - 1).max(1);
     }
     Ok(None)
 }
@@ -394,7 +410,7 @@ impl SegmentWriter {
                 // The acknowledged records themselves are damaged, with none intact after
                 // them: append after them all the same, so that no new record takes the place
                 // of one the index points at.
-                let end = if end < keep_below && keep_below <= size {
+                let end = if end < keep_below {
                     tracing::error!(
                         segment = last,
                         offset = end,
@@ -717,5 +733,53 @@ mod tests {
         drop(w);
         let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert_eq!(w.pos, split(locs[1]).1 - 8);
+    }
+
+    #[test]
+    fn a_damaged_acknowledged_record_never_brings_back_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        let bodies: Vec<String> = (1..=6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+        let locs: Vec<i64> = bodies
+            .iter()
+            .map(|b| {
+                let l = w.push(b);
+                w.sync(true).unwrap();
+                l
+            })
+            .collect();
+        drop(w);
+        // The index holds the fourth, whose body is damaged; the fifth is a torn write (its
+        // length cut), and the sixth, of the same unacknowledged batch, is intact.
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"Z", split(locs[3]).1 + 2).unwrap();
+        f.write_all_at(&[0xff, 0xff, 0, 0], split(locs[4]).1 - 8)
+            .unwrap();
+        drop(f);
+        let keep = split(locs[3]).1 + bodies[3].len() as u64;
+        let mut w =
+            SegmentWriter::open(dir.path(), 1 << 20, Some((locs[3], bodies[3].len() as u64)))
+                .unwrap();
+        assert_eq!(w.pos, keep, "appends go right after what the index holds");
+        let l = w.push(r#"{"seq":5}"#);
+        w.sync(true).unwrap();
+        assert_eq!(split(l).1, keep + 8);
+        let mut seen = Vec::new();
+        scan_file(&File::open(&path).unwrap(), 1, 0, u64::MAX, &mut |_, b| {
+            seen.push(b.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                r#"{"seq":1}"#,
+                r#"{"seq":2}"#,
+                r#"{"seq":3}"#,
+                r#"{"seq":5}"#
+            ],
+            "the torn batch's sixth record is gone"
+        );
     }
 }

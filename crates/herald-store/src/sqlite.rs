@@ -297,12 +297,19 @@ pub(crate) fn register_body_function(
         move |ctx| {
             let loc = ctx.get::<Option<i64>>(1)?;
             let Some(loc) = loc else {
-                return ctx.get::<String>(0);
+                return ctx.get::<String>(0).map(Some);
             };
             let len = ctx.get::<i64>(2)?;
-            segments
-                .read(loc, len.max(0) as u64)
-                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+            match segments.read(loc, len.max(0) as u64) {
+                Ok(body) => Ok(Some(body)),
+                // A body the disk damaged is NULL: index expressions and start-up catch-ups
+                // pass over it, a read of it fails; the log says why.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::error!(error = %e, "an event body cannot be read");
+                    Ok(None)
+                }
+                Err(e) => Err(rusqlite::Error::UserFunctionError(Box::new(e))),
+            }
         },
     )
 }
@@ -904,9 +911,10 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
         let mut n = 0u64;
         while let Some(r) = it.next()? {
             let seq: i64 = r.get(0)?;
-            let body: String = r.get(1)?;
+            let body: Option<String> = r.get(1)?;
             // A stored body is a valid event; preparing it again yields the same search text.
-            if let Ok(ev) = reprepare(&body, 0) {
+            // (None: damaged on disk, see `register_body_function`.)
+            if let Some(Ok(ev)) = body.map(|b| reprepare(&b, 0)) {
                 ins.execute(params![seq, ev.token_text()])?;
             }
             last = seq as u64;
