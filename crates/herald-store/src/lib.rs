@@ -194,7 +194,7 @@ pub trait Store: Send + Sync + 'static {
     fn queue_depth(&self) -> usize;
 
     /// Waits until every event acknowledged before the call is committed to the store's
-    /// indexes (asking for that commit now). Reads never need it (they see acknowledged
+    /// indexes, the full-text index included (asking for that commit now). Reads never need it (they see acknowledged
     /// events either way); benches and tests use it to measure or exercise the indexes.
     fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })

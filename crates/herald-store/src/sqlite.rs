@@ -2698,7 +2698,30 @@ impl Store for SqliteStore {
     }
 
     fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(self.visible())
+        Box::pin(async move {
+            let target = self.progress.acked.load(Ordering::Acquire);
+            self.visible().await?;
+            // The full-text thread flushes within `FTS_MAX_DELAY` of the indexer's commit;
+            // once it stopped (`Untexted` abandoned) there is nothing to wait for.
+            let deadline = Instant::now() + std::time::Duration::from_secs(120);
+            while self.fulltext && self.fts_watermark.load(Ordering::Acquire) < target {
+                if !self
+                    .untexted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .complete
+                {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Database(
+                        "the full-text index did not catch up in time".into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Ok(())
+        })
     }
 
     fn index_backlog(&self) -> u64 {
