@@ -318,8 +318,8 @@ impl Server {
             (s1 - s0) * 1000.0 / commits,
             100.0 * (s1 - s0) / wall
         );
-        // The full-text thread indexes after the events are queryable: count its work with
-        // the load that caused it.
+        // `settle` waited for the full-text index to hold the events; wait for its thread to
+        // go idle too (a merge may follow), so that its work counts with the load that caused it.
         cpu::wait_for_fulltext_idle(Duration::from_secs(120));
         if let Some(line) = cpu::per_event_line(&cpu0, &cpu::snapshot(), out.events) {
             eprintln!("  {name}: {line}");
@@ -347,7 +347,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     pub latency_us: Histogram<u64>,
     pub errors: usize,
-    /// After the last answer, until every acknowledged event was queryable.
+    /// After the last answer, until every acknowledged event was in every index (SQLite's
+    /// and the full-text one).
     pub settle: Duration,
 }
 
