@@ -14,8 +14,7 @@
 //! (acknowledged for certain): a damaged record there is the disk's doing, and the scan skips
 //! to the next intact record instead of cutting the acknowledged ones after it. Reads check
 //! each body's length and CRC, so that a damaged body is an error, never served. A segment is
-//! closed when it passes its size limit; only the
-//! last one is ever written.
+//! closed when it passes its size limit; only the last one is ever written.
 //!
 //! A location is `segment number << 40 | offset of the body in the file`: immutable, so a
 //! read needs no lock beyond the table of open files.
@@ -111,24 +110,27 @@ fn scan_file(
     let mut chunk_at = pos;
     let mut body = Vec::new();
     loop {
-        let intact = (|| -> io::Result<bool> {
+        let checked = (|| -> io::Result<bool> {
             let mut rec = [0u8; 8];
             if pos + 8 > size || !read_buffered(file, &mut chunk, &mut chunk_at, pos, &mut rec)? {
                 return Ok(false);
             }
-            let len = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default()) as u64;
-            let crc = u32::from_le_bytes(rec[4..].try_into().unwrap_or_default());
+            let (len, crc) = header(&rec);
             if len == 0 || pos + 8 + len > size {
                 return Ok(false);
             }
             body.resize(len as usize, 0);
             Ok(
                 read_buffered(file, &mut chunk, &mut chunk_at, pos + 8, &mut body)?
-                    && crc32fast::hash(&body) == crc
-                    && std::str::from_utf8(&body).is_ok(),
+                    && crc32fast::hash(&body) == crc,
             )
         })()?;
-        if !intact {
+        let text = if checked {
+            std::str::from_utf8(&body).ok()
+        } else {
+            None
+        };
+        let Some(text) = text else {
             if pos >= keep_below {
                 break;
             }
@@ -147,12 +149,18 @@ fn scan_file(
                 }
                 None => break,
             }
-        }
-        let text = std::str::from_utf8(&body).unwrap_or_default();
+        };
         f(loc(n, pos + 8), text)?;
         pos += 8 + body.len() as u64;
     }
     Ok(pos)
+}
+
+/// A record header: the body's length and CRC.
+fn header(rec: &[u8; 8]) -> (u64, u32) {
+    let len = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
+    let crc = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+    (len as u64, crc)
 }
 
 /// The offset of the first intact record that starts in `from..=last`: a record header whose
@@ -178,8 +186,7 @@ fn next_intact(file: &File, from: u64, last: u64, size: u64) -> io::Result<Optio
             }
             let mut rec = [0u8; 8];
             file.read_exact_at(&mut rec, head)?;
-            let len = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default()) as u64;
-            let crc = u32::from_le_bytes(rec[4..].try_into().unwrap_or_default());
+            let (len, crc) = header(&rec);
             if len == 0 || head + 8 + len > size {
                 continue;
             }
@@ -577,8 +584,7 @@ impl SegmentReader {
             .ok_or_else(|| damaged("no record header"))?;
         let mut buf = vec![0u8; len as usize + 8];
         self.file(n)?.read_exact_at(&mut buf, start)?;
-        let stored_len = u32::from_le_bytes(buf[..4].try_into().unwrap_or_default()) as u64;
-        let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
+        let (stored_len, crc) = header(buf[..8].try_into().unwrap_or(&[0; 8]));
         if stored_len != len {
             return Err(damaged("its record has another length"));
         }
@@ -597,6 +603,31 @@ mod tests {
     fn all(dir: &Path, after: Option<(i64, u64)>) -> Vec<String> {
         let mut out = Vec::new();
         replay(dir, after, &mut |_, b| {
+            out.push(b.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// Appends each body in its own synced write (each acknowledged); their locations.
+    fn write_synced(dir: &Path, bodies: &[String]) -> Vec<i64> {
+        let mut w = SegmentWriter::open(dir, 1 << 20, None).unwrap();
+        bodies
+            .iter()
+            .map(|b| {
+                let l = w.push(b);
+                w.sync(true).unwrap();
+                l
+            })
+            .collect()
+    }
+
+    /// Every record of segment 1 that a scan keeps when all of it is acknowledged.
+    fn kept(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let file = File::open(segment_path(dir, 1)).unwrap();
+        scan_file(&file, 1, 0, u64::MAX, &mut |_, b| {
             out.push(b.to_owned());
             Ok(())
         })
@@ -671,20 +702,11 @@ mod tests {
     #[test]
     fn damaged_records_among_acknowledged_ones_are_skipped_not_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         let bodies: Vec<String> = (1..=6)
             .map(|i| format!(r#"{{"seq":{i},"x":"{}"}}"#, "a".repeat(i)))
             .collect();
-        let locs: Vec<i64> = bodies
-            .iter()
-            .map(|b| {
-                let l = w.push(b);
-                w.sync(true).unwrap();
-                l
-            })
-            .collect();
-        let end = w.pos;
-        drop(w);
+        let locs = write_synced(dir.path(), &bodies);
+        let end = split(locs[5]).1 + bodies[5].len() as u64;
         // The disk changes a byte of the second body and the length of the third record.
         let path = segment_path(dir.path(), 1);
         let f = OpenOptions::new().write(true).open(&path).unwrap();
@@ -692,21 +714,6 @@ mod tests {
         f.write_all_at(&[0xff, 0, 0, 0], split(locs[2]).1 - 8)
             .unwrap();
         drop(f);
-        let kept = |d: &Path| -> Vec<String> {
-            let mut out = Vec::new();
-            scan_file(
-                &File::open(segment_path(d, 1)).unwrap(),
-                1,
-                0,
-                u64::MAX,
-                &mut |_, b| {
-                    out.push(b.to_owned());
-                    Ok(())
-                },
-            )
-            .unwrap();
-            out
-        };
         let expected: Vec<String> = [0, 3, 4, 5].iter().map(|&i| bodies[i].clone()).collect();
         assert_eq!(kept(dir.path()), expected);
         // The index holds the fifth: the writer keeps everything up to it and the sixth after
@@ -738,17 +745,8 @@ mod tests {
     #[test]
     fn a_damaged_acknowledged_record_never_brings_back_a_torn_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         let bodies: Vec<String> = (1..=6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
-        let locs: Vec<i64> = bodies
-            .iter()
-            .map(|b| {
-                let l = w.push(b);
-                w.sync(true).unwrap();
-                l
-            })
-            .collect();
-        drop(w);
+        let locs = write_synced(dir.path(), &bodies);
         // The index holds the fourth, whose body is damaged; the fifth is a torn write (its
         // length cut), and the sixth, of the same unacknowledged batch, is intact.
         let path = segment_path(dir.path(), 1);
@@ -765,14 +763,8 @@ mod tests {
         let l = w.push(r#"{"seq":5}"#);
         w.sync(true).unwrap();
         assert_eq!(split(l).1, keep + 8);
-        let mut seen = Vec::new();
-        scan_file(&File::open(&path).unwrap(), 1, 0, u64::MAX, &mut |_, b| {
-            seen.push(b.to_owned());
-            Ok(())
-        })
-        .unwrap();
         assert_eq!(
-            seen,
+            kept(dir.path()),
             [
                 r#"{"seq":1}"#,
                 r#"{"seq":2}"#,
