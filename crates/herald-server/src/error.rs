@@ -47,6 +47,8 @@ pub enum ApiError {
         detail: String,
         retry_after_secs: u32,
     },
+    /// 500: an event's stored body is damaged on disk (the store logged it).
+    Damaged(String),
     /// 500: logged, answered opaquely.
     Internal(String),
 }
@@ -64,6 +66,7 @@ impl From<StoreError> for ApiError {
             },
             StoreError::Database(msg) => ApiError::Internal(msg),
             StoreError::Conflict(msg) => ApiError::BadRequest(msg),
+            e @ StoreError::Damaged(_) => ApiError::Damaged(e.to_string()),
         }
     }
 }
@@ -147,6 +150,12 @@ impl IntoResponse for ApiError {
                 retry_after = Some(retry_after_secs);
                 problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", Some(detail))
             }
+            ApiError::Damaged(d) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "damaged",
+                "Stored event damaged",
+                Some(d),
+            ),
             ApiError::Internal(msg) => {
                 let request_id = uuid::Uuid::now_v7().to_string();
                 tracing::error!(%request_id, error = %msg, "internal error");

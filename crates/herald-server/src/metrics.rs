@@ -39,6 +39,7 @@ pub struct Metrics {
     pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     pub queue_depth: Gauge,
     pub index_backlog: Gauge,
+    pub damaged_reads: Counter,
     pub commit_events: Histogram,
     pub commit_duration: Histogram,
     pub stream_subscribers: Gauge,
@@ -68,6 +69,7 @@ impl Metrics {
         );
         let queue_depth = Gauge::default();
         let index_backlog = Gauge::default();
+        let damaged_reads = Counter::default();
         let commit_events = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
@@ -109,6 +111,11 @@ impl Metrics {
             "herald_store_index_backlog",
             "Acknowledged events the indexer has not committed yet (reads find them in memory meanwhile)",
             index_backlog.clone(),
+        );
+        registry.register(
+            "herald_store_damaged_reads",
+            "Reads that met an event body the disk damaged (left out of listings and streams; the log says which)",
+            damaged_reads.clone(),
         );
         registry.register(
             "herald_store_commit_events",
@@ -200,6 +207,7 @@ impl Metrics {
             http_duration,
             queue_depth,
             index_backlog,
+            damaged_reads,
             commit_events,
             commit_duration,
         })

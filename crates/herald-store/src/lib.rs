@@ -66,6 +66,11 @@ pub enum StoreError {
     /// again with other content).
     #[error("{0}")]
     Conflict(String),
+    /// The stored body of this event cannot be read: the disk changed or lost its record
+    /// (the log says how). Listings and streams pass over such an event; a read of it by
+    /// seq or id is this error.
+    #[error("the stored body of event {0} is damaged on disk")]
+    Damaged(u64),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -203,6 +208,12 @@ pub trait Store: Send + Sync + 'static {
     /// Acknowledged events not committed to the store's indexes yet (reads see them all the
     /// same): how far its indexing is behind. Zero for a store that indexes as it writes.
     fn index_backlog(&self) -> u64 {
+        0
+    }
+
+    /// Reads that met a damaged stored body (since the store opened): those events are
+    /// left out of listings and streams, and reading one by seq or id fails.
+    fn damaged_reads(&self) -> u64 {
         0
     }
 

@@ -47,14 +47,14 @@ pub fn loc(segment: u32, offset: u64) -> i64 {
     ((segment as i64) << OFFSET_BITS) | offset as i64
 }
 
-fn split(loc: i64) -> (u32, u64) {
+pub(crate) fn split(loc: i64) -> (u32, u64) {
     (
         (loc >> OFFSET_BITS) as u32,
         (loc as u64) & ((1u64 << OFFSET_BITS) - 1),
     )
 }
 
-fn segment_path(dir: &Path, n: u32) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, n: u32) -> PathBuf {
     dir.join(format!("{n:08}.seg"))
 }
 
@@ -548,6 +548,42 @@ fn take_spare(dir: &Path, n: u32) -> io::Result<(File, u32)> {
 pub struct SegmentReader {
     dir: PathBuf,
     files: Arc<RwLock<HashMap<u32, Arc<File>>>>,
+    damage: Arc<DamageLog>,
+}
+
+/// Reads of damaged records: how many, and when the log last said so. A listing over a
+/// damaged record meets it on every read, so the log says it at most once per
+/// [`DamageLog::EVERY_MS`], with how many it passed over in between; the count is a metric.
+#[derive(Default)]
+struct DamageLog {
+    reads: std::sync::atomic::AtomicU64,
+    logged_at_ms: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl DamageLog {
+    const EVERY_MS: u64 = 10_000;
+
+    fn record(&self, e: &io::Error) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.reads.fetch_add(1, Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.logged_at_ms.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= Self::EVERY_MS;
+        if due
+            && self
+                .logged_at_ms
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            let also = self.unlogged.swap(0, Relaxed);
+            tracing::error!(error = %e, also_since_last_report = also, "an event body cannot be read");
+        } else {
+            self.unlogged.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 impl SegmentReader {
@@ -555,6 +591,34 @@ impl SegmentReader {
         SegmentReader {
             dir: dir.to_owned(),
             files: Arc::default(),
+            damage: Arc::default(),
+        }
+    }
+
+    /// How many reads met a damaged record (see [`SegmentReader::read_or_damaged`]) since
+    /// this reader (or the reader it was cloned from) was made.
+    pub fn damaged_reads(&self) -> u64 {
+        self.damage.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`SegmentReader::read`], with damage (a record whose length, CRC or UTF-8 is wrong,
+    /// one cut short by the end of its file, or a segment file that is gone) as `Ok(None)`:
+    /// counted and logged, at most once per ten seconds. Other IO errors stay errors.
+    pub fn read_or_damaged(&self, loc: i64, len: u64) -> io::Result<Option<String>> {
+        match self.read(loc, len) {
+            Ok(body) => Ok(Some(body)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::NotFound
+                ) =>
+            {
+                self.damage.record(&e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -740,6 +804,39 @@ mod tests {
         drop(w);
         let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert_eq!(w.pos, split(locs[1]).1 - 8);
+    }
+
+    #[test]
+    fn damage_is_none_and_counted_other_errors_stay_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies: Vec<String> = (1..=3).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+        let locs = write_synced(dir.path(), &bodies);
+        let r = SegmentReader::new(dir.path());
+        let len = |i: usize| bodies[i].len() as u64;
+        assert_eq!(
+            r.read_or_damaged(locs[0], len(0)).unwrap(),
+            Some(bodies[0].clone())
+        );
+        // A changed byte; a record past the end of its file; a segment that is gone.
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"Z", split(locs[1]).1 + 2).unwrap();
+        f.set_len(split(locs[2]).1 + 2).unwrap();
+        drop(f);
+        assert_eq!(r.read_or_damaged(locs[1], len(1)).unwrap(), None);
+        assert_eq!(r.read_or_damaged(locs[2], len(2)).unwrap(), None);
+        let elsewhere = (2i64 << 40) | split(locs[0]).1 as i64;
+        assert_eq!(r.read_or_damaged(elsewhere, len(0)).unwrap(), None);
+        assert_eq!(r.clone().damaged_reads(), 3, "clones share the count");
+        assert_eq!(
+            r.read_or_damaged(locs[0], len(0)).unwrap(),
+            Some(bodies[0].clone())
+        );
+        // Not damage: a path the system refuses (a NUL byte in it) is an error, not a lost
+        // record.
+        let refused = SegmentReader::new(&dir.path().join("seg\0ments"));
+        assert!(refused.read_or_damaged(locs[0], len(0)).is_err());
+        assert_eq!(refused.damaged_reads(), 0);
     }
 
     #[test]

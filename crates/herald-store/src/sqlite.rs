@@ -300,16 +300,12 @@ pub(crate) fn register_body_function(
                 return ctx.get::<String>(0).map(Some);
             };
             let len = ctx.get::<i64>(2)?;
-            match segments.read(loc, len.max(0) as u64) {
-                Ok(body) => Ok(Some(body)),
-                // A body the disk damaged is NULL: index expressions and start-up catch-ups
-                // pass over it, a read of it fails; the log says why.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    tracing::error!(error = %e, "an event body cannot be read");
-                    Ok(None)
-                }
-                Err(e) => Err(rusqlite::Error::UserFunctionError(Box::new(e))),
-            }
+            // A body the disk damaged is NULL: index expressions and start-up catch-ups
+            // pass over it, listings leave it out, a read of it by seq or id fails; the log
+            // and `herald_store_damaged_reads_total` say so.
+            segments
+                .read_or_damaged(loc, len.max(0) as u64)
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
         },
     )
 }
@@ -367,6 +363,8 @@ pub struct SqliteStore {
     fts_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
     live: tokio::sync::broadcast::Sender<LiveBatch>,
+    /// Shares its count of damaged reads with every connection's `herald_body`.
+    segments: SegmentReader,
 }
 
 struct ReadPool {
@@ -589,6 +587,7 @@ impl SqliteStore {
             fts_thread: Mutex::new(fts_thread),
             checkpointer: Mutex::new(Some((stop_checkpointer, checkpointer))),
             live,
+            segments,
         })
     }
 
@@ -2349,12 +2348,29 @@ enum TextDrive {
     Unknown,
 }
 
+/// A row of `seq, time, herald_body(...)`. A body the disk damaged (`herald_body` gives
+/// NULL) is an empty `body`, which no stored event has: listings and scans count the row
+/// for their limits and positions, then leave it out ([`readable`]); a read by seq or id
+/// answers [`StoreError::Damaged`] ([`undamaged`]).
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         seq: r.get::<_, i64>(0)? as u64,
         time_us: r.get(1)?,
-        body: r.get(2)?,
+        body: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
     })
+}
+
+/// Leaves out the events whose body is damaged (see [`row_to_event`]).
+fn readable(events: &mut Vec<StoredEvent>) {
+    events.retain(|e| !e.body.is_empty());
+}
+
+/// One event read by seq or id, unless its body is damaged (see [`row_to_event`]).
+fn undamaged(found: Option<StoredEvent>) -> Result<Option<StoredEvent>, StoreError> {
+    match found {
+        Some(e) if e.body.is_empty() => Err(StoreError::Damaged(e.seq)),
+        other => Ok(other),
+    }
 }
 
 impl Store for SqliteStore {
@@ -2515,6 +2531,7 @@ impl Store for SqliteStore {
             } else {
                 None
             };
+            readable(&mut events);
             Ok(Page { events, next })
         }))
     }
@@ -2541,10 +2558,11 @@ impl Store for SqliteStore {
                 0,
                 rusqlite::types::Value::Integer(i64::try_from(seq).unwrap_or(-1)),
             );
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_row(rusqlite::params_from_iter(w.params.iter()), row_to_event)
-                .optional()?)
+            undamaged(
+                conn.prepare_cached(&sql)?
+                    .query_row(rusqlite::params_from_iter(w.params.iter()), row_to_event)
+                    .optional()?,
+            )
         }))
     }
 
@@ -2594,10 +2612,11 @@ impl Store for SqliteStore {
                 rusqlite::types::Value::Text(id),
             ];
             params.extend(w.params);
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_row(rusqlite::params_from_iter(params.iter()), row_to_event)
-                .optional()?)
+            undamaged(
+                conn.prepare_cached(&sql)?
+                    .query_row(rusqlite::params_from_iter(params.iter()), row_to_event)
+                    .optional()?,
+            )
         };
         if looked.is_some() {
             Box::pin(self.read_now(read))
@@ -2657,6 +2676,7 @@ impl Store for SqliteStore {
             } else {
                 events.last().map(|e| e.seq).unwrap_or(q.after_seq)
             };
+            readable(&mut events);
             Ok(ScanPage {
                 events,
                 scanned_to,
@@ -2722,6 +2742,10 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
+    }
+
+    fn damaged_reads(&self) -> u64 {
+        self.segments.damaged_reads()
     }
 
     fn index_backlog(&self) -> u64 {
@@ -2944,6 +2968,97 @@ mod tests {
         let out = store.append(vec![ev("4")]).await.unwrap();
         assert_eq!(out[0], AppendOutcome::Stored(4));
         assert_eq!(all_ids(&store).await, ["4"]);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_body_is_left_out_of_listings_and_scans_and_named_when_asked_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            ..SqliteOptions::default()
+        };
+        let ev = |id: u32| {
+            crate::contract::event(&format!(
+                r#"{{"id":"{id}","source":"/s","type":"a","time":"2026-11-0{id}T00:00:00Z","data":{{"kettle":"on"}}}}"#
+            ))
+        };
+        let store = SqliteStore::open(opts.clone()).expect("open");
+        store.append((1..=5).map(ev).collect()).await.unwrap();
+        store.close().await;
+        // The disk changes one byte of event 3's body.
+        let (loc, len): (i64, i64) = open_database(dir.path())
+            .unwrap()
+            .query_row("SELECT loc, len FROM events WHERE seq = 3", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let (n, off) = crate::segment::split(loc);
+        let path = crate::segment::segment_path(&segments_dir(dir.path()), n);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[off as usize + len as usize / 2] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+
+        let store = SqliteStore::open(opts).expect("reopen");
+        let access = Access::all();
+        // Pages of two: the damaged event counts for the page it falls in, so the pages
+        // still meet every other event, and the last one says it is the last.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .query(EventQuery {
+                    limit: 2,
+                    cursor,
+                    access: access.clone(),
+                    ..EventQuery::default()
+                })
+                .await
+                .expect("a listing over a damaged body answers");
+            seen.extend(page.events.iter().map(|e| e.seq));
+            pages += 1;
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [5, 4, 2, 1]);
+        assert_eq!(pages, 3);
+        // A text term reads bodies too.
+        let text = store
+            .query(EventQuery {
+                filter: herald_core::filter::Filter::parse("kettle", 0).unwrap(),
+                limit: 10,
+                access: access.clone(),
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(text.events.len(), 4);
+        let scan = store
+            .scan(ScanQuery {
+                limit: 10,
+                access: access.clone(),
+                ..ScanQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            scan.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 4, 5]
+        );
+        assert!(scan.done);
+        assert!(matches!(
+            store.get_by_seq(3, &access).await,
+            Err(StoreError::Damaged(3))
+        ));
+        assert!(matches!(
+            store.get_by_id("/s", "3", &access).await,
+            Err(StoreError::Damaged(3))
+        ));
+        assert!(store.get_by_seq(4, &access).await.unwrap().is_some());
+        assert!(store.damaged_reads() >= 4, "{}", store.damaged_reads());
         store.close().await;
     }
 

@@ -150,3 +150,77 @@ async fn keyset_paging_is_stable_while_events_arrive() {
     assert_eq!(s.ids("id:new-*").await.len(), 400);
     s.stop().await;
 }
+
+/// A body the disk damaged after it was acknowledged: listings and streams pass over it
+/// (every other event stays readable), a read of it names it, and `/metrics` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_event_is_named_and_passed_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_at(dir.path(), |_| {}).await;
+    seed(&s).await;
+    let (st, b) = s
+        .post_json(&json!({"type":"import.failed","source":"/importer","id":"hurt","time":"2026-10-31T12:30:00Z","data":{"note":"damage-me-here"}}))
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let hurt = b["results"][0]["seq"].as_u64().expect("seq");
+    s.stop().await;
+
+    // One byte of its record changes on disk.
+    let mut hit = 0;
+    for entry in std::fs::read_dir(dir.path().join("segments")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(14).position(|w| w == b"damage-me-here") {
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            hit += 1;
+        }
+    }
+    assert_eq!(hit, 1, "the record is in one segment");
+
+    let s = TestServer::start_at(dir.path(), |_| {}).await;
+    assert_eq!(s.ids("").await, ["e4", "e3", "e2", "e1"]);
+    assert_eq!(s.ids("type:import.failed").await, ["e3", "e2"]);
+    // Pages of one step over it and still reach the end.
+    let (st, b) = s
+        .get("/v1/events?limit=1&since=2026-10-31T12:00:00Z&until=2026-10-31T13:00:00Z")
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert!(b["events"].as_array().unwrap().is_empty(), "{b}");
+    let cursor = b["next_cursor"].as_str().expect("a next page").to_owned();
+    let (st, b) = s
+        .get(&format!(
+            "/v1/events?limit=1&since=2026-10-31T12:00:00Z&until=2026-10-31T13:00:00Z&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["events"][0]["id"], "e3", "{b}");
+
+    let (st, b) = s.get(&format!("/v1/events/{hurt}")).await;
+    assert_eq!(st, 500, "{b}");
+    assert_eq!(b["type"], "https://herald.dev/problems/damaged", "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains(&hurt.to_string()),
+        "{b}"
+    );
+    let (st, _) = s.get("/v1/events/hurt?source=/importer").await;
+    assert_eq!(st, 500);
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let damaged: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_store_damaged_reads_total "))
+        .expect("the metric")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(damaged >= 3, "{damaged}");
+    s.stop().await;
+}
