@@ -45,6 +45,10 @@ pub struct SqliteOptions {
     pub queue_capacity: usize,
     /// Most events acknowledged by one log fsync (one group of requests).
     pub max_commit_events: usize,
+    /// Acknowledged events the indexer may be behind (not inserted yet) before the writer
+    /// waits for it, which fills the request queue (ingest answers 503). Reads find those
+    /// events in memory and test each one, so this bounds both memory and that work.
+    pub max_index_backlog: usize,
     /// Read-only connections for queries.
     pub read_connections: usize,
     /// Page cache per connection, in MiB.
@@ -69,6 +73,7 @@ impl Default for SqliteOptions {
             attribute_indexes: ATTRIBUTE_INDEXES.iter().map(|a| a.0.to_string()).collect(),
             queue_capacity: 4096,
             max_commit_events: 50_000,
+            max_index_backlog: 50_000,
             read_connections: 4,
             cache_mib: 256,
             fsync: true,
@@ -505,6 +510,7 @@ impl SqliteStore {
             pending: pending.clone(),
             unindexed: unindexed.clone(),
             backlog: backlog.clone(),
+            max_backlog: opts.max_index_backlog.max(1),
             live: live.clone(),
             index_tx: Some(index_tx),
             failed: failed.clone(),
@@ -1335,7 +1341,7 @@ type Pending = Mutex<HashMap<i64, Vec<PendingEvent>>>;
 /// batch before it answers anyone, the indexer removes batches once its commit holds them.
 /// So every acknowledged event is here or in any SQLite snapshot taken after looking here;
 /// listings read it from memory instead of waiting for the indexer (see
-/// [`SqliteStore::query`]). At most the indexer's backlog ([`INDEX_BACKLOG`]) plus its open
+/// [`SqliteStore::query`]). At most the indexer's backlog (`max_index_backlog`) plus its open
 /// transaction.
 type Unindexed = Mutex<std::collections::VecDeque<LiveBatch>>;
 
@@ -1366,13 +1372,12 @@ impl Untexted {
 }
 
 /// Events handed to the indexer and not inserted yet: the writer waits above
-/// [`INDEX_BACKLOG`] (which fills the request queue, and ingest answers 503).
+/// `SqliteOptions::max_index_backlog` (which fills the request queue, and ingest answers
+/// 503).
 struct Backlog {
     events: Mutex<usize>,
     drained: Condvar,
 }
-
-const INDEX_BACKLOG: usize = 200_000;
 
 /// The indexer commits its SQLite transaction after this many events, or when it is this
 /// old, or when `Store::settle` asks for it, whichever comes first. Each commit writes every
@@ -1399,6 +1404,8 @@ struct Writer {
     pending: Arc<Pending>,
     unindexed: Arc<Unindexed>,
     backlog: Arc<Backlog>,
+    /// Waits above this many events in `backlog` (`SqliteOptions::max_index_backlog`).
+    max_backlog: usize,
     /// Publishes acknowledged events to live subscribers (never blocks: a full channel
     /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
     live: tokio::sync::broadcast::Sender<LiveBatch>,
@@ -1533,7 +1540,7 @@ impl Writer {
         let t = Instant::now();
         if let Ok(mut backlog) = self.backlog.events.lock() {
             // An indexer that stopped (even by a panic) sets `failed` and wakes us.
-            while *backlog > INDEX_BACKLOG && !self.failed.load(Ordering::Acquire) {
+            while *backlog > self.max_backlog && !self.failed.load(Ordering::Acquire) {
                 match self.backlog.drained.wait(backlog) {
                     Ok(b) => backlog = b,
                     Err(_) => return,
@@ -2032,8 +2039,8 @@ fn drive_by_text_hits(
     w: &mut crate::sql::Where,
 ) -> Result<TextDrive, StoreError> {
     const FEW: i64 = 2000;
-    // Past this, the index is so far behind (the indexer's backlog is at most 200,000) that
-    // the tail alone is a long read; walk instead.
+    // Past this, the index is so far behind that the tail alone is a long read; walk
+    // instead.
     const LONG_TAIL: u64 = 200_000;
     if let TextTail::Past(watermark) = tail {
         if acked.saturating_sub(watermark) > LONG_TAIL {

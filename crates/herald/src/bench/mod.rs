@@ -67,6 +67,10 @@ pub struct Common {
     /// `store.attribute_indexes` (to measure what each costs).
     #[arg(long, value_delimiter = ',')]
     attribute_indexes: Option<Vec<String>>,
+    /// Acknowledged events the indexer may fall behind by before the writer waits
+    /// (`store.max_index_backlog`; to measure what a larger one buys and costs).
+    #[arg(long)]
+    max_index_backlog: Option<usize>,
 }
 
 impl Common {
@@ -211,6 +215,9 @@ impl Server {
             attribute_indexes: common.attribute_indexes(),
             queue_capacity: cfg.store.queue_capacity,
             max_commit_events: cfg.store.max_commit_events,
+            max_index_backlog: common
+                .max_index_backlog
+                .unwrap_or(cfg.store.max_index_backlog),
             read_connections: cfg.store.read_connections,
             cache_mib: cfg.store.cache_mib,
             fsync: true,
@@ -607,13 +614,16 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         })?;
     }
     println!(
-        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}; loopback HTTP/1.1",
+        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}, index backlog up to {} events; loopback HTTP/1.1",
         if a.common.no_fulltext { "off" } else { "on" },
         a.common
             .attribute_indexes()
             .iter()
             .fold(String::new(), |acc, x| acc + ", " + x),
-        if a.schema { "enforced on every event" } else { "off" }
+        if a.schema { "enforced on every event" } else { "off" },
+        a.common
+            .max_index_backlog
+            .unwrap_or(herald_server::Config::default().store.max_index_backlog),
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
