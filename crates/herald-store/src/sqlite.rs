@@ -431,13 +431,10 @@ impl SqliteStore {
                 seg_dir.display()
             ))
         };
-        let seg_writer = SegmentWriter::open(
-            &seg_dir,
-            opts.segment_bytes,
-            indexed_body(indexed_position(&conn)?),
-        )
-        .map_err(seg_err)?;
-        let next_seq = replay_segments(&conn, &seg_dir)? as i64 + 1;
+        let indexed = indexed_position(&conn)?;
+        let seg_writer = SegmentWriter::open(&seg_dir, opts.segment_bytes, indexed_body(indexed))
+            .map_err(seg_err)?;
+        let next_seq = replay_segments(&conn, &seg_dir, indexed)? as i64 + 1;
         let fts_path = opts.data_dir.join("fts.db");
         let fts_conn = Connection::open(&fts_path)?;
         fts_conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
@@ -1108,8 +1105,6 @@ fn index_stored(
     Ok(())
 }
 
-/// Inserts the segment records that SQLite does not hold yet (after a crash, or a power
-/// loss that cost SQLite its last commits), in one transaction. Returns the highest seq.
 /// Where indexing got to, as (seq, location, length): the mark the indexer commits with its
 /// rows, or (for a database from before the mark) the newest row. The mark stays when rows
 /// are deleted, so their events are neither indexed again nor their seqs reused.
@@ -1144,8 +1139,10 @@ fn indexed_body(at: IndexedAt) -> Option<(i64, u64)> {
     at.and_then(|(_, loc, len)| Some((loc?, len? as u64)))
 }
 
-fn replay_segments(conn: &Connection, dir: &Path) -> Result<u64, StoreError> {
-    let from = indexed_position(conn)?;
+/// Inserts the segment records that SQLite does not hold yet (after a crash, or a power
+/// loss that cost SQLite its last commits), in one transaction. Returns the highest seq.
+/// `from`: [`indexed_position`], read once at open (the segment writer was opened after it).
+fn replay_segments(conn: &Connection, dir: &Path, from: IndexedAt) -> Result<u64, StoreError> {
     let mut last = from.map(|n| n.0 as u64).unwrap_or(0);
     let after = indexed_body(from);
     let tx = conn.unchecked_transaction()?;
