@@ -64,6 +64,10 @@ pub struct PreparedEvent {
     pub data_range: Option<Range<usize>>,
     /// Where `context` sits in `body_tail`.
     pub context_range: Option<Range<usize>>,
+    /// `body_tail` is ASCII without a backslash: every string in it is its value byte for
+    /// byte, so a search of the JSON text stands for a search of the values (the matcher's
+    /// cheap checks rely on it).
+    pub plain: bool,
 }
 
 impl PreparedEvent {
@@ -949,6 +953,7 @@ impl<'a> Builder<'a> {
             recorded_us: ctx.now_us,
             content_hash,
             time_given: self.time.is_some(),
+            plain: out.is_ascii() && memchr::memchr(b'\\', out.as_bytes()).is_none(),
             body_tail: out,
             data_range,
             context_range,
@@ -1019,6 +1024,40 @@ mod tests {
 
     /// The full-text index's tokens, cut from the event's parts, are the tokens of its search
     /// text and of the search text of its stored body.
+    #[test]
+    fn plain_says_whether_the_json_holds_its_strings_byte_for_byte() {
+        for (json, plain) in [
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":{"a":"b c"}}"#,
+                true,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","actor":"us\u0065r"}"#,
+                false,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":"a\"b"}"#,
+                false,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","data":"straße"}"#,
+                false,
+            ),
+            (
+                r#"{"id":"1","source":"/s","type":"t","context":{"k":"é"}}"#,
+                false,
+            ),
+        ] {
+            let ev = test_event(json);
+            assert_eq!(ev.plain, plain, "{json}");
+            assert_eq!(
+                ev.plain,
+                ev.body_tail.is_ascii() && !ev.body_tail.contains('\\'),
+                "{json}"
+            );
+        }
+    }
+
     #[test]
     fn token_text_is_the_search_texts_tokens() {
         for raw in [
