@@ -567,9 +567,12 @@ impl DamageLog {
     fn record(&self, e: &io::Error) {
         use std::sync::atomic::Ordering::Relaxed;
         self.reads.fetch_add(1, Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        // Milliseconds on a monotonic clock (a wall clock set back would silence the log).
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
         let last = self.logged_at_ms.load(Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= Self::EVERY_MS;
         if due
@@ -825,7 +828,7 @@ mod tests {
         drop(f);
         assert_eq!(r.read_or_damaged(locs[1], len(1)).unwrap(), None);
         assert_eq!(r.read_or_damaged(locs[2], len(2)).unwrap(), None);
-        let elsewhere = (2i64 << 40) | split(locs[0]).1 as i64;
+        let elsewhere = loc(2, split(locs[0]).1);
         assert_eq!(r.read_or_damaged(elsewhere, len(0)).unwrap(), None);
         assert_eq!(r.clone().damaged_reads(), 3, "clones share the count");
         assert_eq!(
