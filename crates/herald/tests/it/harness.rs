@@ -106,6 +106,13 @@ impl TestServer {
         (s, b)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let (st, text) = self.get("/metrics").await;
+        assert_eq!(st, 200, "{text}");
+        text.as_str().expect("metrics are text").to_owned()
+    }
+
     /// GETs a path; returns status and JSON body.
     pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
         let res = self

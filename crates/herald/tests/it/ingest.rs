@@ -109,15 +109,7 @@ async fn mixed_batches_duplicates_and_conflicts() {
     assert_eq!(b["results"][1]["pointer"], "/1/time");
     assert_eq!(s.ids("source:/d").await, ["same"]);
     // Rejections are counted by attribute in /metrics.
-    let metrics = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(r#"herald_events_rejected_total{reason="type"} 2"#),
         "{metrics}"

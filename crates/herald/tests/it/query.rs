@@ -205,15 +205,7 @@ async fn a_damaged_event_is_named_and_passed_over() {
     );
     let (st, _) = s.get("/v1/events/hurt?source=/importer").await;
     assert_eq!(st, 500);
-    let metrics = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     let damaged: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("herald_store_damaged_reads_total "))

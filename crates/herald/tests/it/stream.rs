@@ -335,8 +335,7 @@ async fn a_slow_consumer_neither_slows_ingest_nor_loses_events() {
         got.push(seq_of(&f));
     }
     assert_eq!(got, stored);
-    let (_, metrics) = srv.get("/metrics").await;
-    let metrics = metrics.as_str().expect("text").to_owned();
+    let metrics = srv.metrics().await;
     let lagged = metrics
         .lines()
         .find(|l| l.starts_with("herald_stream_lagged_total"))
