@@ -1022,8 +1022,6 @@ mod tests {
         prepare_json(raw, "/0", &mut ctx)
     }
 
-    /// The full-text index's tokens, cut from the event's parts, are the tokens of its search
-    /// text and of the search text of its stored body.
     #[test]
     fn plain_says_whether_the_json_holds_its_strings_byte_for_byte() {
         for (json, plain) in [
@@ -1058,6 +1056,8 @@ mod tests {
         }
     }
 
+    /// The full-text index's tokens, cut from the event's parts, are the tokens of its search
+    /// text and of the search text of its stored body.
     #[test]
     fn token_text_is_the_search_texts_tokens() {
         for raw in [

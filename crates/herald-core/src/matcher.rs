@@ -404,7 +404,8 @@ fn may_hold(ev: &PreparedEvent, probes: &[Probe]) -> bool {
     probes.iter().all(|t| {
         ev.search_parts().any(|p| {
             let p = p.as_bytes();
-            !p.is_ascii() || probe_in(t, p)
+            // Every part of a plain event is ASCII.
+            (!ev.plain && !p.is_ascii()) || probe_in(t, p)
         })
     })
 }

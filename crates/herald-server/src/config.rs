@@ -38,7 +38,7 @@ impl Config {
             attribute_indexes: s.attribute_indexes.clone(),
             queue_capacity: s.queue_capacity,
             max_commit_events: s.max_commit_events,
-            max_index_backlog: s.max_index_backlog.max(1),
+            max_index_backlog: s.max_index_backlog,
             read_connections: s.read_connections,
             cache_mib: s.cache_mib,
             fsync: s.fsync,

@@ -125,12 +125,7 @@ fn scan_file(
                     && crc32fast::hash(&body) == crc,
             )
         })()?;
-        let text = if checked {
-            std::str::from_utf8(&body).ok()
-        } else {
-            None
-        };
-        let Some(text) = text else {
+        let Some(text) = checked.then(|| std::str::from_utf8(&body).ok()).flatten() else {
             if pos >= keep_below {
                 break;
             }
@@ -690,6 +685,18 @@ mod tests {
             .collect()
     }
 
+    /// The disk changes bytes of segment 1 (offset, new bytes); the file, for more changes.
+    fn damage(dir: &Path, writes: &[(u64, &[u8])]) -> File {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir, 1))
+            .unwrap();
+        for (at, bytes) in writes {
+            f.write_all_at(bytes, *at).unwrap();
+        }
+        f
+    }
+
     /// Every record of segment 1 that a scan keeps when all of it is acknowledged.
     fn kept(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
@@ -775,12 +782,13 @@ mod tests {
         let locs = write_synced(dir.path(), &bodies);
         let end = split(locs[5]).1 + bodies[5].len() as u64;
         // The disk changes a byte of the second body and the length of the third record.
-        let path = segment_path(dir.path(), 1);
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(b"Z", split(locs[1]).1 + 3).unwrap();
-        f.write_all_at(&[0xff, 0, 0, 0], split(locs[2]).1 - 8)
-            .unwrap();
-        drop(f);
+        damage(
+            dir.path(),
+            &[
+                (split(locs[1]).1 + 3, b"Z"),
+                (split(locs[2]).1 - 8, &[0xff, 0, 0, 0]),
+            ],
+        );
         let expected: Vec<String> = [0, 3, 4, 5].iter().map(|&i| bodies[i].clone()).collect();
         assert_eq!(kept(dir.path()), expected);
         // The index holds the fifth: the writer keeps everything up to it and the sixth after
@@ -821,11 +829,9 @@ mod tests {
             Some(bodies[0].clone())
         );
         // A changed byte; a record past the end of its file; a segment that is gone.
-        let path = segment_path(dir.path(), 1);
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(b"Z", split(locs[1]).1 + 2).unwrap();
-        f.set_len(split(locs[2]).1 + 2).unwrap();
-        drop(f);
+        damage(dir.path(), &[(split(locs[1]).1 + 2, b"Z")])
+            .set_len(split(locs[2]).1 + 2)
+            .unwrap();
         assert_eq!(r.read_or_damaged(locs[1], len(1)).unwrap(), None);
         assert_eq!(r.read_or_damaged(locs[2], len(2)).unwrap(), None);
         let elsewhere = loc(2, split(locs[0]).1);
@@ -849,12 +855,13 @@ mod tests {
         let locs = write_synced(dir.path(), &bodies);
         // The index holds the fourth, whose body is damaged; the fifth is a torn write (its
         // length cut), and the sixth, of the same unacknowledged batch, is intact.
-        let path = segment_path(dir.path(), 1);
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(b"Z", split(locs[3]).1 + 2).unwrap();
-        f.write_all_at(&[0xff, 0xff, 0, 0], split(locs[4]).1 - 8)
-            .unwrap();
-        drop(f);
+        damage(
+            dir.path(),
+            &[
+                (split(locs[3]).1 + 2, b"Z"),
+                (split(locs[4]).1 - 8, &[0xff, 0xff, 0, 0]),
+            ],
+        );
         let keep = split(locs[3]).1 + bodies[3].len() as u64;
         let mut w =
             SegmentWriter::open(dir.path(), 1 << 20, Some((locs[3], bodies[3].len() as u64)))

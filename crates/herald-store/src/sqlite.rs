@@ -2978,16 +2978,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_damaged_body_is_left_out_of_listings_and_scans_and_named_when_asked_for() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = SqliteOptions {
-            data_dir: dir.path().to_owned(),
-            ..SqliteOptions::default()
-        };
         let ev = |id: u32| {
             crate::contract::event(&format!(
                 r#"{{"id":"{id}","source":"/s","type":"a","time":"2026-11-0{id}T00:00:00Z","data":{{"kettle":"on"}}}}"#
             ))
         };
-        let store = SqliteStore::open(opts.clone()).expect("open");
+        let store = open_in(dir.path(), &[]);
         store.append((1..=5).map(ev).collect()).await.unwrap();
         store.close().await;
         // The disk changes one byte of event 3's body.
@@ -3003,7 +2999,7 @@ mod tests {
         bytes[off as usize + len as usize / 2] ^= 0x20;
         std::fs::write(&path, bytes).unwrap();
 
-        let store = SqliteStore::open(opts).expect("reopen");
+        let store = open_in(dir.path(), &[]);
         let access = Access::all();
         // Pages of two: the damaged event counts for the page it falls in, so the pages
         // still meet every other event, and the last one says it is the last.

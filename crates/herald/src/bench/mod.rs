@@ -74,6 +74,12 @@ pub struct Common {
 }
 
 impl Common {
+    /// `--max-index-backlog`, or the configured default.
+    fn max_index_backlog(&self) -> usize {
+        self.max_index_backlog
+            .unwrap_or(herald_server::Config::default().store.max_index_backlog)
+    }
+
     fn attribute_indexes(&self) -> Vec<String> {
         match &self.attribute_indexes {
             None => SqliteOptions::default().attribute_indexes,
@@ -215,9 +221,7 @@ impl Server {
             attribute_indexes: common.attribute_indexes(),
             queue_capacity: cfg.store.queue_capacity,
             max_commit_events: cfg.store.max_commit_events,
-            max_index_backlog: common
-                .max_index_backlog
-                .unwrap_or(cfg.store.max_index_backlog),
+            max_index_backlog: common.max_index_backlog(),
             read_connections: cfg.store.read_connections,
             cache_mib: cfg.store.cache_mib,
             fsync: true,
@@ -621,9 +625,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             .iter()
             .fold(String::new(), |acc, x| acc + ", " + x),
         if a.schema { "enforced on every event" } else { "off" },
-        a.common
-            .max_index_backlog
-            .unwrap_or(herald_server::Config::default().store.max_index_backlog),
+        a.common.max_index_backlog(),
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
