@@ -184,6 +184,20 @@ pub fn token_text(text: &str) -> String {
     out
 }
 
+/// For each ASCII byte, its lowercase form when it is part of a token (alphanumeric), else 0.
+const ASCII_TOKEN_BYTE: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = c.to_ascii_lowercase();
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Appends the tokens of `text` to `out` as [`token_text`] joins them, after a space when
 /// `out` is not empty: so pushing several texts gives the tokens of those texts joined by
 /// spaces. ASCII text (most events) is cut byte by byte; a token is copied without an
@@ -191,25 +205,22 @@ pub fn token_text(text: &str) -> String {
 pub fn push_tokens(out: &mut String, text: &str) {
     if text.is_ascii() {
         // For ASCII, `char::is_alphanumeric` is `u8::is_ascii_alphanumeric` and lowercasing
-        // is ASCII lowercasing; every byte index is a char boundary.
-        let b = text.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            while i < b.len() && !b[i].is_ascii_alphanumeric() {
-                i += 1;
+        // is ASCII lowercasing. One pass, byte by byte, through a table that gives each
+        // byte's lowercase form, or 0 for a byte that separates tokens.
+        let mut in_token = false;
+        for &b in text.as_bytes() {
+            let c = ASCII_TOKEN_BYTE[usize::from(b)];
+            if c == 0 {
+                in_token = false;
+                continue;
             }
-            let start = i;
-            while i < b.len() && b[i].is_ascii_alphanumeric() {
-                i += 1;
-            }
-            if start < i {
+            if !in_token {
                 if !out.is_empty() {
                     out.push(' ');
                 }
-                let at = out.len();
-                out.push_str(&text[start..i]);
-                out[at..].make_ascii_lowercase();
+                in_token = true;
             }
+            out.push(char::from(c));
         }
         return;
     }
@@ -624,6 +635,16 @@ mod tests {
                 token_text(text),
                 tokens(text).collect::<Vec<_>>().join(" "),
                 "{text}"
+            );
+        }
+        // Every ASCII byte between two letters, through the byte path, against the char
+        // path of `tokens`.
+        for b in 0u8..128 {
+            let text = format!("Ab{}cD", char::from(b));
+            assert_eq!(
+                token_text(&text),
+                tokens(&text).collect::<Vec<_>>().join(" "),
+                "{text:?}"
             );
         }
         // Every ASCII string of up to three characters from a mixed alphabet, through the
