@@ -110,22 +110,21 @@ fn scan_file(
     let mut chunk_at = pos;
     let mut body = Vec::new();
     loop {
-        let checked = (|| -> io::Result<bool> {
+        // The CRC of a record whose header and body were read whole.
+        let read = (|| -> io::Result<Option<u32>> {
             let mut rec = [0u8; 8];
             if pos + 8 > size || !read_buffered(file, &mut chunk, &mut chunk_at, pos, &mut rec)? {
-                return Ok(false);
+                return Ok(None);
             }
             let (len, crc) = header(&rec);
             if len == 0 || pos + 8 + len > size {
-                return Ok(false);
+                return Ok(None);
             }
             body.resize(len as usize, 0);
-            Ok(
-                read_buffered(file, &mut chunk, &mut chunk_at, pos + 8, &mut body)?
-                    && crc32fast::hash(&body) == crc,
-            )
+            let whole = read_buffered(file, &mut chunk, &mut chunk_at, pos + 8, &mut body)?;
+            Ok(whole.then_some(crc))
         })()?;
-        let Some(text) = checked.then(|| std::str::from_utf8(&body).ok()).flatten() else {
+        let Some(text) = read.and_then(|crc| intact(crc, &body)) else {
             if pos >= keep_below {
                 break;
             }
@@ -149,6 +148,16 @@ fn scan_file(
         pos += 8 + body.len() as u64;
     }
     Ok(pos)
+}
+
+/// A record's body as text when it matches the CRC of its header and is UTF-8: the test of a
+/// record's integrity at start-up, in the scan and in its search for the next intact record
+/// ([`SegmentReader::read`] makes the same test on a buffer it keeps as the text).
+fn intact(crc: u32, body: &[u8]) -> Option<&str> {
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    std::str::from_utf8(body).ok()
 }
 
 /// A record header: the body's length and CRC.
@@ -187,7 +196,7 @@ fn next_intact(file: &File, from: u64, last: u64, size: u64) -> io::Result<Optio
             }
             body.resize(len as usize, 0);
             file.read_exact_at(&mut body, head + 8)?;
-            if crc32fast::hash(&body) == crc && std::str::from_utf8(&body).is_ok() {
+            if intact(crc, &body).is_some() {
                 return Ok(Some(head));
             }
         }
@@ -654,6 +663,7 @@ impl SegmentReader {
             return Err(damaged("its checksum does not match"));
         }
         buf.drain(..8);
+        // The same test as `intact`, taking the buffer as the text instead of copying it.
         String::from_utf8(buf).map_err(|_| damaged("not UTF-8"))
     }
 }
