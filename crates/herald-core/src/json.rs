@@ -20,18 +20,7 @@ pub fn append_minified(raw: &str, out: &mut String, max_depth: usize) -> Result<
     out.reserve(raw.len());
     while i < bytes.len() {
         match bytes[i] {
-            b'"' => {
-                // Skip the string, honouring escapes.
-                i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-                i += 1;
-            }
+            b'"' => i = after_string(bytes, i),
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max_depth {
@@ -65,14 +54,8 @@ pub fn depth(raw: &str) -> usize {
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
-                i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
+                i = after_string(bytes, i);
+                continue;
             }
             b'{' | b'[' => {
                 depth += 1;
@@ -84,6 +67,24 @@ pub fn depth(raw: &str) -> usize {
         i += 1;
     }
     max
+}
+
+/// The index just past the string that starts (with its opening quote) at `start`, honouring
+/// escapes. Strings are most of an event's bytes: this jumps from quote or backslash to the
+/// next with `memchr2` instead of testing every byte.
+fn after_string(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while let Some(k) = bytes
+        .get(i..)
+        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+    {
+        i += k;
+        if bytes[i] == b'"' {
+            return i + 1;
+        }
+        i += 2;
+    }
+    bytes.len()
 }
 
 #[cfg(test)]
@@ -103,6 +104,23 @@ mod tests {
         );
         assert_eq!(min("  42 ", 0).unwrap(), "42");
         assert_eq!(min(r#""\\""#, 0).unwrap(), r#""\\""#);
+    }
+
+    proptest::proptest! {
+        /// Minifying indented JSON gives the compact form, whatever its strings hold
+        /// (quotes, backslashes, brackets, whitespace, other scripts), and the depth is
+        /// counted outside strings only.
+        #[test]
+        fn minified_pretty_json_is_compact_json(
+            members in proptest::collection::btree_map(".{0,12}", proptest::collection::vec("[\\\\\"\\[\\]{} \tx\n]{0,6}", 0..3), 0..5)
+        ) {
+            let pretty = serde_json::to_string_pretty(&members).unwrap();
+            let compact = serde_json::to_string(&members).unwrap();
+            proptest::prop_assert_eq!(min(&pretty, 2).unwrap(), compact.clone());
+            let want = if members.is_empty() { 1 } else { 2 };
+            proptest::prop_assert_eq!(depth(&pretty), want);
+            proptest::prop_assert_eq!(min(&pretty, 1).is_err(), want == 2);
+        }
     }
 
     #[test]
