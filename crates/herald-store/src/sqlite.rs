@@ -1385,11 +1385,11 @@ struct Backlog {
 /// events of the open transaction from memory). The events of the open transaction are kept
 /// in memory for a retry, which bounds it by count.
 const TXN_MAX_EVENTS: usize = 100_000;
-/// Below this many events, the indexer lets the writer's groups accumulate for
-/// [`GATHER_WAIT`] before it inserts them (see `Indexer::gather`).
+const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(1000);
+/// A group of fewer events than this makes the indexer wait [`GATHER_WAIT`] for more before
+/// it inserts them, and take up to this many (see `Indexer::gather`).
 const GATHER_EVENTS: usize = 1_000;
 const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
-const TXN_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The writer thread: the durability point. It never writes to SQLite, so SQLite's commits
 /// (hundreds of milliseconds for large transactions) never hold up acknowledgements.
@@ -1686,9 +1686,8 @@ impl Indexer {
                 Ok(batch) => {
                     let mut batches = vec![batch];
                     disconnected = self.gather(&mut batches);
-                    let mut n = 0;
                     for batch in batches {
-                        n += batch.events.len();
+                        let n = batch.events.len();
                         // After a failure nothing more is committed: the events stay in the
                         // event segments, and the next start replays everything past
                         // SQLite's mark (committing later batches would skip the failed
@@ -1696,11 +1695,11 @@ impl Indexer {
                         if !self.failed.load(Ordering::Acquire) {
                             self.add(batch);
                         }
+                        if let Ok(mut b) = self.backlog.events.lock() {
+                            *b = b.saturating_sub(n);
+                        }
+                        self.backlog.drained.notify_all();
                     }
-                    if let Ok(mut b) = self.backlog.events.lock() {
-                        *b = b.saturating_sub(n);
-                    }
-                    self.backlog.drained.notify_all();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -1732,23 +1731,31 @@ impl Indexer {
         }
     }
 
-    /// Adds to `batches` (which holds one) whatever else the writer queued meanwhile. Small
-    /// groups (single-event requests) are first left to accumulate for [`GATHER_WAIT`]:
-    /// inserting a few events at a time, each time woken by the writer, cost twice the CPU
-    /// per event of inserting them by the thousand (cold caches between wake-ups). Readers do
-    /// not wait for this (they find the events in `unindexed`). True when the writer is gone.
+    /// When `batches` (which holds one group) is small, as the groups of single-event
+    /// requests are (~10 events), waits [`GATHER_WAIT`] and adds the groups the writer queued
+    /// meanwhile, up to [`GATHER_EVENTS`] events: inserting a few events at a time, woken by
+    /// each group, cost twice the CPU per event of inserting them by the hundred (cold caches
+    /// between wake-ups). Readers do not wait for this (they find the events in `unindexed`);
+    /// a large group is inserted at once, as before. True when the writer is gone.
     fn gather(&mut self, batches: &mut Vec<IndexBatch>) -> bool {
-        let first = batches.iter().map(|b| b.events.len()).sum::<usize>();
-        if first < GATHER_EVENTS && !self.progress.commit_wanted.load(Ordering::Acquire) {
+        let mut n: usize = batches.iter().map(|b| b.events.len()).sum();
+        if n >= GATHER_EVENTS {
+            return false;
+        }
+        if !self.progress.commit_wanted.load(Ordering::Acquire) {
             std::thread::sleep(GATHER_WAIT);
         }
-        loop {
+        while n < GATHER_EVENTS {
             match self.rx.try_recv() {
-                Ok(b) => batches.push(b),
+                Ok(b) => {
+                    n += b.events.len();
+                    batches.push(b);
+                }
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => return true,
             }
         }
+        false
     }
 
     fn add(&mut self, batch: IndexBatch) {
