@@ -212,12 +212,15 @@ impl Generator {
             data.push(' ');
         }
         data.push_str("\"}");
-        let json = format!(
+        let mut json = format!(
             r#"{{"id":"{id}","source":"{source}","type":"{ty}","time":"{time}","subject":"p-{product:06}","actor":"user:{user}","tenant":"org-{org:04}","severity":"{severity}","data":{data}}}"#
         );
-        let baseline_data = format!(
+        let mut baseline_data = format!(
             r#"{{"category":"{category}","severity":"{severity}","source":"{source}","org_id":"org-{org:04}","country":"{country}","product":"p-{product:06}","data":{data}}}"#
         );
+        // Millions are held at once: no spare capacity (`format!` may leave up to half).
+        json.shrink_to_fit();
+        baseline_data.shrink_to_fit();
         GenEvent {
             json,
             id,
