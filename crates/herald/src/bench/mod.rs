@@ -71,9 +71,19 @@ pub struct Common {
     /// (`store.max_index_backlog`; to measure what a larger one buys and costs).
     #[arg(long)]
     max_index_backlog: Option<usize>,
+    /// SQLite page cache of each connection, in MiB (`store.cache_mib`; to measure what a
+    /// larger one buys once the indexes outgrow it).
+    #[arg(long)]
+    cache_mib: Option<usize>,
 }
 
 impl Common {
+    /// `--cache-mib`, or the configured default.
+    fn cache_mib(&self) -> usize {
+        self.cache_mib
+            .unwrap_or(herald_server::Config::default().store.cache_mib)
+    }
+
     /// `--max-index-backlog`, or the configured default.
     fn max_index_backlog(&self) -> usize {
         self.max_index_backlog
@@ -223,7 +233,7 @@ impl Server {
             max_commit_events: cfg.store.max_commit_events,
             max_index_backlog: common.max_index_backlog(),
             read_connections: cfg.store.read_connections,
-            cache_mib: cfg.store.cache_mib,
+            cache_mib: common.cache_mib(),
             fsync: true,
             live_capacity: cfg.stream.live_buffer,
             segment_bytes: cfg.store.segment_mib.max(1) << 20,
@@ -622,7 +632,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         })?;
     }
     println!(
-        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}, index backlog up to {} events; loopback HTTP/1.1",
+        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}, index backlog up to {} events, SQLite cache {} MiB per connection; loopback HTTP/1.1",
         if a.common.no_fulltext { "off" } else { "on" },
         a.common
             .attribute_indexes()
@@ -630,6 +640,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             .fold(String::new(), |acc, x| acc + ", " + x),
         if a.schema { "enforced on every event" } else { "off" },
         a.common.max_index_backlog(),
+        a.common.cache_mib(),
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
