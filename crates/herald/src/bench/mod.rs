@@ -1202,7 +1202,7 @@ mod tests {
         let err = check_memory(6_000_000, "batch-1000", Some(16 * gib)).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("6000000 batch-1000 events need about 19.6 GiB"),
+            msg.contains("6000000 batch-1000 events need about 16.8 GiB"),
             "{msg}"
         );
         assert!(msg.contains("16.0 GiB is available"), "{msg}");
