@@ -24,9 +24,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{
-    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
-};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
@@ -1681,11 +1679,10 @@ impl Indexer {
             } else {
                 self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
-            let mut disconnected = false;
             match next {
                 Ok(batch) => {
                     let mut batches = vec![batch];
-                    disconnected = self.gather(&mut batches);
+                    self.gather(&mut batches);
                     for batch in batches {
                         let n = batch.events.len();
                         // After a failure nothing more is committed: the events stay in the
@@ -1703,9 +1700,6 @@ impl Indexer {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
-            }
-            if disconnected {
-                break;
             }
             if self.failed.load(Ordering::Acquire) {
                 continue;
@@ -1736,26 +1730,21 @@ impl Indexer {
     /// meanwhile, up to [`GATHER_EVENTS`] events: inserting a few events at a time, woken by
     /// each group, cost twice the CPU per event of inserting them by the hundred (cold caches
     /// between wake-ups). Readers do not wait for this (they find the events in `unindexed`);
-    /// a large group is inserted at once, as before. True when the writer is gone.
-    fn gather(&mut self, batches: &mut Vec<IndexBatch>) -> bool {
+    /// a large group is inserted at once, as before. A writer gone is found by the next
+    /// receive.
+    fn gather(&mut self, batches: &mut Vec<IndexBatch>) {
         let mut n: usize = batches.iter().map(|b| b.events.len()).sum();
         if n >= GATHER_EVENTS {
-            return false;
+            return;
         }
         if !self.progress.commit_wanted.load(Ordering::Acquire) {
             std::thread::sleep(GATHER_WAIT);
         }
         while n < GATHER_EVENTS {
-            match self.rx.try_recv() {
-                Ok(b) => {
-                    n += b.events.len();
-                    batches.push(b);
-                }
-                Err(TryRecvError::Empty) => return false,
-                Err(TryRecvError::Disconnected) => return true,
-            }
+            let Ok(b) = self.rx.try_recv() else { return };
+            n += b.events.len();
+            batches.push(b);
         }
-        false
     }
 
     fn add(&mut self, batch: IndexBatch) {

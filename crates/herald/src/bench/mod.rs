@@ -17,8 +17,8 @@ use bytes::Bytes;
 use gen::{GenEvent, Generator};
 use hdrhistogram::Histogram;
 use herald_server::metrics::Metrics;
-use herald_server::{AppState, Config};
-use herald_store::{SqliteOptions, SqliteStore};
+use herald_server::{AppState, Config, StoreConfig};
+use herald_store::SqliteStore;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,22 +78,19 @@ pub struct Common {
 }
 
 impl Common {
-    /// `--cache-mib`, or the configured default.
-    fn cache_mib(&self) -> usize {
-        self.cache_mib
-            .unwrap_or(herald_server::Config::default().store.cache_mib)
-    }
-
-    /// `--max-index-backlog`, or the configured default.
-    fn max_index_backlog(&self) -> usize {
-        self.max_index_backlog
-            .unwrap_or(herald_server::Config::default().store.max_index_backlog)
-    }
-
-    fn attribute_indexes(&self) -> Vec<String> {
-        match &self.attribute_indexes {
-            None => SqliteOptions::default().attribute_indexes,
-            Some(v) => v.iter().filter(|a| a.as_str() != "none").cloned().collect(),
+    /// The `[store]` settings the bench runs with: the defaults, with this command's options.
+    fn store(&self) -> StoreConfig {
+        let d = Config::default().store;
+        StoreConfig {
+            fulltext: !self.no_fulltext,
+            attribute_indexes: match &self.attribute_indexes {
+                None => d.attribute_indexes.clone(),
+                Some(v) => v.iter().filter(|a| a.as_str() != "none").cloned().collect(),
+            },
+            max_index_backlog: self.max_index_backlog.unwrap_or(d.max_index_backlog),
+            cache_mib: self.cache_mib.unwrap_or(d.cache_mib),
+            fsync: true,
+            ..d
         }
     }
 }
@@ -220,25 +217,17 @@ impl Server {
             .thread_name("herald-server")
             .enable_all()
             .build()?;
-        let mut cfg = Config::default();
         // The registry and keys live in the same data directory as the events.
-        cfg.store.data_dir = path.clone();
+        let cfg = Config {
+            store: StoreConfig {
+                data_dir: path.clone(),
+                indexed_paths,
+                ..common.store()
+            },
+            ..Config::default()
+        };
         let metrics = Metrics::new();
-        let store = SqliteStore::open(SqliteOptions {
-            data_dir: path.clone(),
-            fulltext: !common.no_fulltext,
-            indexed_paths,
-            attribute_indexes: common.attribute_indexes(),
-            queue_capacity: cfg.store.queue_capacity,
-            max_commit_events: cfg.store.max_commit_events,
-            max_index_backlog: common.max_index_backlog(),
-            read_connections: cfg.store.read_connections,
-            cache_mib: common.cache_mib(),
-            fsync: true,
-            live_capacity: cfg.stream.live_buffer,
-            segment_bytes: cfg.store.segment_mib.max(1) << 20,
-            on_commit: Some(metrics.commit_observer()),
-        })?;
+        let store = SqliteStore::open(cfg.sqlite_options(Some(metrics.commit_observer())))?;
         let keys = herald_store::KeyStore::open(&path)?;
         let store: Arc<dyn herald_store::Store> = Arc::new(store);
         let state = AppState::new(store.clone(), keys.clone(), &cfg, metrics.clone())
@@ -631,16 +620,17 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             anyhow::Ok(())
         })?;
     }
+    let store = a.common.store();
     println!(
         "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}, index backlog up to {} events, SQLite cache {} MiB per connection; loopback HTTP/1.1",
-        if a.common.no_fulltext { "off" } else { "on" },
-        a.common
-            .attribute_indexes()
+        if store.fulltext { "on" } else { "off" },
+        store
+            .attribute_indexes
             .iter()
             .fold(String::new(), |acc, x| acc + ", " + x),
         if a.schema { "enforced on every event" } else { "off" },
-        a.common.max_index_backlog(),
-        a.common.cache_mib(),
+        store.max_index_backlog,
+        store.cache_mib,
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
