@@ -22,8 +22,9 @@
 //! read needs no lock beyond the table of open files.
 //!
 //! Segments are written over zeros that are already on disk: a helper thread prepares the
-//! next segment ahead of time (`spare.tmp`, zero-filled and fsynced) and the writer renames
-//! it into place when the current one is full. An `fdatasync` of records written over
+//! next segment ahead of time (`spare.tmp`, zero-filled and fsynced, then renamed to
+//! `spare.ready`) and the writer renames it into place when the current one is full. A ready
+//! spare outlives a restart; a `spare.tmp` may be incomplete and is prepared again. An `fdatasync` of records written over
 //! existing blocks flushes data only; one that grows the file also commits the file system's
 //! journal, which waits for every other file's pending writes (SQLite's) and took 0.3–1 ms
 //! more per acknowledgement here. When no spare is ready the writer keeps appending to the
@@ -318,7 +319,8 @@ pub struct SegmentWriter {
     next_size: u64,
 }
 
-/// The state of `spare.tmp`, shared with the thread that prepares it.
+/// The state of the spare segment (`spare.tmp` while it is prepared, `spare.ready` when it
+/// is), shared with the thread that prepares it.
 #[derive(Clone)]
 struct Spare(Arc<AtomicU8>);
 const SPARE_NONE: u8 = 0;
@@ -342,16 +344,16 @@ impl Spare {
             return;
         }
         let state = self.0.clone();
-        let path = dir.join("spare.tmp");
+        let dir = dir.to_owned();
         let spawned = std::thread::Builder::new()
             .name("herald-segment".into())
             .spawn(move || {
                 crate::sqlite::lower_priority();
-                match zero_file(&path, bytes) {
+                match prepare_spare(&dir, bytes) {
                     Ok(()) => state.store(SPARE_READY, Ordering::Release),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot prepare the next event segment; the writer appends to the current one");
-                        let _ = std::fs::remove_file(&path);
+                        let _ = std::fs::remove_file(dir.join(SPARE_TMP));
                         // Try again at the next roll.
                         state.store(SPARE_NONE, Ordering::Release);
                     }
@@ -365,6 +367,18 @@ impl Spare {
     fn ready(&self) -> bool {
         self.0.load(Ordering::Acquire) == SPARE_READY
     }
+}
+
+/// The spare segment while it is prepared, and when it is ready.
+const SPARE_TMP: &str = "spare.tmp";
+const SPARE_READY_FILE: &str = "spare.ready";
+
+/// Prepares the spare segment: `bytes` of zeros written into `spare.tmp`, fsynced, then
+/// renamed to `spare.ready` (a ready spare is always whole).
+fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
+    let tmp = dir.join(SPARE_TMP);
+    zero_file(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(SPARE_READY_FILE))
 }
 
 /// Writes `bytes` of zeros into a new file at `path` and fsyncs it.
@@ -420,8 +434,8 @@ impl SegmentWriter {
         acknowledged: Option<(i64, u64)>,
     ) -> io::Result<SegmentWriter> {
         std::fs::create_dir_all(dir)?;
-        // A spare left by an earlier run may be incomplete: prepare it again.
-        let _ = std::fs::remove_file(dir.join("spare.tmp"));
+        // A spare being prepared by an earlier run may be incomplete: prepare it again.
+        let _ = std::fs::remove_file(dir.join(SPARE_TMP));
         let spare = Spare(Arc::new(AtomicU8::new(SPARE_NONE)));
         let numbers = list(dir)?;
         let new = |file: File, number: u32, prepared: u64| SegmentWriter {
@@ -439,7 +453,7 @@ impl SegmentWriter {
         // never reached the disk; the next (twice as large) is prepared in the background.
         let fresh = |number: u32| -> io::Result<SegmentWriter> {
             let first = max_bytes.min(FIRST_SEGMENT);
-            zero_file(&dir.join("spare.tmp"), first)?;
+            prepare_spare(dir, first)?;
             let (file, number) = take_spare(dir, number)?;
             Ok(new(file, number, first))
         };
@@ -484,6 +498,10 @@ impl SegmentWriter {
             }
         };
         w.prepared = w.prepared.max(w.pos);
+        // One that was ready is kept: it was whole and fsynced before it was renamed.
+        if std::fs::metadata(dir.join(SPARE_READY_FILE)).is_ok_and(|m| m.len() > HEADER) {
+            w.spare.0.store(SPARE_READY, Ordering::Release);
+        }
         w.next_size = (w.prepared.max(FIRST_SEGMENT) * 2).min(max_bytes);
         w.spare.prepare(dir, w.next_size);
         Ok(w)
@@ -571,10 +589,10 @@ impl SegmentWriter {
     }
 }
 
-/// Makes the prepared `spare.tmp` segment `n`: header written over its zeros, renamed,
-/// durably (the file and its directory entry).
+/// Makes the ready spare segment `n`: header written over its zeros, renamed, durably (the
+/// file and its directory entry).
 fn take_spare(dir: &Path, n: u32) -> io::Result<(File, u32)> {
-    let spare = dir.join("spare.tmp");
+    let spare = dir.join(SPARE_READY_FILE);
     let file = OpenOptions::new().read(true).write(true).open(&spare)?;
     let mut head = [0u8; HEADER as usize];
     head[..8].copy_from_slice(MAGIC);
@@ -791,6 +809,35 @@ mod tests {
         rec.extend_from_slice(&crc32fast::hash(body.as_bytes()).to_le_bytes());
         rec.extend_from_slice(body.as_bytes());
         rec
+    }
+
+    #[test]
+    fn a_ready_spare_outlives_a_restart_and_an_unfinished_one_does_not() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        while !w.spare.ready() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(w);
+        let ready = dir.path().join(SPARE_READY_FILE);
+        let inode = std::fs::metadata(&ready).unwrap().ino();
+        // A spare an earlier run was still writing when it stopped.
+        std::fs::write(dir.path().join(SPARE_TMP), [0u8; 100]).unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        assert!(w.spare.ready(), "ready at once: not prepared again");
+        assert_eq!(std::fs::metadata(&ready).unwrap().ino(), inode);
+        assert!(!dir.path().join(SPARE_TMP).exists());
+        // The writer moves into it when the current segment is full.
+        w.pos = w.prepared;
+        w.roll_if_full().unwrap();
+        assert_eq!(w.number, 2);
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 2))
+                .unwrap()
+                .ino(),
+            inode
+        );
     }
 
     #[test]
