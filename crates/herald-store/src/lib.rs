@@ -29,6 +29,7 @@ pub mod registry;
 mod segment;
 mod sql;
 pub mod sqlite;
+mod throttle;
 
 pub use herald_core::matcher::LiveEvent;
 pub use keys::{KeyInfo, KeyStore, Restrictions, Role};

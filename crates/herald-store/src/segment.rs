@@ -39,6 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::throttle::LogThrottle;
+
 const MAGIC: &[u8; 8] = b"HSEG0001";
 const HEADER: u64 = 16;
 const OFFSET_BITS: u32 = 40;
@@ -615,38 +617,19 @@ pub struct SegmentReader {
 
 /// Reads of damaged records: how many, and when the log last said so. A listing over a
 /// damaged record meets it on every read, so the log says it at most once per
-/// [`DamageLog::EVERY_MS`], with how many it passed over in between; the count is a metric.
+/// [`LogThrottle::EVERY_MS`], with how many it passed over in between; the count is a metric.
 #[derive(Default)]
 struct DamageLog {
     reads: std::sync::atomic::AtomicU64,
-    logged_at_ms: std::sync::atomic::AtomicU64,
-    unlogged: std::sync::atomic::AtomicU64,
+    log: LogThrottle,
 }
 
 impl DamageLog {
-    const EVERY_MS: u64 = 10_000;
-
     fn record(&self, e: &io::Error) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.reads.fetch_add(1, Relaxed);
-        // Milliseconds on a monotonic clock (a wall clock set back would silence the log).
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as u64;
-        let last = self.logged_at_ms.load(Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= Self::EVERY_MS;
-        if due
-            && self
-                .logged_at_ms
-                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
-                .is_ok()
-        {
-            let also = self.unlogged.swap(0, Relaxed);
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(also) = self.log.due() {
             tracing::error!(error = %e, also_since_last_report = also, "an event body cannot be read");
-        } else {
-            self.unlogged.fetch_add(1, Relaxed);
         }
     }
 }

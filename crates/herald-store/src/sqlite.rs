@@ -12,6 +12,7 @@
 use crate::log::Log;
 use crate::segment::{SegmentReader, SegmentWriter};
 use crate::sql::{compile, path_expr, TextTail, BODY, DAY_EXPR};
+use crate::throttle::LogThrottle;
 use crate::{
     AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, LiveBatch, LiveEvent, Page,
     ScanPage, ScanQuery, SeqRange, Store, StoreError, StoredEvent,
@@ -939,20 +940,44 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
 
 /// Logs a step of the writer that held up acknowledgements for long (the disk stalled, or
 /// a background thread fell behind), so that latency spikes can be explained.
-fn slow(what: &str, since: Instant, events: usize) {
+fn slow(what: &'static str, since: Instant, events: usize) {
     slow_after(100, what, since, events);
 }
 
 /// [`slow`] for the indexer's steps, which hold up no acknowledgement: a commit of a
 /// second's worth of events at a low priority takes a few hundred milliseconds under load.
-fn slow_indexer(what: &str, since: Instant, events: usize) {
+fn slow_indexer(what: &'static str, since: Instant, events: usize) {
     slow_after(2000, what, since, events);
 }
 
-fn slow_after(limit_ms: u128, what: &str, since: Instant, events: usize) {
+/// Under sustained overload a step is slow at every commit (the writer waits for the
+/// indexer several times a second): each step is logged at most once per
+/// [`LogThrottle::EVERY_MS`], with how many slow ones it stands for.
+fn slow_after(limit_ms: u128, what: &'static str, since: Instant, events: usize) {
     let ms = since.elapsed().as_millis();
-    if ms >= limit_ms {
-        tracing::warn!(ms, events, "slow store step: {what}");
+    if ms < limit_ms {
+        return;
+    }
+    // One throttle per step (a handful), found under a lock taken only by slow steps.
+    static LOGS: Mutex<Vec<(&str, LogThrottle)>> = Mutex::new(Vec::new());
+    let due = {
+        let mut logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match logs.iter().position(|(w, _)| *w == what) {
+            Some(i) => i,
+            None => {
+                logs.push((what, LogThrottle::default()));
+                logs.len() - 1
+            }
+        };
+        logs[i].1.due()
+    };
+    if let Some(also) = due {
+        tracing::warn!(
+            ms,
+            events,
+            also_since_last_report = also,
+            "slow store step: {what}"
+        );
     }
 }
 
