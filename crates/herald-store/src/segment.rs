@@ -9,8 +9,9 @@
 //! (`HSEG0001`, then the segment number as a u64 LE) and records
 //! `len: u32 LE | crc32(body): u32 LE | body`. A record whose length is zero, whose CRC does
 //! not check out, or that runs past the end of the file, with no intact record after it, ends
-//! the segment: it is the torn last write of a crashed process (never acknowledged: its
-//! `fdatasync` did not return), and opening the writer cuts it off. A damaged record with
+//! the segment: it is taken for the torn last write of a crashed process (never acknowledged:
+//! its `fdatasync` did not return), and opening the writer cuts it off (appends still never
+//! start before the end of the newest record the index holds). A damaged record with
 //! intact ones after it is skipped, and those are kept: the disk changed an acknowledged
 //! record, or a crash cut a write whose later pages reached the disk before its earlier ones
 //! (then keeping them is at-least-once delivery; a retry is a duplicate). Cutting there would
@@ -22,14 +23,18 @@
 //! read needs no lock beyond the table of open files.
 //!
 //! Segments are written over zeros that are already on disk: a helper thread prepares the
-//! next segment ahead of time (`spare.tmp`, zero-filled and fsynced, then renamed to
-//! `spare.ready`) and the writer renames it into place when the current one is full. A ready
-//! spare outlives a restart; a `spare.tmp` may be incomplete and is prepared again. An `fdatasync` of records written over
+//! next segment ahead of time (`spare.<pid>.<n>.tmp`, zero-filled and fsynced, then renamed
+//! to `spare.ready`) and the writer renames it into place when the current one is full. A
+//! ready spare outlives a restart; a `.tmp` one may be incomplete and is prepared again (each
+//! preparation has its own name, so a helper of an earlier writer in the same process can
+//! never rename a newer one's unfinished file). An `fdatasync` of records written over
 //! existing blocks flushes data only; one that grows the file also commits the file system's
 //! journal, which waits for every other file's pending writes (SQLite's) and took 0.3–1 ms
 //! more per acknowledgement here. When no spare is ready the writer keeps appending to the
 //! current segment, past its prepared size. At open, everything after the last intact record
-//! is zeroed, so that no stale record can ever follow newer ones.
+//! is zeroed, so that no torn bytes follow the next records. (Intact records of a group whose
+//! write failed may remain after newer ones; their seqs were never handed out again, and the
+//! replay into the index passes over seqs it already holds.)
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -82,7 +87,8 @@ fn list(dir: &Path) -> io::Result<Vec<u32>> {
 
 /// Reads the records of one segment from `from` (an offset of a record, or 0 for the
 /// first) up to `end` (the file's size when unknown), calling `f(location of the body, body)`
-/// for each intact one. Returns where the intact records end.
+/// for each intact one. Returns where the intact records end, and whether only zeros follow
+/// them (up to `end`): the clean end of a segment written over zeros, found in one pass.
 ///
 /// A damaged record followed by an intact one is skipped: the scan logs it and goes on from
 /// the next intact record, so that the records after it are neither lost nor cut off. Before
@@ -99,11 +105,11 @@ fn scan_file(
     end: u64,
     acked_below: u64,
     f: &mut dyn FnMut(i64, &str) -> io::Result<()>,
-) -> io::Result<u64> {
+) -> io::Result<(u64, bool)> {
     let size = file.metadata()?.len().min(end);
     let mut head = [0u8; HEADER as usize];
     if size < HEADER {
-        return Ok(0);
+        return Ok((0, false));
     }
     file.read_exact_at(&mut head, 0)?;
     if &head[..8] != MAGIC
@@ -135,6 +141,10 @@ fn scan_file(
             Ok(whole.then_some(crc))
         })()?;
         let Some(text) = read.and_then(|crc| intact(crc, &body)) else {
+            // Where the writer stopped, the zeros it writes over: no record can follow.
+            if all_zero(file, pos, size)? {
+                return Ok((pos, true));
+            }
             match next_intact(file, pos + 1, size, size)? {
                 Some(next) if pos < acked_below => {
                     tracing::error!(
@@ -162,7 +172,28 @@ fn scan_file(
         f(loc(n, pos + 8), text)?;
         pos += 8 + body.len() as u64;
     }
-    Ok(pos)
+    Ok((pos, false))
+}
+
+/// Whether every byte of `file` from `from` to `to` is zero; stops at the first that is not.
+fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    const WINDOW: usize = 1 << 20;
+    let zeros = [0u8; 4096];
+    let mut window = vec![0u8; WINDOW];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(WINDOW as u64) as usize;
+        file.read_exact_at(&mut window[..n], at)?;
+        // Slice comparisons are `memcmp`s (a byte loop does not vectorise).
+        if !window[..n]
+            .chunks(zeros.len())
+            .all(|c| c == &zeros[..c.len()])
+        {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// A record's body as text when it matches the CRC of its header and is UTF-8: the test of a
@@ -321,7 +352,7 @@ pub struct SegmentWriter {
     next_size: u64,
 }
 
-/// The state of the spare segment (`spare.tmp` while it is prepared, `spare.ready` when it
+/// The state of the spare segment (a `.tmp` file while it is prepared, `spare.ready` when it
 /// is), shared with the thread that prepares it.
 #[derive(Clone)]
 struct Spare(Arc<AtomicU8>);
@@ -355,7 +386,6 @@ impl Spare {
                     Ok(()) => state.store(SPARE_READY, Ordering::Release),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot prepare the next event segment; the writer appends to the current one");
-                        let _ = std::fs::remove_file(dir.join(SPARE_TMP));
                         // Try again at the next roll.
                         state.store(SPARE_NONE, Ordering::Release);
                     }
@@ -371,16 +401,28 @@ impl Spare {
     }
 }
 
-/// The spare segment while it is prepared, and when it is ready.
-const SPARE_TMP: &str = "spare.tmp";
+/// The spare segment when it is ready.
 const SPARE_READY_FILE: &str = "spare.ready";
 
-/// Prepares the spare segment: `bytes` of zeros written into `spare.tmp`, fsynced, then
-/// renamed to `spare.ready` (a ready spare is always whole).
+/// Whether `name` is a spare being prepared (`spare.<pid>.<n>.tmp`, or `spare.tmp` of
+/// earlier versions).
+fn is_spare_tmp(name: &str) -> bool {
+    name.starts_with("spare.") && name.ends_with(".tmp")
+}
+
+/// Prepares the spare segment: `bytes` of zeros written into a file of its own
+/// (`spare.<pid>.<n>.tmp`), fsynced, then renamed to `spare.ready` (a ready spare is always
+/// whole). The file is removed if this fails.
 fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
-    let tmp = dir.join(SPARE_TMP);
-    zero_file(&tmp, bytes)?;
-    std::fs::rename(&tmp, dir.join(SPARE_READY_FILE))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("spare.{}.{n}.tmp", std::process::id()));
+    let res =
+        zero_file(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, dir.join(SPARE_READY_FILE)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// Writes `bytes` of zeros into a new file at `path` and fsyncs it.
@@ -437,7 +479,12 @@ impl SegmentWriter {
     ) -> io::Result<SegmentWriter> {
         std::fs::create_dir_all(dir)?;
         // A spare being prepared by an earlier run may be incomplete: prepare it again.
-        let _ = std::fs::remove_file(dir.join(SPARE_TMP));
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if is_spare_tmp(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let spare = Spare(Arc::new(AtomicU8::new(SPARE_NONE)));
         let numbers = list(dir)?;
         let new = |file: File, number: u32, prepared: u64| SegmentWriter {
@@ -473,7 +520,7 @@ impl SegmentWriter {
                 // The scan starts after the newest record the index holds: nothing before it
                 // is ever cut, and appends never take the place of one the index points at,
                 // even when it is damaged (reads find that out).
-                let end = scan_file(
+                let (end, zeros_after) = scan_file(
                     &file,
                     last,
                     keep_below,
@@ -484,9 +531,20 @@ impl SegmentWriter {
                 let size = file.metadata()?.len();
                 if end < HEADER {
                     drop(file);
-                    fresh(last)?
+                    if keep_below > 0 {
+                        // Cut below its header while the index holds records of it: a new
+                        // segment takes the next number, so that no record takes the location
+                        // of one the index points at (reads of those find them damaged).
+                        tracing::error!(
+                            segment = last,
+                            "the last event segment lost its header and the records the index holds in it; appending to a new segment"
+                        );
+                        fresh(last + 1)?
+                    } else {
+                        fresh(last)?
+                    }
                 } else {
-                    if zero_tail(&file, end)? {
+                    if !zeros_after && zero_tail(&file, end)? {
                         tracing::warn!(
                             segment = last,
                             kept = end,
@@ -752,7 +810,7 @@ mod tests {
     fn kept(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         let file = File::open(segment_path(dir, 1)).unwrap();
-        scan_file(&file, 1, 0, u64::MAX, u64::MAX, &mut |_, b| {
+        let _ = scan_file(&file, 1, 0, u64::MAX, u64::MAX, &mut |_, b| {
             out.push(b.to_owned());
             Ok(())
         })
@@ -806,11 +864,14 @@ mod tests {
         let ready = dir.path().join(SPARE_READY_FILE);
         let inode = std::fs::metadata(&ready).unwrap().ino();
         // A spare an earlier run was still writing when it stopped.
-        std::fs::write(dir.path().join(SPARE_TMP), [0u8; 100]).unwrap();
+        let unfinished = ["spare.tmp", "spare.77.3.tmp"].map(|n| dir.path().join(n));
+        for f in &unfinished {
+            std::fs::write(f, [0u8; 100]).unwrap();
+        }
         let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert!(w.spare.ready(), "ready at once: not prepared again");
         assert_eq!(std::fs::metadata(&ready).unwrap().ino(), inode);
-        assert!(!dir.path().join(SPARE_TMP).exists());
+        assert!(unfinished.iter().all(|f| !f.exists()));
         // The writer moves into it when the current segment is full.
         w.pos = w.prepared;
         w.roll_if_full().unwrap();
@@ -1008,6 +1069,39 @@ mod tests {
                 r#"{"seq":7}"#
             ],
         );
+    }
+
+    #[test]
+    fn a_last_segment_cut_below_its_header_is_never_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies: Vec<String> = (1..=3).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+        let locs = write_synced(dir.path(), &bodies);
+        damage(dir.path(), &[]).set_len(10).unwrap();
+        // The index holds the third: the writer moves on to segment 2.
+        let ack = Some((locs[2], bodies[2].len() as u64));
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, ack).unwrap();
+        assert_eq!(w.number, 2);
+        let l = w.push(r#"{"seq":4}"#);
+        w.sync(true).unwrap();
+        assert_eq!(split(l).0, 2);
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len(),
+            10
+        );
+        let r = SegmentReader::new(dir.path());
+        assert_eq!(
+            r.read_or_damaged(locs[2], bodies[2].len() as u64).unwrap(),
+            None
+        );
+        // Without records in the index, the segment is simply started again.
+        drop(w);
+        let dir = tempfile::tempdir().unwrap();
+        write_synced(dir.path(), &bodies);
+        damage(dir.path(), &[]).set_len(10).unwrap();
+        let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        assert_eq!((w.number, w.pos), (1, HEADER));
     }
 
     #[test]

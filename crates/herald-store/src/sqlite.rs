@@ -958,24 +958,28 @@ fn slow_after(limit_ms: u128, what: &'static str, since: Instant, events: usize)
     if ms < limit_ms {
         return;
     }
-    // One throttle per step (a handful), found under a lock taken only by slow steps.
-    static LOGS: Mutex<Vec<(&str, LogThrottle)>> = Mutex::new(Vec::new());
+    // One throttle per step (a handful), found under a lock taken only by slow steps, with
+    // the longest duration since its last report (a line stands for the worst of them).
+    static LOGS: Mutex<Vec<(&str, LogThrottle, u128)>> = Mutex::new(Vec::new());
     let due = {
         let mut logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
-        let i = match logs.iter().position(|(w, _)| *w == what) {
+        let i = match logs.iter().position(|(w, _, _)| *w == what) {
             Some(i) => i,
             None => {
-                logs.push((what, LogThrottle::default()));
+                logs.push((what, LogThrottle::default(), 0));
                 logs.len() - 1
             }
         };
-        logs[i].1.due()
+        let (_, log, longest) = &mut logs[i];
+        *longest = (*longest).max(ms);
+        log.due().map(|also| (also, std::mem::take(longest)))
     };
-    if let Some(also) = due {
+    if let Some((also, longest_ms)) = due {
         tracing::warn!(
             ms,
             events,
             also_since_last_report = also,
+            longest_ms,
             "slow store step: {what}"
         );
     }
