@@ -24,10 +24,11 @@
 //!
 //! Segments are written over zeros that are already on disk: a helper thread prepares the
 //! next segment ahead of time (`spare.<pid>.<n>.tmp`, zero-filled and fsynced, then renamed
-//! to `spare.ready`) and the writer renames it into place when the current one is full. A
-//! ready spare outlives a restart; a `.tmp` one may be incomplete and is prepared again (each
-//! preparation has its own name, so a helper of an earlier writer in the same process can
-//! never rename a newer one's unfinished file). An `fdatasync` of records written over
+//! to `spare.<pid>.<n>.ready`) and the writer renames it into place when the current one is
+//! full. A ready spare outlives a restart; a `.tmp` one may be incomplete and is prepared
+//! again. Each preparation has its own names and the writer takes only the one its own helper
+//! reported (or, at open, one an earlier run left), so a helper of an earlier writer in the
+//! same process, still running, can never swap a file under it. An `fdatasync` of records written over
 //! existing blocks flushes data only; one that grows the file also commits the file system's
 //! journal, which waits for every other file's pending writes (SQLite's) and took 0.3–1 ms
 //! more per acknowledgement here. When no spare is ready the writer keeps appending to the
@@ -181,8 +182,11 @@ fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
     let zeros = [0u8; 4096];
     let mut window = vec![0u8; WINDOW];
     let mut at = from;
+    // A first small read: a damaged record is usually not zero right away.
+    let mut size = zeros.len();
     while at < to {
-        let n = (to - at).min(WINDOW as u64) as usize;
+        let n = (to - at).min(size as u64) as usize;
+        size = WINDOW;
         file.read_exact_at(&mut window[..n], at)?;
         // Slice comparisons are `memcmp`s (a byte loop does not vectorise).
         if !window[..n]
@@ -352,10 +356,17 @@ pub struct SegmentWriter {
     next_size: u64,
 }
 
-/// The state of the spare segment (a `.tmp` file while it is prepared, `spare.ready` when it
+/// The state of the spare segment (a `.tmp` file while it is prepared, a `.ready` one when it
 /// is), shared with the thread that prepares it.
-#[derive(Clone)]
-struct Spare(Arc<AtomicU8>);
+#[derive(Clone, Default)]
+struct Spare(Arc<SpareState>);
+
+#[derive(Default)]
+struct SpareState {
+    state: AtomicU8,
+    /// The ready spare's file, when `state` is [`SPARE_READY`].
+    path: std::sync::Mutex<Option<PathBuf>>,
+}
 const SPARE_NONE: u8 = 0;
 const SPARE_PREPARING: u8 = 1;
 const SPARE_READY: u8 = 2;
@@ -366,6 +377,7 @@ impl Spare {
     fn prepare(&self, dir: &Path, bytes: u64) {
         if self
             .0
+            .state
             .compare_exchange(
                 SPARE_NONE,
                 SPARE_PREPARING,
@@ -383,26 +395,51 @@ impl Spare {
             .spawn(move || {
                 crate::sqlite::lower_priority();
                 match prepare_spare(&dir, bytes) {
-                    Ok(()) => state.store(SPARE_READY, Ordering::Release),
+                    Ok(path) => Spare(state).set_ready(path),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot prepare the next event segment; the writer appends to the current one");
                         // Try again at the next roll.
-                        state.store(SPARE_NONE, Ordering::Release);
+                        state.state.store(SPARE_NONE, Ordering::Release);
                     }
                 }
             });
         if spawned.is_err() {
-            self.0.store(SPARE_NONE, Ordering::Release);
+            self.0.state.store(SPARE_NONE, Ordering::Release);
         }
     }
 
     fn ready(&self) -> bool {
-        self.0.load(Ordering::Acquire) == SPARE_READY
+        self.0.state.load(Ordering::Acquire) == SPARE_READY
+    }
+
+    fn set_ready(&self, path: PathBuf) {
+        *self.0.path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        self.0.state.store(SPARE_READY, Ordering::Release);
+    }
+
+    /// The ready spare's file.
+    fn path(&self) -> Option<PathBuf> {
+        if !self.ready() {
+            return None;
+        }
+        self.0
+            .path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Forgets the spare (taken, or failed): the next [`Spare::prepare`] makes another.
+    fn clear(&self) {
+        *self.0.path.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.state.store(SPARE_NONE, Ordering::Release);
     }
 }
 
-/// The spare segment when it is ready.
-const SPARE_READY_FILE: &str = "spare.ready";
+/// Whether `name` is a ready spare (`spare.<pid>.<n>.ready`).
+fn is_spare_ready(name: &str) -> bool {
+    name.starts_with("spare.") && name.ends_with(".ready")
+}
 
 /// Whether `name` is a spare being prepared (`spare.<pid>.<n>.tmp`, or `spare.tmp` of
 /// earlier versions).
@@ -410,19 +447,22 @@ fn is_spare_tmp(name: &str) -> bool {
     name.starts_with("spare.") && name.ends_with(".tmp")
 }
 
-/// Prepares the spare segment: `bytes` of zeros written into a file of its own
-/// (`spare.<pid>.<n>.tmp`), fsynced, then renamed to `spare.ready` (a ready spare is always
-/// whole). The file is removed if this fails.
-fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
+/// Prepares a spare segment: `bytes` of zeros written into a file of its own
+/// (`spare.<pid>.<n>.tmp`), fsynced, then renamed to `spare.<pid>.<n>.ready` (a ready spare
+/// is always whole), which it returns. The file is removed if this fails.
+fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<PathBuf> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("spare.{}.{n}.tmp", std::process::id()));
-    let res =
-        zero_file(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, dir.join(SPARE_READY_FILE)));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let name = format!("spare.{}.{n}", std::process::id());
+    let tmp = dir.join(format!("{name}.tmp"));
+    let ready = dir.join(format!("{name}.ready"));
+    match zero_file(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &ready)) {
+        Ok(()) => Ok(ready),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    res
 }
 
 /// Writes `bytes` of zeros into a new file at `path` and fsyncs it.
@@ -478,14 +518,28 @@ impl SegmentWriter {
         acknowledged: Option<(i64, u64)>,
     ) -> io::Result<SegmentWriter> {
         std::fs::create_dir_all(dir)?;
-        // A spare being prepared by an earlier run may be incomplete: prepare it again.
+        // A spare being prepared by an earlier run may be incomplete: prepare it again. Of the
+        // ready ones (whole and fsynced before they were renamed) the largest is kept.
+        let mut ready: Option<(u64, PathBuf)> = None;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if is_spare_tmp(&entry.file_name().to_string_lossy()) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if is_spare_tmp(&name) {
                 let _ = std::fs::remove_file(entry.path());
+            } else if is_spare_ready(&name) {
+                let len = entry.metadata()?.len();
+                let (drop, keep) = match ready.take() {
+                    Some((l, p)) if l >= len => (Some(entry.path()), (l, p)),
+                    other => (other.map(|(_, p)| p), (len, entry.path())),
+                };
+                if let Some(p) = drop {
+                    let _ = std::fs::remove_file(p);
+                }
+                ready = Some(keep);
             }
         }
-        let spare = Spare(Arc::new(AtomicU8::new(SPARE_NONE)));
+        let spare = Spare::default();
         let numbers = list(dir)?;
         let new = |file: File, number: u32, prepared: u64| SegmentWriter {
             dir: dir.to_owned(),
@@ -498,17 +552,28 @@ impl SegmentWriter {
             spare: spare.clone(),
             next_size: max_bytes,
         };
-        // A small segment prepared now: the first of a new store, or one again whose header
-        // never reached the disk; the next (twice as large) is prepared in the background.
+        // A small segment prepared now: the first of a new store, one again whose header did
+        // not survive, or the next after one cut below its header; the next (twice as large)
+        // is prepared in the background.
         let fresh = |number: u32| -> io::Result<SegmentWriter> {
             let first = max_bytes.min(FIRST_SEGMENT);
-            prepare_spare(dir, first)?;
-            let (file, number) = take_spare(dir, number)?;
+            let path = prepare_spare(dir, first)?;
+            let (file, number) = take_spare(dir, number, &path)?;
             Ok(new(file, number, first))
         };
-        let mut w = match numbers.last() {
-            None => fresh(1)?,
-            Some(&last) => {
+        // The segment of the newest record the index holds: no segment up to it is ever
+        // started again, even when its file is gone.
+        let indexed_segment = acknowledged.map(|(l, _)| split(l).0);
+        let mut w = match (numbers.last(), indexed_segment) {
+            (last, Some(indexed)) if last.is_none_or(|&l| l < indexed) => {
+                tracing::error!(
+                    segment = indexed,
+                    "the event segment that holds the newest indexed events is gone; appending to a new segment after it"
+                );
+                fresh(indexed + 1)?
+            }
+            (None, _) => fresh(1)?,
+            (Some(&last), _) => {
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -558,9 +623,12 @@ impl SegmentWriter {
             }
         };
         w.prepared = w.prepared.max(w.pos);
-        // One that was ready is kept: it was whole and fsynced before it was renamed.
-        if std::fs::metadata(dir.join(SPARE_READY_FILE)).is_ok_and(|m| m.len() > HEADER) {
-            w.spare.0.store(SPARE_READY, Ordering::Release);
+        if let Some((len, path)) = ready {
+            if len > HEADER {
+                w.spare.set_ready(path);
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
         }
         w.next_size = (w.prepared.max(FIRST_SEGMENT) * 2).min(max_bytes);
         w.spare.prepare(dir, w.next_size);
@@ -590,17 +658,17 @@ impl SegmentWriter {
         if !self.buf.is_empty() || self.pos < self.prepared.min(self.max_bytes) {
             return Ok(());
         }
-        if !self.spare.ready() {
+        let Some(path) = self.spare.path() else {
             // Still being prepared (or failed: try again); append to this one meanwhile.
             self.spare.prepare(&self.dir, self.next_size);
             return Ok(());
-        }
-        let (file, number) = match take_spare(&self.dir, self.number + 1) {
+        };
+        let (file, number) = match take_spare(&self.dir, self.number + 1, &path) {
             Ok(f) => f,
             Err(e) => {
                 // Prepare another spare for the next try; segment `number + 1`, if it was
                 // renamed already, holds no record and is taken over by that try.
-                self.spare.0.store(SPARE_NONE, Ordering::Release);
+                self.spare.clear();
                 return Err(e);
             }
         };
@@ -608,7 +676,7 @@ impl SegmentWriter {
         self.file = file;
         self.number = number;
         self.pos = HEADER;
-        self.spare.0.store(SPARE_NONE, Ordering::Release);
+        self.spare.clear();
         self.next_size = (self.next_size * 2).min(self.max_bytes);
         self.spare.prepare(&self.dir, self.next_size);
         Ok(())
@@ -649,17 +717,16 @@ impl SegmentWriter {
     }
 }
 
-/// Makes the ready spare segment `n`: header written over its zeros, renamed, durably (the
-/// file and its directory entry).
-fn take_spare(dir: &Path, n: u32) -> io::Result<(File, u32)> {
-    let spare = dir.join(SPARE_READY_FILE);
-    let file = OpenOptions::new().read(true).write(true).open(&spare)?;
+/// Makes the ready spare `spare` segment `n`: header written over its zeros, renamed,
+/// durably (the file and its directory entry).
+fn take_spare(dir: &Path, n: u32, spare: &Path) -> io::Result<(File, u32)> {
+    let file = OpenOptions::new().read(true).write(true).open(spare)?;
     let mut head = [0u8; HEADER as usize];
     head[..8].copy_from_slice(MAGIC);
     head[8..].copy_from_slice(&(n as u64).to_le_bytes());
     file.write_all_at(&head, 0)?;
     file.sync_data()?;
-    std::fs::rename(&spare, segment_path(dir, n))?;
+    std::fs::rename(spare, segment_path(dir, n))?;
     File::open(dir)?.sync_all()?;
     Ok((file, n))
 }
@@ -852,6 +919,22 @@ mod tests {
         rec
     }
 
+    /// The ready spares in `dir`: (name, inode).
+    fn ready_spares(dir: &Path) -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| is_spare_ready(&e.file_name().to_string_lossy()))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().ino())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     #[test]
     fn a_ready_spare_outlives_a_restart_and_an_unfinished_one_does_not() {
         use std::os::unix::fs::MetadataExt;
@@ -861,16 +944,19 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         drop(w);
-        let ready = dir.path().join(SPARE_READY_FILE);
-        let inode = std::fs::metadata(&ready).unwrap().ino();
-        // A spare an earlier run was still writing when it stopped.
+        let spares = ready_spares(dir.path());
+        assert_eq!(spares.len(), 1, "{spares:?}");
+        let inode = spares[0].1;
+        // Spares an earlier run was still writing when it stopped, and a smaller ready one
+        // (two writers' helpers finished).
         let unfinished = ["spare.tmp", "spare.77.3.tmp"].map(|n| dir.path().join(n));
         for f in &unfinished {
             std::fs::write(f, [0u8; 100]).unwrap();
         }
+        std::fs::write(dir.path().join("spare.77.4.ready"), [0u8; 100]).unwrap();
         let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert!(w.spare.ready(), "ready at once: not prepared again");
-        assert_eq!(std::fs::metadata(&ready).unwrap().ino(), inode);
+        assert_eq!(ready_spares(dir.path()), spares, "the largest was kept");
         assert!(unfinished.iter().all(|f| !f.exists()));
         // The writer moves into it when the current segment is full.
         w.pos = w.prepared;
@@ -881,6 +967,37 @@ mod tests {
                 .unwrap()
                 .ino(),
             inode
+        );
+    }
+
+    #[test]
+    fn a_spare_file_appearing_later_is_not_taken_for_this_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        while !w.spare.ready() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let own = w.spare.path().unwrap();
+        // A helper of an earlier writer in this process finishes after this one opened.
+        let stray = dir.path().join("spare.77.9.ready");
+        std::fs::write(&stray, vec![1u8; 64 << 10]).unwrap();
+        w.pos = w.prepared;
+        w.roll_if_full().unwrap();
+        assert!(!own.exists(), "its own spare became segment 2");
+        assert!(stray.exists(), "the stray one was left alone");
+        let mut head = [0u8; HEADER as usize];
+        File::open(segment_path(dir.path(), 2))
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        assert_eq!(&head[..8], MAGIC);
+        assert!(
+            File::open(segment_path(dir.path(), 2))
+                .unwrap()
+                .metadata()
+                .unwrap()
+                .len()
+                > 64 << 10
         );
     }
 
@@ -1102,6 +1219,34 @@ mod tests {
         damage(dir.path(), &[]).set_len(10).unwrap();
         let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert_eq!((w.number, w.pos), (1, HEADER));
+    }
+
+    #[test]
+    fn a_lost_last_segment_is_never_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::open(dir.path(), 40, None).unwrap();
+        w.push(r#"{"seq":0}"#);
+        w.push(r#"{"seq":1}"#);
+        w.sync(true).unwrap();
+        while !w.spare.ready() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        w.roll_if_full().unwrap();
+        let l2 = w.push(r#"{"seq":2}"#);
+        w.sync(true).unwrap();
+        assert_eq!(split(l2).0, 2);
+        drop(w);
+        // Segment 2, which holds the newest event the index has, is gone.
+        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        let w = SegmentWriter::open(dir.path(), 40, Some((l2, 9))).unwrap();
+        assert_eq!(w.number, 3, "appends start after it");
+        drop(w);
+        // And with every segment gone.
+        for n in 1..=3 {
+            let _ = std::fs::remove_file(segment_path(dir.path(), n));
+        }
+        let w = SegmentWriter::open(dir.path(), 40, Some((l2, 9))).unwrap();
+        assert_eq!(w.number, 3);
     }
 
     #[test]
