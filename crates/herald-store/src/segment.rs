@@ -1155,37 +1155,38 @@ mod tests {
     }
 
     #[test]
-    fn appends_never_start_inside_damaged_acknowledged_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let bodies: Vec<String> = (1..=6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
-        let locs = write_synced(dir.path(), &bodies);
-        // The index holds the fourth, whose body is damaged; the fifth and sixth are a torn
-        // write (the length of the fifth cut, the body of the sixth).
-        damage(
-            dir.path(),
-            &[
+    fn after_damaged_acknowledged_records_a_torn_write_keeps_only_its_intact_records() {
+        // The index holds the fourth record, whose body is damaged; the fifth and sixth are a
+        // torn, unacknowledged write: the length of the fifth cut, and the sixth either damaged
+        // too or on disk whole.
+        for sixth_reached_the_disk in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let bodies: Vec<String> = (1..=6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+            let locs = write_synced(dir.path(), &bodies);
+            let mut changes: Vec<(u64, &[u8])> = vec![
                 (split(locs[3]).1 + 2, b"Z"),
                 (split(locs[4]).1 - 8, &[0xff, 0xff, 0, 0]),
-                (split(locs[5]).1 + 2, b"Z"),
-            ],
-        );
-        let keep = split(locs[3]).1 + bodies[3].len() as u64;
-        let mut w =
-            SegmentWriter::open(dir.path(), 1 << 20, Some((locs[3], bodies[3].len() as u64)))
-                .unwrap();
-        assert_eq!(w.pos, keep, "appends go right after what the index holds");
-        let l = w.push(r#"{"seq":7}"#);
-        w.sync(true).unwrap();
-        assert_eq!(split(l).1, keep + 8);
-        assert_eq!(
-            kept(dir.path()),
-            [
-                r#"{"seq":1}"#,
-                r#"{"seq":2}"#,
-                r#"{"seq":3}"#,
-                r#"{"seq":7}"#
-            ],
-        );
+            ];
+            if !sixth_reached_the_disk {
+                changes.push((split(locs[5]).1 + 2, b"Z"));
+            }
+            damage(dir.path(), &changes);
+            let ack = Some((locs[3], bodies[3].len() as u64));
+            let mut w = SegmentWriter::open(dir.path(), 1 << 20, ack).unwrap();
+            let mut expected = vec![r#"{"seq":1}"#, r#"{"seq":2}"#, r#"{"seq":3}"#];
+            if sixth_reached_the_disk {
+                let sixth_end = split(locs[5]).1 + bodies[5].len() as u64;
+                assert_eq!(w.pos, sixth_end, "the sixth is kept, appends go after it");
+                expected.push(r#"{"seq":6}"#);
+            } else {
+                let keep = split(locs[3]).1 + bodies[3].len() as u64;
+                assert_eq!(w.pos, keep, "appends go right after what the index holds");
+            }
+            w.push(r#"{"seq":7}"#);
+            w.sync(true).unwrap();
+            expected.push(r#"{"seq":7}"#);
+            assert_eq!(kept(dir.path()), expected);
+        }
     }
 
     #[test]
@@ -1247,38 +1248,5 @@ mod tests {
         }
         let w = SegmentWriter::open(dir.path(), 40, Some((l2, 9))).unwrap();
         assert_eq!(w.number, 3);
-    }
-
-    #[test]
-    fn a_torn_write_after_damaged_acknowledged_records_keeps_its_intact_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let bodies: Vec<String> = (1..=6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
-        let locs = write_synced(dir.path(), &bodies);
-        // The index holds the fourth, whose body is damaged; the fifth is a torn write (its
-        // length cut), and the sixth, of the same unacknowledged batch, reached the disk.
-        damage(
-            dir.path(),
-            &[
-                (split(locs[3]).1 + 2, b"Z"),
-                (split(locs[4]).1 - 8, &[0xff, 0xff, 0, 0]),
-            ],
-        );
-        let mut w =
-            SegmentWriter::open(dir.path(), 1 << 20, Some((locs[3], bodies[3].len() as u64)))
-                .unwrap();
-        let sixth_end = split(locs[5]).1 + bodies[5].len() as u64;
-        assert_eq!(w.pos, sixth_end, "the sixth is kept, appends go after it");
-        w.push(r#"{"seq":7}"#);
-        w.sync(true).unwrap();
-        assert_eq!(
-            kept(dir.path()),
-            [
-                r#"{"seq":1}"#,
-                r#"{"seq":2}"#,
-                r#"{"seq":3}"#,
-                r#"{"seq":6}"#,
-                r#"{"seq":7}"#
-            ],
-        );
     }
 }

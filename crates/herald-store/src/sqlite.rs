@@ -3040,6 +3040,25 @@ mod tests {
         store.close().await;
     }
 
+    /// Where event `seq`'s body is in its segment (location and length), as the index says.
+    fn damage_site(dir: &Path, seq: i64) -> (i64, i64) {
+        open_database(dir)
+            .unwrap()
+            .query_row("SELECT loc, len FROM events WHERE seq = ?1", [seq], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    }
+
+    /// The disk changes one byte in the middle of the body at `(loc, len)`.
+    fn damage_body(dir: &Path, (loc, len): (i64, i64)) {
+        let (n, off) = crate::segment::split(loc);
+        let path = crate::segment::segment_path(&segments_dir(dir), n);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[off as usize + len as usize / 2] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn acknowledged_events_after_a_damaged_one_come_back_from_the_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -3051,12 +3070,7 @@ mod tests {
         let store = open_in(dir.path(), &[]);
         store.append((1..=5).map(ev).collect()).await.unwrap();
         store.close().await;
-        let (loc, len): (i64, i64) = open_database(dir.path())
-            .unwrap()
-            .query_row("SELECT loc, len FROM events WHERE seq = 3", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
+        let site = damage_site(dir.path(), 3);
         // The index lost every event (as after a power cut before its first commit: it is
         // not fsynced), and the disk changed a byte of event 3's record.
         for f in std::fs::read_dir(dir.path()).unwrap() {
@@ -3065,11 +3079,7 @@ mod tests {
                 std::fs::remove_file(p).unwrap();
             }
         }
-        let (n, off) = crate::segment::split(loc);
-        let path = crate::segment::segment_path(&segments_dir(dir.path()), n);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[off as usize + len as usize / 2] ^= 0x20;
-        std::fs::write(&path, bytes).unwrap();
+        damage_body(dir.path(), site);
 
         // The events after it are indexed again, not cut off with it.
         let store = open_in(dir.path(), &[]);
@@ -3098,17 +3108,7 @@ mod tests {
         store.append((1..=5).map(ev).collect()).await.unwrap();
         store.close().await;
         // The disk changes one byte of event 3's body.
-        let (loc, len): (i64, i64) = open_database(dir.path())
-            .unwrap()
-            .query_row("SELECT loc, len FROM events WHERE seq = 3", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        let (n, off) = crate::segment::split(loc);
-        let path = crate::segment::segment_path(&segments_dir(dir.path()), n);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[off as usize + len as usize / 2] ^= 0x20;
-        std::fs::write(&path, bytes).unwrap();
+        damage_body(dir.path(), damage_site(dir.path(), 3));
 
         let store = open_in(dir.path(), &[]);
         let access = Access::all();
