@@ -28,10 +28,10 @@
 //! full. A ready spare outlives a restart; a `.tmp` one may be incomplete and is prepared
 //! again. Each preparation has its own names and the writer takes only the one its own helper
 //! reported (or, at open, one an earlier run left), so a helper of an earlier writer in the
-//! same process, still running, can never swap a file under it. An `fdatasync` of records written over
-//! existing blocks flushes data only; one that grows the file also commits the file system's
-//! journal, which waits for every other file's pending writes (SQLite's) and took 0.3–1 ms
-//! more per acknowledgement here. When no spare is ready the writer keeps appending to the
+//! same process, still running, can never swap a file under it. An `fdatasync` of records
+//! written over existing blocks flushes data only; one that grows the file also commits the
+//! file system's journal, which waits for every other file's pending writes (SQLite's) and
+//! took 0.3–1 ms more per acknowledgement here. When no spare is ready the writer keeps appending to the
 //! current segment, past its prepared size. At open, everything after the last intact record
 //! is zeroed, so that no torn bytes follow the next records. (Intact records of a group whose
 //! write failed may remain after newer ones; their seqs were never handed out again, and the
