@@ -146,29 +146,27 @@ fn scan_file(
             if all_zero(file, pos, size)? {
                 return Ok((pos, true));
             }
-            match next_intact(file, pos + 1, size, size)? {
-                Some(next) if pos < acked_below => {
-                    tracing::error!(
-                        segment = n,
-                        offset = pos,
-                        skipped_bytes = next - pos,
-                        "an event segment holds a damaged record among acknowledged ones (the disk changed it); skipped it and kept the records after it"
-                    );
-                    pos = next;
-                    continue;
-                }
-                Some(next) => {
-                    tracing::warn!(
-                        segment = n,
-                        offset = pos,
-                        skipped_bytes = next - pos,
-                        "an event segment holds a damaged record followed by intact ones (the disk changed it, or a crash cut a write whose later records reached the disk); skipped it and kept the records after it"
-                    );
-                    pos = next;
-                    continue;
-                }
-                None => break,
+            let Some(next) = next_intact(file, pos + 1, size, size)? else {
+                break;
+            };
+            let (segment, offset, skipped_bytes) = (n, pos, next - pos);
+            if pos < acked_below {
+                tracing::error!(
+                    segment,
+                    offset,
+                    skipped_bytes,
+                    "an event segment holds a damaged record among acknowledged ones (the disk changed it); skipped it and kept the records after it"
+                );
+            } else {
+                tracing::warn!(
+                    segment,
+                    offset,
+                    skipped_bytes,
+                    "an event segment holds a damaged record followed by intact ones (the disk changed it, or a crash cut a write whose later records reached the disk); skipped it and kept the records after it"
+                );
             }
+            pos = next;
+            continue;
         };
         f(loc(n, pos + 8), text)?;
         pos += 8 + body.len() as u64;
@@ -179,25 +177,27 @@ fn scan_file(
 /// Whether every byte of `file` from `from` to `to` is zero; stops at the first that is not.
 fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
     const WINDOW: usize = 1 << 20;
-    let zeros = [0u8; 4096];
     let mut window = vec![0u8; WINDOW];
     let mut at = from;
     // A first small read: a damaged record is usually not zero right away.
-    let mut size = zeros.len();
+    let mut size = 4096;
     while at < to {
         let n = (to - at).min(size as u64) as usize;
         size = WINDOW;
         file.read_exact_at(&mut window[..n], at)?;
-        // Slice comparisons are `memcmp`s (a byte loop does not vectorise).
-        if !window[..n]
-            .chunks(zeros.len())
-            .all(|c| c == &zeros[..c.len()])
-        {
+        if !is_zero(&window[..n]) {
             return Ok(false);
         }
         at += n as u64;
     }
     Ok(true)
+}
+
+/// Whether `buf` holds only zeros. Slice comparisons are `memcmp`s: a byte loop that stops at
+/// the first non-zero byte does not vectorise, and took a fifth of a start-up's CPU.
+fn is_zero(buf: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// A record's body as text when it matches the CRC of its header and is UTF-8: the test of a
@@ -493,9 +493,7 @@ fn zero_tail(file: &File, from: u64) -> io::Result<bool> {
     while at < size {
         let n = (size - at).min(chunk.len() as u64) as usize;
         file.read_exact_at(&mut chunk[..n], at)?;
-        // A slice comparison is a `memcmp`: a byte loop that stops at the first non-zero
-        // byte does not vectorise, and took a fifth of a start-up's CPU.
-        if chunk[..n] != zeros[..n] {
+        if !is_zero(&chunk[..n]) {
             file.write_all_at(&zeros[..n], at)?;
             changed = true;
         }
@@ -520,7 +518,7 @@ impl SegmentWriter {
         std::fs::create_dir_all(dir)?;
         // A spare being prepared by an earlier run may be incomplete: prepare it again. Of the
         // ready ones (whole and fsynced before they were renamed) the largest is kept.
-        let mut ready: Option<(u64, PathBuf)> = None;
+        let mut spares: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -528,16 +526,13 @@ impl SegmentWriter {
             if is_spare_tmp(&name) {
                 let _ = std::fs::remove_file(entry.path());
             } else if is_spare_ready(&name) {
-                let len = entry.metadata()?.len();
-                let (drop, keep) = match ready.take() {
-                    Some((l, p)) if l >= len => (Some(entry.path()), (l, p)),
-                    other => (other.map(|(_, p)| p), (len, entry.path())),
-                };
-                if let Some(p) = drop {
-                    let _ = std::fs::remove_file(p);
-                }
-                ready = Some(keep);
+                spares.push((entry.metadata()?.len(), entry.path()));
             }
+        }
+        spares.sort();
+        let ready = spares.pop();
+        for (_, extra) in spares {
+            let _ = std::fs::remove_file(extra);
         }
         let spare = Spare::default();
         let numbers = list(dir)?;
@@ -848,6 +843,11 @@ mod tests {
         out
     }
 
+    /// `{"seq":1}` to `{"seq":n}`.
+    fn seq_bodies(n: u64) -> Vec<String> {
+        (1..=n).map(|i| format!(r#"{{"seq":{i}}}"#)).collect()
+    }
+
     /// Appends each body in its own synced write (each acknowledged); their locations.
     fn write_synced(dir: &Path, bodies: &[String]) -> Vec<i64> {
         let mut w = SegmentWriter::open(dir, 1 << 20, None).unwrap();
@@ -1126,7 +1126,7 @@ mod tests {
     #[test]
     fn damage_is_none_and_counted_other_errors_stay_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let bodies: Vec<String> = (1..=3).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+        let bodies = seq_bodies(3);
         let locs = write_synced(dir.path(), &bodies);
         let r = SegmentReader::new(dir.path());
         let len = |i: usize| bodies[i].len() as u64;
@@ -1161,7 +1161,7 @@ mod tests {
         // too or on disk whole.
         for sixth_reached_the_disk in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let bodies: Vec<String> = (1..=6).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+            let bodies = seq_bodies(6);
             let locs = write_synced(dir.path(), &bodies);
             let mut changes: Vec<(u64, &[u8])> = vec![
                 (split(locs[3]).1 + 2, b"Z"),
@@ -1192,7 +1192,7 @@ mod tests {
     #[test]
     fn a_last_segment_cut_below_its_header_is_never_written_over() {
         let dir = tempfile::tempdir().unwrap();
-        let bodies: Vec<String> = (1..=3).map(|i| format!(r#"{{"seq":{i}}}"#)).collect();
+        let bodies = seq_bodies(3);
         let locs = write_synced(dir.path(), &bodies);
         damage(dir.path(), &[]).set_len(10).unwrap();
         // The index holds the third: the writer moves on to segment 2.
