@@ -1551,18 +1551,21 @@ impl Writer {
                 duration: started.elapsed(),
             });
         }
+        // Announced live before the appenders hear back: a subscriber that arrives after an
+        // append returned never receives that append's events as new. One that arrives after
+        // this check still sees these events: they are acknowledged (above), so its catch-up
+        // read, which starts after it subscribed, includes them.
+        if let Some(b) = &batch {
+            if self.live.receiver_count() > 0 {
+                let _ = self.live.send(b.clone());
+            }
+        }
         for (job, out) in jobs.into_iter().zip(outcomes) {
             let _ = job.reply.send(Ok(out));
         }
         let Some(batch) = batch else {
             return;
         };
-        // A subscriber that arrives after this check still sees these events: they are
-        // acknowledged (above), so its catch-up read, which starts after it subscribed,
-        // includes them.
-        if self.live.receiver_count() > 0 {
-            let _ = self.live.send(batch.clone());
-        }
         self.hand_to_indexer(IndexBatch {
             events: batch,
             locs,
