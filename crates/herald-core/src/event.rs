@@ -68,6 +68,9 @@ pub struct PreparedEvent {
     /// byte, so a search of the JSON text stands for a search of the values (the matcher's
     /// cheap checks rely on it).
     pub plain: bool,
+    /// The tokens of the search text in a Bloom filter: lets the matcher rule out a word or a
+    /// string value the event does not hold without reading its text.
+    pub sig: crate::matcher::TokenSig,
 }
 
 impl PreparedEvent {
@@ -935,7 +938,7 @@ impl<'a> Builder<'a> {
         out.push_str("\"}");
 
         let source_value = source.value.into_owned();
-        Ok(PreparedEvent {
+        let mut ev = PreparedEvent {
             dedup_key: dedup_key(&source_value, &id_value),
             id: id_value,
             source: source_value,
@@ -957,7 +960,10 @@ impl<'a> Builder<'a> {
             body_tail: out,
             data_range,
             context_range,
-        })
+            sig: crate::matcher::TokenSig::default(),
+        };
+        ev.sig = crate::matcher::TokenSig::of_parts(ev.search_parts());
+        Ok(ev)
     }
 }
 
