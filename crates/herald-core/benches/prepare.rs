@@ -2,8 +2,8 @@
 //! ingest bench's shape) and to cut its full-text tokens: the per-event CPU of the HTTP
 //! threads and of the full-text thread that is Herald's own code; and how long the matcher
 //! takes per event to rule out a rare value or word (what a listing spends on each event not
-//! indexed yet, which the token signature of each event mostly answers). Run: `cargo bench -p herald-core --bench prepare`. It prints the best of
-//! five rounds.
+//! indexed yet, which the token signature of each event mostly answers). Run: `cargo bench
+//! -p herald-core --bench prepare`. It prints the best of five rounds.
 
 use herald_core::event::{prepare_json, PrepareCtx};
 use herald_core::limits::Limits;
