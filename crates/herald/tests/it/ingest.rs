@@ -108,14 +108,34 @@ async fn mixed_batches_duplicates_and_conflicts() {
     assert_eq!(b["results"][0]["pointer"], "/0/type");
     assert_eq!(b["results"][1]["pointer"], "/1/time");
     assert_eq!(s.ids("source:/d").await, ["same"]);
+    // A body large enough to be parsed off the async workers answers the same way.
+    let pad = "p".repeat(300);
+    let big: Vec<Value> = (0..300)
+        .map(|i| match i {
+            7 => json!({"type":"Bad Type","source":"/big","id":"b7"}),
+            9 => ev.clone(),
+            _ => json!({"type":"d.big","source":"/big","id":format!("b{i}"),"data":{"pad":pad}}),
+        })
+        .collect();
+    assert!(serde_json::to_vec(&big).unwrap().len() > 64 * 1024);
+    let (st, b) = s.post_json(&json!(big)).await;
+    assert_eq!(st, 207, "{b}");
+    let got = statuses(&b);
+    assert_eq!(got.iter().filter(|x| *x == "stored").count(), 298);
+    assert_eq!(
+        (got[7].as_str(), got[9].as_str()),
+        ("rejected", "duplicate")
+    );
+    assert_eq!(b["results"][7]["pointer"], "/7/type");
+    assert_eq!(s.ids("source:/big").await.len(), 298);
     // Rejections are counted by attribute in /metrics.
     let metrics = s.metrics().await;
     assert!(
-        metrics.contains(r#"herald_events_rejected_total{reason="type"} 2"#),
+        metrics.contains(r#"herald_events_rejected_total{reason="type"} 3"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains("herald_events_duplicate_total 2"),
+        metrics.contains("herald_events_duplicate_total 3"),
         "{metrics}"
     );
     // How far the indexer is behind: a number, whatever it is at this moment.
