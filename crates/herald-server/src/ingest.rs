@@ -322,91 +322,68 @@ fn reason_label(pointer: &str) -> String {
     }
 }
 
-/// `POST /v1/events`
-#[utoipa::path(
-    post,
-    path = "/v1/events",
-    tag = "events",
-    request_body(
-        description = "One event, a JSON array, NDJSON, CloudEvents structured or batched, or binary mode (ce-* headers, body as data).",
-        content(
-            (herald_wire::Event = "application/json"),
-            (Vec<herald_wire::Event> = "application/cloudevents-batch+json"),
-            (herald_wire::Event = "application/cloudevents+json"),
-            (String = "application/x-ndjson"),
-        )
-    ),
-    responses(
-        (status = 201, description = "Every event is stored (or was already stored, or dropped on purpose: sampled out or opted out); all are on disk", body = IngestResponse),
-        (status = 207, description = "Mixed results (some rejected, quarantined or conflicting); see each result", body = IngestResponse),
-        (status = 400, description = "Malformed body", body = herald_wire::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Every event conflicts with a stored one", body = herald_wire::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body or batch too large", body = herald_wire::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Unsupported content type", body = herald_wire::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every event was rejected or quarantined", body = herald_wire::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Write queue full or shutting down; retry after Retry-After", body = herald_wire::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub async fn ingest(
-    State(st): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
-    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    caller.ingest()?;
-    let mode = mode(&headers)?;
-    let body = read_body(&headers, body, st.limits.max_body_bytes).await?;
-    let now_us = now_micros();
+/// What [`decide`] needs of a request besides its body and headers.
+struct Request {
+    mode: Mode,
+    /// "Now" for every event of the request.
+    now_us: i64,
+    client_ip: Option<String>,
+}
+
+/// What the per-event steps decided for one request, before anything is written.
+struct Decided {
+    /// One per event, in order.
+    results: Vec<IngestResult>,
+    to_store: Vec<PreparedEvent>,
+    /// For each event of `to_store`, its entry in `stats`.
+    stored_stat: Vec<usize>,
+    quarantine: Vec<NewQuarantined>,
+    /// For each entry of `quarantine`, its entry in `stats`.
+    quarantine_stat: Vec<usize>,
+    /// Counters per type for the catalog, gathered per request and added once.
+    stats: Vec<StatDelta>,
+}
+
+/// Parses and validates every event of the body, then runs each through the caller's
+/// restrictions and the pipeline (type settings, processors, schemas): what to store, what to
+/// quarantine, and the result of each. CPU only, no I/O: a large body runs it on the blocking
+/// pool.
+fn decide(
+    st: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    req: &Request,
+) -> Result<Decided, ApiError> {
+    let now_us = req.now_us;
     let snap = st.registry.snapshot();
-    let default_visibility = caller.default_visibility();
-    let parsed = if body.len() >= OFFLOAD_BYTES {
-        // Milliseconds of parsing: off the async workers, so that the requests they serve
-        // meanwhile (queries, streams, small appends) do not wait behind it.
-        let (st, headers, body, snap) = (st.clone(), headers.clone(), body.clone(), snap.clone());
-        tokio::task::spawn_blocking(move || {
-            let type_visibility = |ty: &str| snap.table.get(ty).and_then(|e| e.settings.visibility);
-            prepare_all(
-                mode,
-                &headers,
-                &body,
-                &st.limits,
-                default_visibility,
-                &type_visibility,
-                now_us,
-            )
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("the parse task failed: {e}")))??
-    } else {
+    let parsed = {
         let type_visibility = |ty: &str| snap.table.get(ty).and_then(|e| e.settings.visibility);
         prepare_all(
-            mode,
-            &headers,
-            &body,
+            req.mode,
+            headers,
+            body,
             &st.limits,
-            default_visibility,
+            caller.default_visibility(),
             &type_visibility,
             now_us,
         )?
     };
     // Where rejections point: `/type` for a lone event, `/3/type` inside a list.
-    let single = !matches!(mode, Mode::Ndjson | Mode::Batch)
+    let single = !matches!(req.mode, Mode::Ndjson | Mode::Batch)
         && body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[');
-    drop(body);
     if parsed.is_empty() {
         return Err(ApiError::BadRequest("the request holds no events".into()));
     }
     let m = &st.metrics;
     m.received.inc_by(parsed.len() as u64);
     let header_text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let client_ip = peer.map(|Extension(ConnectInfo(a))| a.ip().to_string());
     let info = RequestInfo {
-        client_ip: client_ip.as_deref(),
+        client_ip: req.client_ip.as_deref(),
         user_agent: header_text(header::USER_AGENT),
         hash_key: st.registry.config.hash_key.as_bytes(),
     };
-    let producer = crate::pipeline::producer_of(&caller);
+    let producer = crate::pipeline::producer_of(caller);
     let type_pointer = |index: usize| {
         if single {
             "/type".to_owned()
@@ -415,7 +392,6 @@ pub async fn ingest(
         }
     };
 
-    // Counters per type for the catalog, gathered per request and added once.
     let mut stats: Vec<StatDelta> = Vec::new();
     let mut results: Vec<IngestResult> = Vec::with_capacity(parsed.len());
     let mut to_store = Vec::with_capacity(parsed.len());
@@ -535,6 +511,78 @@ pub async fn ingest(
             }
         }
     }
+    Ok(Decided {
+        results,
+        to_store,
+        stored_stat,
+        quarantine,
+        quarantine_stat,
+        stats,
+    })
+}
+
+/// `POST /v1/events`
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(
+        description = "One event, a JSON array, NDJSON, CloudEvents structured or batched, or binary mode (ce-* headers, body as data).",
+        content(
+            (herald_wire::Event = "application/json"),
+            (Vec<herald_wire::Event> = "application/cloudevents-batch+json"),
+            (herald_wire::Event = "application/cloudevents+json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Every event is stored (or was already stored, or dropped on purpose: sampled out or opted out); all are on disk", body = IngestResponse),
+        (status = 207, description = "Mixed results (some rejected, quarantined or conflicting); see each result", body = IngestResponse),
+        (status = 400, description = "Malformed body", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Every event conflicts with a stored one", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or batch too large", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported content type", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every event was rejected or quarantined", body = herald_wire::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Write queue full or shutting down; retry after Retry-After", body = herald_wire::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn ingest(
+    State(st): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.ingest()?;
+    let mode = mode(&headers)?;
+    let body = read_body(&headers, body, st.limits.max_body_bytes).await?;
+    let now_us = now_micros();
+    let req = Request {
+        mode,
+        now_us,
+        client_ip: peer.map(|Extension(ConnectInfo(a))| a.ip().to_string()),
+    };
+    let Decided {
+        mut results,
+        to_store,
+        stored_stat,
+        quarantine,
+        quarantine_stat,
+        mut stats,
+    } = if body.len() >= OFFLOAD_BYTES {
+        // Milliseconds of parsing, and of schema validation where types have schemas: off the
+        // async workers, so that the requests they serve meanwhile (queries, streams, small
+        // appends) do not wait behind it.
+        let st = st.clone();
+        let caller = caller.clone();
+        let headers = headers.clone();
+        tokio::task::spawn_blocking(move || decide(&st, &caller, &headers, &body, &req))
+            .await
+            .map_err(|e| ApiError::Internal(format!("the ingest task failed: {e}")))??
+    } else {
+        decide(&st, &caller, &headers, &body, &req)?
+    };
+    let m = &st.metrics;
     // The quarantine is written before the answer: a quarantined event is kept durably too.
     if !quarantine.is_empty() {
         let max = st.registry.config.quarantine_max_events;
