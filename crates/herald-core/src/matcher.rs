@@ -626,36 +626,45 @@ pub fn matches(filter: &Filter, ev: &LiveEvent) -> bool {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     filter: Filter,
-    /// The tokens of each term's phrase (empty for field terms), by term position.
-    phrases: Vec<Vec<String>>,
-    /// For a `data.`/`context.` term on exact strings, by term position: each string
-    /// quoted, as JSON without escapes holds it, ready to be searched for, with the
-    /// signature of its tokens (see [`may_equal`]).
-    literals: Vec<Option<Vec<Literal>>>,
-    /// The signature of each term's phrase tokens (empty for field terms), by term position.
-    phrase_sigs: Vec<TokenSig>,
-    /// What [`may_hold`] looks for, for each text term (see [`probes_of`]).
-    probes: Vec<Vec<Probe>>,
+    /// What each term needs, by term position.
+    plans: Vec<TermPlan>,
 }
 
-impl Matcher {
-    pub fn new(filter: Filter) -> Matcher {
-        let phrases: Vec<Vec<String>> = filter
-            .terms
-            .iter()
-            .map(|t| match &t.kind {
-                TermKind::Text(phrase) => tokens(phrase).collect(),
-                TermKind::Field { .. } => Vec::new(),
-            })
-            .collect();
-        let literals = filter
-            .terms
-            .iter()
-            .map(|t| match &t.kind {
-                TermKind::Field {
-                    field: Field::Data(_) | Field::Context(_),
-                    cond: Cond::AnyOf(pats),
-                } => pats
+/// What a term needs for its evaluation, made once per [`Matcher`].
+#[derive(Debug, Clone)]
+enum TermPlan {
+    Text {
+        /// The tokens of the phrase.
+        phrase: Vec<String>,
+        /// Their signature (see [`TokenSig::holds`]).
+        sig: TokenSig,
+        /// What [`may_hold`] looks for (see [`probes_of`]).
+        probes: Vec<Probe>,
+    },
+    Field {
+        /// For a `data.`/`context.` term on exact strings: each string quoted, as JSON
+        /// without escapes holds it, ready to be searched for, with the signature of its
+        /// tokens (see [`may_equal`]).
+        literals: Option<Vec<Literal>>,
+    },
+}
+
+impl TermPlan {
+    fn of(kind: &TermKind) -> TermPlan {
+        match kind {
+            TermKind::Text(phrase) => {
+                let phrase: Vec<String> = tokens(phrase).collect();
+                TermPlan::Text {
+                    sig: TokenSig::of_tokens(&phrase),
+                    probes: probes_of(&phrase),
+                    phrase,
+                }
+            }
+            TermKind::Field {
+                field: Field::Data(_) | Field::Context(_),
+                cond: Cond::AnyOf(pats),
+            } => TermPlan::Field {
+                literals: pats
                     .iter()
                     .map(|p| match p {
                         // JSON text of an array or an object equals such a string too.
@@ -669,18 +678,16 @@ impl Matcher {
                         _ => None,
                     })
                     .collect(),
-                _ => None,
-            })
-            .collect();
-        let probes = phrases.iter().map(|p| probes_of(p)).collect();
-        let phrase_sigs = phrases.iter().map(|p| TokenSig::of_tokens(p)).collect();
-        Matcher {
-            filter,
-            phrases,
-            literals,
-            phrase_sigs,
-            probes,
+            },
+            TermKind::Field { .. } => TermPlan::Field { literals: None },
         }
+    }
+}
+
+impl Matcher {
+    pub fn new(filter: Filter) -> Matcher {
+        let plans = filter.terms.iter().map(|t| TermPlan::of(&t.kind)).collect();
+        Matcher { filter, plans }
     }
 
     pub fn filter(&self) -> &Filter {
@@ -689,34 +696,35 @@ impl Matcher {
 
     /// True when every term of the filter matches the event.
     pub fn matches(&self, ev: &impl EventParts) -> bool {
-        self.filter
-            .terms
-            .iter()
-            .zip(&self.phrases)
-            .zip(&self.literals)
-            .zip(&self.probes)
-            .zip(&self.phrase_sigs)
-            .all(|((((t, phrase), literals), probes), sig)| {
-                let v = match &t.kind {
-                    TermKind::Text(_) => Some(
-                        ev.event().sig.holds(sig)
-                            && may_hold(ev.event(), probes)
-                            && tokens_in(ev.text(), phrase),
-                    ),
-                    TermKind::Field { field, cond } => {
-                        if may_equal(ev.event(), field, literals.as_deref()) {
-                            term_value(ev, field, cond)
-                        } else {
-                            Some(false)
-                        }
+        self.filter.terms.iter().zip(&self.plans).all(|(t, plan)| {
+            let v = match (&t.kind, plan) {
+                (
+                    TermKind::Text(_),
+                    TermPlan::Text {
+                        phrase,
+                        sig,
+                        probes,
+                    },
+                ) => Some(
+                    ev.event().sig.holds(sig)
+                        && may_hold(ev.event(), probes)
+                        && tokens_in(ev.text(), phrase),
+                ),
+                (TermKind::Field { field, cond }, TermPlan::Field { literals }) => {
+                    if may_equal(ev.event(), field, literals.as_deref()) {
+                        term_value(ev, field, cond)
+                    } else {
+                        Some(false)
                     }
-                };
-                if t.negated {
-                    !v.unwrap_or(false)
-                } else {
-                    v.unwrap_or(false)
                 }
-            })
+                _ => unreachable!("a term's plan is of its kind"),
+            };
+            if t.negated {
+                !v.unwrap_or(false)
+            } else {
+                v.unwrap_or(false)
+            }
+        })
     }
 }
 

@@ -42,7 +42,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use crate::throttle::LogThrottle;
@@ -356,83 +356,70 @@ pub struct SegmentWriter {
     next_size: u64,
 }
 
-/// The state of the spare segment (a `.tmp` file while it is prepared, a `.ready` one when it
-/// is), shared with the thread that prepares it.
+/// The spare segment, shared with the thread that prepares it.
 #[derive(Clone, Default)]
-struct Spare(Arc<SpareState>);
+struct Spare(Arc<std::sync::Mutex<SpareState>>);
 
 #[derive(Default)]
-struct SpareState {
-    state: AtomicU8,
-    /// The ready spare's file, when `state` is [`SPARE_READY`].
-    path: std::sync::Mutex<Option<PathBuf>>,
+enum SpareState {
+    #[default]
+    None,
+    /// A helper is writing a `.tmp` file.
+    Preparing,
+    /// This `.ready` file is whole and fsynced.
+    Ready(PathBuf),
 }
-const SPARE_NONE: u8 = 0;
-const SPARE_PREPARING: u8 = 1;
-const SPARE_READY: u8 = 2;
 
 impl Spare {
+    fn state(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts preparing a spare segment of `bytes` in the background, unless one is being
     /// prepared or ready.
     fn prepare(&self, dir: &Path, bytes: u64) {
-        if self
-            .0
-            .state
-            .compare_exchange(
-                SPARE_NONE,
-                SPARE_PREPARING,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
         {
-            return;
+            let mut state = self.state();
+            if !matches!(*state, SpareState::None) {
+                return;
+            }
+            *state = SpareState::Preparing;
         }
-        let state = self.0.clone();
+        let spare = self.clone();
         let dir = dir.to_owned();
         let spawned = std::thread::Builder::new()
             .name("herald-segment".into())
             .spawn(move || {
                 crate::sqlite::lower_priority();
                 match prepare_spare(&dir, bytes) {
-                    Ok(path) => Spare(state).set_ready(path),
+                    Ok(path) => spare.set_ready(path),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot prepare the next event segment; the writer appends to the current one");
                         // Try again at the next roll.
-                        state.state.store(SPARE_NONE, Ordering::Release);
+                        spare.clear();
                     }
                 }
             });
         if spawned.is_err() {
-            self.0.state.store(SPARE_NONE, Ordering::Release);
+            self.clear();
         }
     }
 
-    fn ready(&self) -> bool {
-        self.0.state.load(Ordering::Acquire) == SPARE_READY
-    }
-
     fn set_ready(&self, path: PathBuf) {
-        *self.0.path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
-        self.0.state.store(SPARE_READY, Ordering::Release);
+        *self.state() = SpareState::Ready(path);
     }
 
     /// The ready spare's file.
     fn path(&self) -> Option<PathBuf> {
-        if !self.ready() {
-            return None;
+        match &*self.state() {
+            SpareState::Ready(path) => Some(path.clone()),
+            _ => None,
         }
-        self.0
-            .path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// Forgets the spare (taken, or failed): the next [`Spare::prepare`] makes another.
     fn clear(&self) {
-        *self.0.path.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.0.state.store(SPARE_NONE, Ordering::Release);
+        *self.state() = SpareState::None;
     }
 }
 
@@ -746,8 +733,7 @@ struct DamageLog {
 
 impl DamageLog {
     fn record(&self, e: &io::Error) {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(also) = self.log.due() {
             tracing::error!(error = %e, also_since_last_report = also, "an event body cannot be read");
         }
@@ -766,7 +752,7 @@ impl SegmentReader {
     /// How many reads met a damaged record (see [`SegmentReader::read_or_damaged`]) since
     /// this reader (or the reader it was cloned from) was made.
     pub fn damaged_reads(&self) -> u64 {
-        self.damage.reads.load(std::sync::atomic::Ordering::Relaxed)
+        self.damage.reads.load(Ordering::Relaxed)
     }
 
     /// [`SegmentReader::read`], with damage (a record whose length, CRC or UTF-8 is wrong,
@@ -843,6 +829,13 @@ mod tests {
         out
     }
 
+    /// Waits until the writer's helper has its spare ready.
+    fn wait_for_spare(w: &SegmentWriter) {
+        while w.spare.path().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// `{"seq":1}` to `{"seq":n}`.
     fn seq_bodies(n: u64) -> Vec<String> {
         (1..=n).map(|i| format!(r#"{{"seq":{i}}}"#)).collect()
@@ -892,9 +885,7 @@ mod tests {
         let a = w.push(r#"{"seq":1}"#);
         let b = w.push(r#"{"seq":2}"#);
         w.sync(true).unwrap();
-        while !w.spare.ready() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_spare(&w);
         w.roll_if_full().unwrap();
         let c = w.push(r#"{"seq":3}"#);
         w.sync(true).unwrap();
@@ -940,9 +931,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
-        while !w.spare.ready() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_spare(&w);
         drop(w);
         let spares = ready_spares(dir.path());
         assert_eq!(spares.len(), 1, "{spares:?}");
@@ -955,7 +944,10 @@ mod tests {
         }
         std::fs::write(dir.path().join("spare.77.4.ready"), [0u8; 100]).unwrap();
         let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
-        assert!(w.spare.ready(), "ready at once: not prepared again");
+        assert!(
+            w.spare.path().is_some(),
+            "ready at once: not prepared again"
+        );
         assert_eq!(ready_spares(dir.path()), spares, "the largest was kept");
         assert!(unfinished.iter().all(|f| !f.exists()));
         // The writer moves into it when the current segment is full.
@@ -974,9 +966,7 @@ mod tests {
     fn a_spare_file_appearing_later_is_not_taken_for_this_writers() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
-        while !w.spare.ready() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_spare(&w);
         let own = w.spare.path().unwrap();
         // A helper of an earlier writer in this process finishes after this one opened.
         let stray = dir.path().join("spare.77.9.ready");
@@ -1229,9 +1219,7 @@ mod tests {
         w.push(r#"{"seq":0}"#);
         w.push(r#"{"seq":1}"#);
         w.sync(true).unwrap();
-        while !w.spare.ready() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_spare(&w);
         w.roll_if_full().unwrap();
         let l2 = w.push(r#"{"seq":2}"#);
         w.sync(true).unwrap();
