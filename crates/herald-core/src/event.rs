@@ -131,6 +131,26 @@ impl PreparedEvent {
         }
         t
     }
+
+    /// Appends what the full-text index is given for this event (after a space when `out`
+    /// is not empty): a text that SQLite's FTS5 `ascii` tokenizer cuts into exactly
+    /// [`PreparedEvent::token_text`]'s tokens. That tokenizer, like the core, separates
+    /// tokens at every ASCII byte that is not a letter or digit and lowercases ASCII, so an
+    /// ASCII part (most are) is given as it is, without being cut twice; a part with other
+    /// characters is cut by the core ([`crate::matcher::push_tokens`]), whose tokens the
+    /// tokenizer keeps whole because it treats every non-ASCII byte as part of a token.
+    pub fn push_fts_text(&self, out: &mut String) {
+        for part in self.search_parts() {
+            if part.is_ascii() {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(part);
+            } else {
+                crate::matcher::push_tokens(out, part);
+            }
+        }
+    }
 }
 
 /// The search text of a stored event (its canonical JSON), equal to

@@ -242,12 +242,14 @@ fn backfill_readers(conn: &Connection) -> rusqlite::Result<()> {
 /// SQLite allows one writer per file, so indexing text in parallel with the event writer
 /// uses the second core instead of lengthening every commit.
 ///
-/// The index is given each event's tokens as [`herald_core::matcher::tokens`] cuts them,
-/// joined by spaces ([`herald_core::matcher::token_text`]), and FTS5's `ascii` tokenizer
-/// cuts only at those spaces (every non-ASCII character is part of a token; the tokens are
-/// already lowercase). So the index holds exactly the core's tokens, and the index, the scan
-/// of its tail and the live stream agree, in every script. (`unicode61`, used before, cut
-/// some words at combining marks and kept others whole, unlike the core.) `detail=none`
+/// FTS5's `ascii` tokenizer cuts at every ASCII byte that is not a letter or digit and
+/// lowercases ASCII, as the core's [`herald_core::matcher::tokens`] does, and keeps every
+/// non-ASCII byte in a token. So the index is given an event's ASCII parts as they are and
+/// the core's tokens of its other parts, joined by spaces
+/// ([`PreparedEvent::push_fts_text`]): it holds exactly the core's tokens, and the index,
+/// the scan of its tail and the live stream agree, in every script
+/// (`fts_text_gives_the_index_the_cores_tokens`). (`unicode61`, used before, cut some words
+/// at combining marks and kept others whole, unlike the core.) `detail=none`
 /// keeps only which events hold a token, not where: the index is
 /// about half as large and much cheaper to write; a phrase is found as "all its tokens", and
 /// `herald_text` then checks that they are consecutive (see `sql::compile`). An index built
@@ -912,13 +914,16 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
         let mut ins = tx.prepare("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
         let mut it = rows.query(params![from as i64])?;
         let mut n = 0u64;
+        let mut text = String::new();
         while let Some(r) = it.next()? {
             let seq: i64 = r.get(0)?;
             let body: Option<String> = r.get(1)?;
             // A stored body is a valid event; preparing it again yields the same search text.
             // (None: damaged on disk, see `register_body_function`.)
             if let Some(Ok(ev)) = body.map(|b| reprepare(&b, 0)) {
-                ins.execute(params![seq, ev.token_text()])?;
+                text.clear();
+                ev.push_fts_text(&mut text);
+                ins.execute(params![seq, text])?;
             }
             last = seq as u64;
             n += 1;
@@ -2006,8 +2011,11 @@ impl FtsIndexer {
             {
                 let mut ins =
                     tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+                let mut text = String::with_capacity(1024);
                 for ev in self.pending.iter().flat_map(|b| b.iter()) {
-                    ins.execute(params![ev.seq as i64, ev.event.token_text()])?;
+                    text.clear();
+                    ev.event.push_fts_text(&mut text);
+                    ins.execute(params![ev.seq as i64, text])?;
                 }
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -2881,6 +2889,46 @@ mod tests {
             ..SqliteOptions::default()
         })
         .expect("open")
+    }
+
+    /// The full-text index holds exactly the core's tokens of each event, read back from
+    /// FTS5's own vocabulary: ASCII parts given as they are (punctuation, `_`, escapes,
+    /// upper case, digits, a long run), other scripts cut by the core, and a mix of both.
+    #[test]
+    fn fts_text_gives_the_index_the_cores_tokens() {
+        let fts = Connection::open_in_memory().expect("open");
+        fts_schema(&fts).expect("schema");
+        fts.execute_batch("CREATE VIRTUAL TABLE vocab USING fts5vocab(events_fts, 'row');")
+            .expect("vocab");
+        let long = "x".repeat(3000);
+        let bodies = [
+            r#"{"seq":1,"specversion":"1.0","id":"a","source":"/S","type":"a.b","visibility":"internal","time":"2026-11-01T00:00:00Z","recordedtime":"2026-11-01T00:00:00Z"}"#.to_owned(),
+            r#"{"seq":1,"specversion":"1.0","id":"a","source":"/web/api_v2","type":"user.login_failed","subject":"Order-77/line_3","actor":"user:Ann.Lee@example.com","tenant":"ACME-1","visibility":"internal","data":{"msg":"Timeout\nafter \"30s\" (E_TIMEOUT); retry=3","n":[1,2.5e-3,-7],"deep":{"k_1":null,"ok":true}},"context":{"ip":"10.0.0.1","ua":"Mozilla/5.0 (X11)"},"time":"2026-11-01T00:00:00Z","recordedtime":"2026-11-01T00:00:00Z"}"#.to_owned(),
+            r#"{"seq":1,"specversion":"1.0","id":"a","source":"/s","type":"t","actor":"Jürgen","visibility":"internal","data":{"note":"İstanbul straße ÀB_cd","s":"क्षेत्र नमस्ते","e":"caf\u00e9 Ωmega-2"},"time":"2026-11-01T00:00:00Z","recordedtime":"2026-11-01T00:00:00Z"}"#.to_owned(),
+            format!(r#"{{"seq":1,"specversion":"1.0","id":"a","source":"/s","type":"t","visibility":"internal","data":{{"long":"{long}","K":"Kelvin"}},"time":"2026-11-01T00:00:00Z","recordedtime":"2026-11-01T00:00:00Z"}}"#),
+        ];
+        for body in &bodies {
+            let ev = reprepare(body, 0).expect("valid body");
+            let mut want: Vec<String> = herald_core::matcher::tokens(&ev.search_text()).collect();
+            want.sort();
+            want.dedup();
+            let mut text = String::new();
+            ev.push_fts_text(&mut text);
+            fts.execute("DELETE FROM events_fts", []).expect("clear");
+            fts.execute(
+                "INSERT INTO events_fts (rowid, text) VALUES (1, ?1)",
+                [&text],
+            )
+            .expect("insert");
+            let got: Vec<String> = fts
+                .prepare("SELECT term FROM vocab ORDER BY term")
+                .expect("prepare")
+                .query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("terms");
+            assert_eq!(got, want, "{body}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
