@@ -378,12 +378,47 @@ pub fn prepare_trusted(
     prepare_json(text, "", &mut ctx)
 }
 
+/// [`prepare_trusted`] for the store's own re-reads of bodies it holds (the start-up replay
+/// into its index, full-text catch-up), which need the attributes and the search text but
+/// never match the event: its signature is not computed (about a quarter of the work) and
+/// is [`crate::matcher::TokenSig::ALL`], which rules nothing out, so a matcher given such
+/// an event anyway falls through to its full checks and stays exact. `recordedtime` is
+/// taken from the body, not formatted from `recorded_us`.
+pub fn prepare_stored(text: &str, recorded_us: Micros) -> Result<PreparedEvent, Rejection> {
+    let limits = Limits {
+        max_event_bytes: usize::MAX,
+        max_depth: usize::MAX,
+        ..Limits::default()
+    };
+    let mut no_id = String::new;
+    let mut ctx = PrepareCtx {
+        limits: &limits,
+        now_us: recorded_us,
+        now_text: "",
+        require_specversion: false,
+        default_visibility: None,
+        type_visibility: None,
+        new_id: &mut no_id,
+    };
+    prepare_json_with(text, "", &mut ctx, false)
+}
+
 /// Validates one event given as JSON text. `pointer` is the JSON pointer of the event in
 /// the request (`""` for a single event, `/3` for the fourth of an array).
 pub fn prepare_json(
     raw: &str,
     pointer: &str,
     ctx: &mut PrepareCtx,
+) -> Result<PreparedEvent, Rejection> {
+    prepare_json_with(raw, pointer, ctx, true)
+}
+
+/// [`prepare_json`], with or without the token signature.
+fn prepare_json_with(
+    raw: &str,
+    pointer: &str,
+    ctx: &mut PrepareCtx,
+    sign: bool,
 ) -> Result<PreparedEvent, Rejection> {
     if raw.len() > ctx.limits.max_event_bytes {
         return Err(reject(
@@ -407,7 +442,10 @@ pub fn prepare_json(
             return Err(reject(pointer, "", what));
         }
     };
-    let mut b = Builder::default();
+    let mut b = Builder {
+        unsigned: !sign,
+        ..Builder::default()
+    };
     for (name, value) in members.0 {
         b.member(name, value, pointer, ctx)?;
     }
@@ -497,6 +535,8 @@ pub fn prepare_binary(
 
 #[derive(Default)]
 struct Builder<'a> {
+    /// Leave the token signature out ([`prepare_stored`]).
+    unsigned: bool,
     seen: u32,
     specversion: Option<Str<'a>>,
     id: Option<Str<'a>>,
@@ -980,9 +1020,11 @@ impl<'a> Builder<'a> {
             body_tail: out,
             data_range,
             context_range,
-            sig: crate::matcher::TokenSig::default(),
+            sig: crate::matcher::TokenSig::ALL,
         };
-        ev.sig = crate::matcher::TokenSig::of_parts(ev.search_parts());
+        if !self.unsigned {
+            ev.sig = crate::matcher::TokenSig::of_parts(ev.search_parts());
+        }
         Ok(ev)
     }
 }

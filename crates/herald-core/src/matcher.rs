@@ -255,6 +255,10 @@ pub struct TokenSig([u64; 8]);
 const SIG_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl TokenSig {
+    /// Every bit set: the signature of an event whose tokens were not hashed (see
+    /// [`crate::event::prepare_stored`]). It holds every token, so it rules nothing out.
+    pub const ALL: TokenSig = TokenSig([u64::MAX; 8]);
+
     /// The signature of the tokens of `parts` (a token never spans two parts), cut as
     /// [`tokens`] cuts them.
     pub fn of_parts<'a>(parts: impl IntoIterator<Item = &'a str>) -> TokenSig {
@@ -912,6 +916,38 @@ mod tests {
         assert!(!m.matches(&LiveEvent::new(1, ev.clone())));
         let m = Matcher::new(Filter::parse("data.page.referrer:direct", 0).unwrap());
         assert!(m.matches(&LiveEvent::new(1, ev)));
+    }
+
+    /// An event prepared without a signature (`TokenSig::ALL`, as the store re-reads its
+    /// bodies) is matched exactly as the signed event: nothing is ruled out by the signature,
+    /// the full checks decide.
+    #[test]
+    fn an_unsigned_event_matches_as_the_signed_one() {
+        let ev = test_event(
+            r#"{"id":"1","source":"/s","type":"page.viewed","actor":"user-7","data":{"org":"org-0150","note":"Kettle boiled at 10:00","n":3},"context":{"ip":"10.0.0.1"}}"#,
+        );
+        let body = ev.body_with_seq(1);
+        let unsigned = crate::event::prepare_stored(&body, ev.recorded_us).expect("stored body");
+        assert_eq!(unsigned.sig, TokenSig::ALL);
+        assert_ne!(ev.sig, TokenSig::ALL);
+        for (filter, want) in [
+            ("kettle", true),
+            ("\"kettle boiled\"", true),
+            ("\"boiled kettle\"", false),
+            ("absentword", false),
+            ("data.org:org-0150", true),
+            ("data.org:org-0151", false),
+            ("context.ip:\"10.0.0.1\"", true),
+            ("data.n:3 -kettle", false),
+        ] {
+            let m = Matcher::new(Filter::parse(filter, 0).unwrap());
+            assert_eq!(m.matches(&LiveEvent::new(1, ev.clone())), want, "{filter}");
+            assert_eq!(
+                m.matches(&LiveEvent::new(1, unsigned.clone())),
+                want,
+                "{filter} unsigned"
+            );
+        }
     }
 
     /// The cheap test of exact strings never rules out a match: with and without escapes,

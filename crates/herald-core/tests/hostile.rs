@@ -7,7 +7,9 @@
 //! mixed with odd characters, so that most of them get past the first check and reach the
 //! deeper rules.
 
-use herald_core::event::{prepare_binary, prepare_json, prepare_trusted, HeaderAttr, PrepareCtx};
+use herald_core::event::{
+    prepare_binary, prepare_json, prepare_stored, prepare_trusted, HeaderAttr, PrepareCtx,
+};
 use herald_core::filter::Filter;
 use herald_core::matcher::{LiveEvent, Matcher};
 use herald_core::timespec::{format_rfc3339, parse_bound, parse_rfc3339, Micros};
@@ -163,6 +165,16 @@ proptest! {
         prop_assert_eq!(q.time_us, p.time_us);
         prop_assert_eq!(herald_core::event::search_text_of(&body), Some(p.search_text()));
         prop_assert_eq!(p.token_text(), herald_core::matcher::token_text(&p.search_text()));
+        // The store's re-read: the same attributes and search text, no signature.
+        let s = prepare_stored(&body, p.recorded_us)
+            .map_err(|e| TestCaseError::fail(format!("{body}: {e:?}")))?;
+        prop_assert_eq!(s.sig, herald_core::matcher::TokenSig::ALL);
+        prop_assert_eq!((s.dedup_key, s.content_hash, s.time_us), (q.dedup_key, q.content_hash, q.time_us));
+        prop_assert_eq!((&s.id, &s.source, &s.ty, &s.subject), (&q.id, &q.source, &q.ty, &q.subject));
+        prop_assert_eq!((&s.actor, &s.tenant, &s.readers), (&q.actor, &q.tenant, &q.readers));
+        prop_assert_eq!((&s.causationid, &s.correlationid), (&q.causationid, &q.correlationid));
+        prop_assert_eq!((s.severity, s.visibility), (q.severity, q.visibility));
+        prop_assert_eq!(s.search_text(), p.search_text());
     }
 
     /// Binary mode: any header names and values, any content type and body.

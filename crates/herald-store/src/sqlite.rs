@@ -898,7 +898,7 @@ fn fts_seq(conn: &Connection) -> Result<u64, StoreError> {
 /// Prepares a stored body again (it was valid when stored, so no limit applies), for log
 /// replay and full-text catch-up. `recorded_us` becomes its `recorded` column.
 fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core::Rejection> {
-    herald_core::event::prepare_trusted(body, recorded_us, "")
+    herald_core::event::prepare_stored(body, recorded_us)
 }
 
 /// Indexes the text of events stored after the FTS watermark (after a crash, or when full
@@ -912,10 +912,17 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
             "SELECT seq, {BODY} FROM events WHERE seq > ?1 ORDER BY seq"
         ))?;
         let mut ins = tx.prepare("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+        let total: u64 = conn.query_row(
+            "SELECT count(*) FROM events WHERE seq > ?1",
+            params![from as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        let mut progress = StartupProgress::new(total, "indexing the text of stored events");
         let mut it = rows.query(params![from as i64])?;
         let mut n = 0u64;
         let mut text = String::new();
         while let Some(r) = it.next()? {
+            progress.step(n);
             let seq: i64 = r.get(0)?;
             let body: Option<String> = r.get(1)?;
             // A stored body is a valid event; preparing it again yields the same search text.
@@ -931,6 +938,7 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
         if n > 0 {
             tracing::info!(
                 events = n,
+                seconds = progress.seconds(),
                 "indexed the text of events stored after the last full-text flush"
             );
         }
@@ -941,6 +949,58 @@ fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreEr
     }
     tx.commit()?;
     Ok(last)
+}
+
+/// Says how far a long start-up step has got (the server listens only after it): once at
+/// the start when it has many events to do, then every 5 seconds.
+struct StartupProgress {
+    total: u64,
+    what: &'static str,
+    started: Instant,
+    reported: Instant,
+}
+
+impl StartupProgress {
+    /// Steps with fewer events take a second or less and are not announced.
+    const ANNOUNCE: u64 = 50_000;
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new(total: u64, what: &'static str) -> StartupProgress {
+        if total >= Self::ANNOUNCE {
+            tracing::info!(
+                events = total,
+                "{what}; the server starts when this is done"
+            );
+        }
+        let now = Instant::now();
+        StartupProgress {
+            total,
+            what,
+            started: now,
+            reported: now,
+        }
+    }
+
+    /// Called before each event, with how many are done.
+    fn step(&mut self, done: u64) {
+        if !done.is_multiple_of(1024) || self.reported.elapsed() < Self::EVERY {
+            return;
+        }
+        self.reported = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            done,
+            of = self.total,
+            percent = (done * 100).checked_div(self.total).unwrap_or(100),
+            events_per_s = (done as f64 / secs) as u64,
+            "{}",
+            self.what
+        );
+    }
+
+    fn seconds(&self) -> f64 {
+        (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0
+    }
 }
 
 /// Logs a step of the writer that held up acknowledgements for long (the disk stalled, or
