@@ -360,6 +360,25 @@ pub fn prepare_trusted(
     recorded_us: Micros,
     recorded_text: &str,
 ) -> Result<PreparedEvent, Rejection> {
+    trusted(text, recorded_us, recorded_text, true)
+}
+
+/// [`prepare_trusted`] for the store's own re-reads of bodies it holds (the start-up replay
+/// into its index, full-text catch-up), which need the attributes and the search text but
+/// never match the event: its signature is not computed (about a quarter of the work) and
+/// is [`crate::matcher::TokenSig::ALL`], which rules nothing out, so a matcher given such
+/// an event anyway falls through to its full checks and stays exact. Its canonical text is
+/// not for storing: `recordedtime` is left empty in it.
+pub fn prepare_stored(text: &str, recorded_us: Micros) -> Result<PreparedEvent, Rejection> {
+    trusted(text, recorded_us, "", false)
+}
+
+fn trusted(
+    text: &str,
+    recorded_us: Micros,
+    recorded_text: &str,
+    sign: bool,
+) -> Result<PreparedEvent, Rejection> {
     let limits = Limits {
         max_event_bytes: usize::MAX,
         max_depth: usize::MAX,
@@ -375,32 +394,7 @@ pub fn prepare_trusted(
         type_visibility: None,
         new_id: &mut no_id,
     };
-    prepare_json(text, "", &mut ctx)
-}
-
-/// [`prepare_trusted`] for the store's own re-reads of bodies it holds (the start-up replay
-/// into its index, full-text catch-up), which need the attributes and the search text but
-/// never match the event: its signature is not computed (about a quarter of the work) and
-/// is [`crate::matcher::TokenSig::ALL`], which rules nothing out, so a matcher given such
-/// an event anyway falls through to its full checks and stays exact. `recordedtime` is
-/// taken from the body, not formatted from `recorded_us`.
-pub fn prepare_stored(text: &str, recorded_us: Micros) -> Result<PreparedEvent, Rejection> {
-    let limits = Limits {
-        max_event_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        ..Limits::default()
-    };
-    let mut no_id = String::new;
-    let mut ctx = PrepareCtx {
-        limits: &limits,
-        now_us: recorded_us,
-        now_text: "",
-        require_specversion: false,
-        default_visibility: None,
-        type_visibility: None,
-        new_id: &mut no_id,
-    };
-    prepare_json_with(text, "", &mut ctx, false)
+    prepare_json_with(text, "", &mut ctx, sign)
 }
 
 /// Validates one event given as JSON text. `pointer` is the JSON pointer of the event in
