@@ -98,13 +98,15 @@ fn list(dir: &Path) -> io::Result<Vec<u32>> {
 /// reached the disk before its earlier ones: those records were never acknowledged, and
 /// keeping them is at-least-once delivery (a retry with the same source and id is then a
 /// duplicate). A damaged record with no intact one after it ends the segment: the torn last
-/// write of a crashed process.
+/// write of a crashed process. `report`: log the skipped records (a scan of a range that an
+/// earlier scan reported does not say it again).
 fn scan_file(
     file: &File,
     n: u32,
     from: u64,
     end: u64,
     acked_below: u64,
+    report: bool,
     f: &mut dyn FnMut(i64, &str) -> io::Result<()>,
 ) -> io::Result<(u64, bool)> {
     let size = file.metadata()?.len().min(end);
@@ -149,21 +151,8 @@ fn scan_file(
             let Some(next) = next_intact(file, pos + 1, size, size)? else {
                 break;
             };
-            let (segment, offset, skipped_bytes) = (n, pos, next - pos);
-            if pos < acked_below {
-                tracing::error!(
-                    segment,
-                    offset,
-                    skipped_bytes,
-                    "an event segment holds a damaged record among acknowledged ones (the disk changed it); skipped it and kept the records after it"
-                );
-            } else {
-                tracing::warn!(
-                    segment,
-                    offset,
-                    skipped_bytes,
-                    "an event segment holds a damaged record followed by intact ones (the disk changed it, or a crash cut a write whose later records reached the disk); skipped it and kept the records after it"
-                );
+            if report {
+                report_damage(n, pos, next - pos, pos < acked_below);
             }
             pos = next;
             continue;
@@ -172,6 +161,28 @@ fn scan_file(
         pos += 8 + body.len() as u64;
     }
     Ok((pos, false))
+}
+
+/// Logs a damaged record that a scan skipped: an error among acknowledged records (the disk
+/// changed one), else a warning (that, or a crash cut a write).
+fn report_damage(segment: u32, offset: u64, skipped_bytes: u64, acknowledged: bool) {
+    #[cfg(test)]
+    DAMAGE_REPORTS.with(|c| c.set(c.get() + 1));
+    if acknowledged {
+        tracing::error!(
+            segment,
+            offset,
+            skipped_bytes,
+            "an event segment holds a damaged record among acknowledged ones (the disk changed it); skipped it and kept the records after it"
+        );
+    } else {
+        tracing::warn!(
+            segment,
+            offset,
+            skipped_bytes,
+            "an event segment holds a damaged record followed by intact ones (the disk changed it, or a crash cut a write whose later records reached the disk); skipped it and kept the records after it"
+        );
+    }
 }
 
 /// Whether every byte of `file` from `from` to `to` is zero; stops at the first that is not.
@@ -288,10 +299,20 @@ fn read_buffered(
     Ok(true)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many damaged records the scans of this thread logged.
+    static DAMAGE_REPORTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Calls `f(location, body)` for every record stored after the body at `after` (whose length
 /// is the second member), or for every record when `after` is `None`, in order, up to `end`
 /// (the location where the writer appends next, [`SegmentWriter::end`]; `None` reads every
 /// segment to the end of its file).
+///
+/// Called after [`SegmentWriter::open`], which scanned the newest segment over the same
+/// range (from the end of `after`, or from its start) and logged its damaged records: this
+/// logs those of the older segments only.
 pub fn replay(
     dir: &Path,
     after: Option<(i64, u64)>,
@@ -333,6 +354,7 @@ pub fn replay(
             if n == first { from } else { 0 },
             stop,
             acked_below,
+            Some(n) != newest,
             f,
         )?;
     }
@@ -573,6 +595,7 @@ impl SegmentWriter {
                     keep_below,
                     u64::MAX,
                     keep_below,
+                    true,
                     &mut |_, _| Ok(()),
                 )?;
                 let size = file.metadata()?.len();
@@ -870,7 +893,7 @@ mod tests {
     fn kept(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         let file = File::open(segment_path(dir, 1)).unwrap();
-        let _ = scan_file(&file, 1, 0, u64::MAX, u64::MAX, &mut |_, b| {
+        let _ = scan_file(&file, 1, 0, u64::MAX, u64::MAX, false, &mut |_, b| {
             out.push(b.to_owned());
             Ok(())
         })
@@ -1111,6 +1134,54 @@ mod tests {
         let w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
         assert_eq!(w.pos, end);
         assert_eq!(kept(dir.path()), expected);
+    }
+
+    /// At start the writer's open scans the newest segment and the replay every segment
+    /// after what the index holds: each damaged record is logged once, the newest segment's
+    /// by the open, an older one's by the replay, and the replay passes over both.
+    #[test]
+    fn each_damaged_record_is_logged_once_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies = seq_bodies(6);
+        let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        let mut locs = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            if i == 3 {
+                wait_for_spare(&w);
+                w.pos = w.prepared;
+                w.roll_if_full().unwrap();
+                assert_eq!(w.number, 2);
+            }
+            locs.push(w.push(b));
+            w.sync(true).unwrap();
+        }
+        drop(w);
+        damage(dir.path(), &[(split(locs[1]).1 + 2, b"Z")]);
+        OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 2))
+            .unwrap()
+            .write_all_at(b"Z", split(locs[4]).1 + 2)
+            .unwrap();
+        let ack = Some((locs[0], bodies[0].len() as u64));
+        DAMAGE_REPORTS.with(|c| c.set(0));
+        let w = SegmentWriter::open(dir.path(), 1 << 20, ack).unwrap();
+        assert_eq!(DAMAGE_REPORTS.with(|c| c.get()), 1, "the newest segment's");
+        let mut seen = Vec::new();
+        replay(dir.path(), ack, Some(w.end()), &mut |_, b| {
+            seen.push(b.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [bodies[2].clone(), bodies[3].clone(), bodies[5].clone()]
+        );
+        assert_eq!(
+            DAMAGE_REPORTS.with(|c| c.get()),
+            2,
+            "each damaged record once"
+        );
     }
 
     #[test]
