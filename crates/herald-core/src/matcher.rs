@@ -704,6 +704,25 @@ impl Matcher {
         &self.filter
     }
 
+    /// False when the signature of an event (and whether its JSON is plain, see
+    /// [`crate::event::PreparedEvent::plain`]) rules out a positive term of the filter, as [`Matcher::matches`]
+    /// would rule it out first; true when it cannot tell. A scan over many events can test a
+    /// compact copy of their signatures this way before it reads the events themselves.
+    pub fn may_match(&self, sig: &TokenSig, plain: bool) -> bool {
+        self.filter
+            .terms
+            .iter()
+            .zip(&self.plans)
+            .all(|(t, plan)| match plan {
+                _ if t.negated => true,
+                TermPlan::Text { sig: phrase, .. } => sig.holds(phrase),
+                TermPlan::Field {
+                    literals: Some(literals),
+                } => !plain || literals.iter().any(|l| sig.holds(&l.sig)),
+                TermPlan::Field { literals: None } => true,
+            })
+    }
+
     /// True when every term of the filter matches the event.
     pub fn matches(&self, ev: &impl EventParts) -> bool {
         self.filter.terms.iter().zip(&self.plans).all(|(t, plan)| {
@@ -922,6 +941,48 @@ mod tests {
         assert!(!m.matches(&LiveEvent::new(1, ev.clone())));
         let m = Matcher::new(Filter::parse("data.page.referrer:direct", 0).unwrap());
         assert!(m.matches(&LiveEvent::new(1, ev)));
+    }
+
+    /// `may_match` never rules out an event that matches (text, data and context terms,
+    /// negated ones, escapes, absent fields), and it does rule out events by a word or
+    /// value they do not hold.
+    #[test]
+    fn may_match_never_rules_out_a_match() {
+        let events = [
+            r#"{"id":"1","source":"/s","type":"page.viewed","actor":"user-7","data":{"org":"org-0150","note":"Kettle boiled at 10:00","n":3},"context":{"ip":"10.0.0.1"}}"#,
+            r#"{"id":"2","source":"/s","type":"page.viewed","data":{"org":"org-0151","note":"tea \"kettle\" time"}}"#,
+            r#"{"id":"3","source":"/s","type":"job.failed","context":{"ip":"10.0.0.2"}}"#,
+            r#"{"id":"4","source":"/s","type":"t","data":{"org":"İstanbul"}}"#,
+        ]
+        .map(test_event);
+        let filters = [
+            "kettle",
+            "\"kettle boiled\"",
+            "-kettle",
+            "absentword",
+            "-absentword",
+            "data.org:org-0150",
+            "data.org:org-0150,org-0151",
+            "-data.org:org-0150",
+            "data.org:İstanbul",
+            "context.ip:\"10.0.0.1\"",
+            "data.n:3",
+            "type:page.viewed kettle",
+            "data.org:org-0150 absentword",
+        ];
+        let mut ruled_out = 0;
+        for f in filters {
+            let m = Matcher::new(Filter::parse(f, 0).unwrap());
+            for ev in &events {
+                let may = m.may_match(&ev.sig, ev.plain);
+                if m.matches(&LiveEvent::new(1, ev.clone())) {
+                    assert!(may, "{f} on {}", ev.id);
+                } else if !may {
+                    ruled_out += 1;
+                }
+            }
+        }
+        assert!(ruled_out >= 10, "{ruled_out} ruled out");
     }
 
     /// An event prepared without a signature (`TokenSig::ALL`, as the store re-reads its

@@ -1439,7 +1439,52 @@ type Pending = Mutex<HashMap<i64, Vec<PendingEvent>>>;
 /// listings read it from memory instead of waiting for the indexer (see
 /// [`SqliteStore::query`]). At most the indexer's backlog (`max_index_backlog`) plus its open
 /// transaction.
-type Unindexed = Mutex<std::collections::VecDeque<LiveBatch>>;
+type Unindexed = Mutex<std::collections::VecDeque<MemBatch>>;
+
+/// A batch of acknowledged events held in memory until SQLite ([`Unindexed`]) and the
+/// full-text index ([`Untexted`]) hold them, with a compact copy of what a listing tests
+/// first on each event: its time, seq and token signature, 88 bytes where the event is
+/// several hundred with its text elsewhere. A listing under heavy ingest passes over tens of
+/// thousands of these events, most ruled out by their time or signature; reading only the
+/// keys for those keeps the scan in a few megabytes of memory read in order
+/// ([`Matcher::may_match`](herald_core::matcher::Matcher::may_match)).
+#[derive(Clone)]
+struct MemBatch {
+    events: LiveBatch,
+    keys: Arc<[ScanKey]>,
+}
+
+/// See [`MemBatch`].
+#[derive(Clone, Copy)]
+struct ScanKey {
+    time_us: i64,
+    seq: u64,
+    sig: herald_core::matcher::TokenSig,
+    plain: bool,
+}
+
+impl MemBatch {
+    fn new(events: LiveBatch) -> MemBatch {
+        let keys = events
+            .iter()
+            .map(|e| ScanKey {
+                time_us: e.event.time_us,
+                seq: e.seq,
+                sig: e.event.sig,
+                plain: e.event.plain,
+            })
+            .collect();
+        MemBatch { events, keys }
+    }
+}
+
+impl std::ops::Deref for MemBatch {
+    type Target = [LiveEvent];
+
+    fn deref(&self) -> &[LiveEvent] {
+        &self.events
+    }
+}
 
 /// Events that SQLite holds, or is committing, and the full-text index does not hold yet,
 /// oldest first: the indexer adds a transaction's batches before its commit, the full-text
@@ -1453,7 +1498,7 @@ type Unindexed = Mutex<std::collections::VecDeque<LiveBatch>>;
 /// this adds only their handles.
 #[derive(Default)]
 struct Untexted {
-    batches: std::collections::VecDeque<LiveBatch>,
+    batches: std::collections::VecDeque<MemBatch>,
     /// Turns false for good when the full-text thread stops: the events past its watermark
     /// are then not all here, and text terms scan them in SQL instead.
     complete: bool,
@@ -1518,7 +1563,7 @@ struct Writer {
 
 /// Acknowledged events for the indexer, with where each body is in the segments.
 struct IndexBatch {
-    events: LiveBatch,
+    events: MemBatch,
     /// `(loc, len)` of each event's body, in the order of `events`.
     locs: Vec<(i64, usize)>,
 }
@@ -1600,7 +1645,7 @@ impl Writer {
             return;
         }
         let last = self.next_seq - 1;
-        let batch = (!stored.is_empty()).then(|| LiveBatch::from(stored));
+        let batch = (!stored.is_empty()).then(|| MemBatch::new(LiveBatch::from(stored)));
         // Before anyone hears of these events: a listing looks here first, then in SQLite.
         if let Some(b) = &batch {
             self.unindexed
@@ -1622,7 +1667,7 @@ impl Writer {
         // read, which starts after it subscribed, includes them.
         if let Some(b) = &batch {
             if self.live.receiver_count() > 0 {
-                let _ = self.live.send(b.clone());
+                let _ = self.live.send(b.events.clone());
             }
         }
         for (job, out) in jobs.into_iter().zip(outcomes) {
@@ -1752,8 +1797,8 @@ struct Indexer {
     days: Days,
     /// The batches of the open transaction, handed to the full-text thread after the commit
     /// (it cuts their text itself, off this thread).
-    fts_batch: Vec<LiveBatch>,
-    fts_tx: Option<SyncSender<Vec<LiveBatch>>>,
+    fts_batch: Vec<MemBatch>,
+    fts_tx: Option<SyncSender<Vec<MemBatch>>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -2013,9 +2058,9 @@ const FTS_MAX_PENDING: usize = 500_000;
 /// The full-text thread: owns `fts.db`, indexes what the writer committed.
 struct FtsIndexer {
     conn: Connection,
-    rx: Receiver<Vec<LiveBatch>>,
+    rx: Receiver<Vec<MemBatch>>,
     /// Committed batches not in the index yet, and how many events they hold.
-    pending: Vec<LiveBatch>,
+    pending: Vec<MemBatch>,
     pending_events: usize,
     /// Every event with `seq <=` this is in the index (shared with readers).
     watermark: Arc<AtomicU64>,
@@ -2328,7 +2373,7 @@ fn day_listing_sql(w: &crate::sql::Where) -> String {
 /// core's matcher, whose semantics are the SQL compiler's (the live stream relies on the
 /// same). Each event is looked at through an [`Unshared`] view, so that parsing its data or
 /// its text for this listing leaves nothing behind in the shared batch.
-fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<StoredEvent> {
+fn unindexed_matches(batches: &[MemBatch], q: &EventQuery, want: usize) -> Vec<StoredEvent> {
     use std::cmp::Reverse;
     if batches.is_empty() || want == 0 {
         return Vec::new();
@@ -2340,22 +2385,25 @@ fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<
     let mut best: std::collections::BinaryHeap<Reverse<(i64, u64, usize, usize)>> =
         std::collections::BinaryHeap::with_capacity(want + 1);
     for (bi, batch) in batches.iter().enumerate().rev() {
-        for (ei, ev) in batch.iter().enumerate().rev() {
-            let t = ev.event.time_us;
+        // The keys first: most events are passed over without reading them.
+        for (ei, k) in batch.keys.iter().enumerate().rev() {
+            let t = k.time_us;
             if best.len() == want
                 && best
                     .peek()
-                    .is_some_and(|Reverse(w)| (t, ev.seq) < (w.0, w.1))
+                    .is_some_and(|Reverse(w)| (t, k.seq) < (w.0, w.1))
             {
                 continue;
             }
-            if outside_listing(q, t, ev.seq)
-                || !q.access.can_read(&ev.event)
-                || !matcher.matches(&Unshared::new(ev.seq, &ev.event))
+            if outside_listing(q, t, k.seq) || !matcher.may_match(&k.sig, k.plain) {
+                continue;
+            }
+            let ev = &batch[ei];
+            if !q.access.can_read(&ev.event) || !matcher.matches(&Unshared::new(ev.seq, &ev.event))
             {
                 continue;
             }
-            best.push(Reverse((t, ev.seq, bi, ei)));
+            best.push(Reverse((t, k.seq, bi, ei)));
             if best.len() > want {
                 best.pop();
             }
@@ -2373,7 +2421,7 @@ fn unindexed_matches(batches: &[LiveBatch], q: &EventQuery, want: usize) -> Vec<
 /// whose text holds `text`, within the listing's bounds and before its cursor: the matcher
 /// decides, as the index and `herald_text` would (its cheap check for the phrase's words
 /// passes over most events without cutting their text).
-fn text_hits(batches: &[LiveBatch], text: &str, q: &EventQuery) -> Vec<u64> {
+fn text_hits(batches: &[MemBatch], text: &str, q: &EventQuery) -> Vec<u64> {
     let matcher = herald_core::matcher::Matcher::new(herald_core::Filter {
         terms: vec![herald_core::filter::Term {
             negated: false,
@@ -2383,13 +2431,14 @@ fn text_hits(batches: &[LiveBatch], text: &str, q: &EventQuery) -> Vec<u64> {
     });
     batches
         .iter()
-        .flat_map(|b| b.iter())
-        .filter(|ev| {
-            !outside_listing(q, ev.event.time_us, ev.seq)
+        .flat_map(|b| b.keys.iter().zip(b.iter()))
+        .filter(|(k, ev)| {
+            !outside_listing(q, k.time_us, k.seq)
+                && matcher.may_match(&k.sig, k.plain)
                 && q.access.can_read(&ev.event)
                 && matcher.matches(&Unshared::new(ev.seq, &ev.event))
         })
-        .map(|ev| ev.seq)
+        .map(|(k, _)| k.seq)
         .collect()
 }
 
@@ -2431,7 +2480,7 @@ fn stored_from_memory(ev: &LiveEvent) -> StoredEvent {
 
 /// The batches of `unindexed` now (their handles): what a read looks at before its SQLite
 /// snapshot.
-fn snapshot(unindexed: &Unindexed) -> Vec<LiveBatch> {
+fn snapshot(unindexed: &Unindexed) -> Vec<MemBatch> {
     unindexed
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -2453,7 +2502,7 @@ fn outside_listing(q: &EventQuery, time_us: i64, seq: u64) -> bool {
 /// read holds, in seq order: after its position and up to `upto`, from its `since`, readable
 /// by its caller, matching its filter.
 fn unindexed_after(
-    batches: &[LiveBatch],
+    batches: &[MemBatch],
     q: &ScanQuery,
     upto: u64,
     limit: usize,
@@ -2464,16 +2513,17 @@ fn unindexed_after(
     let matcher = herald_core::matcher::Matcher::new(q.filter.clone());
     batches
         .iter()
-        .flat_map(|b| b.iter())
-        .filter(|ev| {
-            ev.seq > q.after_seq
-                && ev.seq <= upto
-                && q.since_us.is_none_or(|s| ev.event.time_us >= s)
+        .flat_map(|b| b.keys.iter().zip(b.iter()))
+        .filter(|(k, ev)| {
+            k.seq > q.after_seq
+                && k.seq <= upto
+                && q.since_us.is_none_or(|s| k.time_us >= s)
+                && matcher.may_match(&k.sig, k.plain)
                 && q.access.can_read(&ev.event)
                 && matcher.matches(&Unshared::new(ev.seq, &ev.event))
         })
         .take(limit)
-        .map(stored_from_memory)
+        .map(|(_, ev)| stored_from_memory(ev))
         .collect()
 }
 
@@ -2572,7 +2622,7 @@ impl Store for SqliteStore {
                 .terms
                 .iter()
                 .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)));
-            let untexted: Option<Vec<LiveBatch>> = fts.filter(|_| has_text).and_then(|_| {
+            let untexted: Option<Vec<MemBatch>> = fts.filter(|_| has_text).and_then(|_| {
                 let u = untexted.lock().unwrap_or_else(|p| p.into_inner());
                 u.complete.then(|| u.batches.iter().cloned().collect())
             });
@@ -4038,9 +4088,9 @@ mod tests {
             rng % n
         };
         let mut seq = 0u64;
-        let batches: Vec<LiveBatch> = (0..6)
+        let batches: Vec<MemBatch> = (0..6)
             .map(|b| {
-                (0..40)
+                let events: Vec<LiveEvent> = (0..40)
                     .map(|_| {
                         seq += 1;
                         // Mostly rising with the batch, with stragglers and equal times.
@@ -4055,8 +4105,8 @@ mod tests {
                         ));
                         LiveEvent::new(seq, ev)
                     })
-                    .collect::<Vec<_>>()
-                    .into()
+                    .collect();
+                MemBatch::new(events.into())
             })
             .collect();
         let restricted = Access {
@@ -4064,7 +4114,14 @@ mod tests {
             ..Access::all()
         };
         let mut checked = 0;
-        for filter in ["", "type:t1", "word3", "-word3 tenant:org-2"] {
+        for filter in [
+            "",
+            "type:t1",
+            "word3",
+            "-word3 tenant:org-2",
+            "data.msg:word4",
+            "data.msg:word1,word2 -word2",
+        ] {
             for access in [Access::all(), restricted.clone()] {
                 for want in [1, 7, 50, 1000] {
                     for since in [None, Some(1_790_000_000_000_000 + 20_000_000)] {
