@@ -1796,7 +1796,7 @@ struct Indexer {
     txn_events: usize,
     days: Days,
     /// The batches of the open transaction, handed to the full-text thread after the commit
-    /// (it cuts their text itself, off this thread).
+    /// (it gives FTS5 their text itself, off this thread).
     fts_batch: Vec<MemBatch>,
     fts_tx: Option<SyncSender<Vec<MemBatch>>>,
     failed: Arc<AtomicBool>,
