@@ -705,9 +705,10 @@ impl Matcher {
     }
 
     /// False when the signature of an event (and whether its JSON is plain, see
-    /// [`crate::event::PreparedEvent::plain`]) rules out a positive term of the filter, as [`Matcher::matches`]
-    /// would rule it out first; true when it cannot tell. A scan over many events can test a
-    /// compact copy of their signatures this way before it reads the events themselves.
+    /// [`crate::event::PreparedEvent::plain`]) rules out a positive term of the filter, as
+    /// [`Matcher::matches`] would rule it out first; true when it cannot tell. A scan over
+    /// many events can test a compact copy of their signatures this way before it reads the
+    /// events themselves.
     pub fn may_match(&self, sig: &TokenSig, plain: bool) -> bool {
         self.filter
             .terms
