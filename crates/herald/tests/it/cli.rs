@@ -8,6 +8,12 @@ fn emit_query_import_export_roundtrip() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(&dir.path().join("data"));
     let url = server.url.clone();
+    // The server runs without transparent huge pages (see `disable_transparent_huge_pages`).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("the server's /proc status");
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
 
     let (ok, out, err) = cli(
         &[
