@@ -5,8 +5,27 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// CPU seconds and role (see [`role`]) of each live thread of this process, by thread id.
+/// CPU seconds and role (see [`role`]) of each live thread of this process, by thread id,
+/// and under [`PROCESS`] the whole process's (which includes the threads that ended).
 pub type Snapshot = HashMap<u32, (&'static str, f64)>;
+
+/// The key of the whole process in a [`Snapshot`] (no thread has id 0).
+const PROCESS: u32 = 0;
+
+/// utime + stime in seconds from the text of a `stat` file of `/proc`.
+fn stat_secs(stat: &str) -> Option<f64> {
+    let close = stat.rfind(')')?;
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // proc(5): after the name come the state (field 3) ... utime and stime (fields 14 and
+    // 15), in clock ticks of USER_HZ, which the kernel fixes at 100 for /proc.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((ticks(11) + ticks(12)) as f64 / 100.0)
+}
 
 /// The CPU time of every live thread of this process (empty where `/proc` is missing).
 pub fn snapshot() -> Snapshot {
@@ -14,6 +33,12 @@ pub fn snapshot() -> Snapshot {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
+    if let Some(secs) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| stat_secs(&s))
+    {
+        out.insert(PROCESS, ("process", secs));
+    }
     for entry in dir.flatten() {
         let Some(tid) = entry
             .file_name()
@@ -25,32 +50,38 @@ pub fn snapshot() -> Snapshot {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let (Some(open), Some(close), Some(secs)) =
+            (stat.find('('), stat.rfind(')'), stat_secs(&stat))
+        else {
             continue;
         };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // proc(5): after the name come the state (field 3) ... utime and stime (fields 14
-        // and 15), in clock ticks of USER_HZ, which the kernel fixes at 100 for /proc.
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let secs = (ticks(11) + ticks(12)) as f64 / 100.0;
         out.insert(tid, (role(&stat[open + 1..close]), secs));
     }
     out
 }
 
 /// CPU seconds spent by role between two snapshots, counting each thread against itself:
-/// a thread that started meanwhile counts from zero, one that ended is missing (the
-/// short-lived thread that prepares each next event segment, for one).
+/// a thread that started meanwhile counts from zero. A thread that ended (the short-lived
+/// thread that prepares each next event segment, for one) is not among them: what the
+/// process spent beyond its live threads is counted as `ended threads` (give or take the
+/// 10 ms ticks of each thread's count).
 pub fn spent(before: &Snapshot, after: &Snapshot) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
+    let mut live = 0.0;
     for (tid, (role, secs)) in after {
+        if *tid == PROCESS {
+            continue;
+        }
         let was = before.get(tid).map_or(0.0, |b| b.1);
-        *out.entry(*role).or_insert(0.0) += (secs - was).max(0.0);
+        let d = (secs - was).max(0.0);
+        live += d;
+        *out.entry(*role).or_insert(0.0) += d;
+    }
+    if let (Some(b), Some(a)) = (before.get(&PROCESS), after.get(&PROCESS)) {
+        let ended = a.1 - b.1 - live;
+        if ended > 0.0 {
+            out.insert("ended threads", ended);
+        }
     }
     out
 }
@@ -152,7 +183,28 @@ mod tests {
         gone.insert(u32::MAX, ("indexer", 1000.0));
         assert_eq!(spent(&gone, &after).get("indexer"), by_role.get("indexer"));
         let line = per_event_line(&before, &after, 1000).unwrap();
-        assert!(line.starts_with("CPU µs per event: indexer "), "{line}");
+        // (Other tests' threads that end meanwhile count too, as `ended threads`.)
+        assert!(line.starts_with("CPU µs per event: "), "{line}");
+        assert!(line.contains("indexer "), "{line}");
         assert!(line.contains("events/s on"), "{line}");
+        // What a thread that ended spent is counted from the process's total.
+        let before = snapshot();
+        std::thread::Builder::new()
+            .name("herald-segment".into())
+            .spawn(|| {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_millis(300) {
+                    x = x.wrapping_mul(31).wrapping_add(7);
+                }
+                std::hint::black_box(x);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let by_role = spent(&before, &snapshot());
+        let ended = by_role.get("ended threads").copied().unwrap_or(0.0);
+        assert!(ended >= 0.2, "ended threads spent {ended} s: {by_role:?}");
+        assert!(!by_role.contains_key("segments"), "{by_role:?}");
     }
 }
