@@ -153,6 +153,16 @@ pub fn per_event_line(before: &Snapshot, after: &Snapshot, events: usize) -> Opt
 mod tests {
     use super::*;
 
+    /// Keeps this thread busy for `d`.
+    fn burn(d: Duration) {
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < d {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+    }
+
     #[test]
     fn this_threads_cpu_is_counted_and_split_per_event() {
         let before = snapshot();
@@ -163,12 +173,7 @@ mod tests {
         std::thread::Builder::new()
             .name("herald-indexer".into())
             .spawn(|| {
-                let t = Instant::now();
-                let mut x = 0u64;
-                while t.elapsed() < Duration::from_millis(300) {
-                    x = x.wrapping_mul(31).wrapping_add(7);
-                }
-                std::hint::black_box(x);
+                burn(Duration::from_millis(300));
                 // Stay alive until the snapshot below is taken.
                 std::thread::sleep(Duration::from_millis(400));
             })
@@ -191,14 +196,7 @@ mod tests {
         let before = snapshot();
         std::thread::Builder::new()
             .name("herald-segment".into())
-            .spawn(|| {
-                let t = Instant::now();
-                let mut x = 0u64;
-                while t.elapsed() < Duration::from_millis(300) {
-                    x = x.wrapping_mul(31).wrapping_add(7);
-                }
-                std::hint::black_box(x);
-            })
+            .spawn(|| burn(Duration::from_millis(300)))
             .unwrap()
             .join()
             .unwrap();
