@@ -555,10 +555,9 @@ struct Literal {
 
 /// False when a `data.`/`context.` term on exact strings (`literals`) cannot hold: the part
 /// has no escapes (no `\\`), so each string value in it appears between quotes byte for
-/// byte, and none of the strings does. In a plain event (no escapes anywhere) the tokens of
-/// such a value are among the event's tokens, so its signature rules most events out
-/// first. Spares parsing the JSON of most events for a rare value. True whenever it cannot
-/// tell.
+/// byte, and none of the strings does. Spares parsing the JSON of most events for a rare
+/// value (the signature, [`TermPlan::ruled_out_by`], has ruled most out before). True
+/// whenever it cannot tell.
 fn may_equal(ev: &PreparedEvent, field: &Field, literals: Option<&[Literal]>) -> bool {
     let Some(literals) = literals else {
         return true;
@@ -568,17 +567,8 @@ fn may_equal(ev: &PreparedEvent, field: &Field, literals: Option<&[Literal]>) ->
         Field::Context(_) => &ev.context_range,
         _ => return true,
     };
-    let Some(range) = range else {
-        // Absent: the term's value is absent too.
-        return true;
-    };
-    // The signature first: it is in the event's struct, where the text is a separate
-    // allocation, and a listing tests tens of thousands of events in a row, so reading the
-    // text (even one byte of it, to slice it) is a cache miss each.
-    if ev.plain && !literals.iter().any(|l| ev.sig.holds(&l.sig)) {
-        return false;
-    }
-    let Some(part) = ev.body_tail.get(range.clone()) else {
+    // Absent: the term's value is absent too.
+    let Some(part) = range.as_ref().and_then(|r| ev.body_tail.get(r.clone())) else {
         return true;
     };
     let part = part.as_bytes();
@@ -660,6 +650,23 @@ enum TermPlan {
 }
 
 impl TermPlan {
+    /// Whether an event's signature (and whether its JSON is plain, see
+    /// [`crate::event::PreparedEvent::plain`]) rules the term out: a phrase whose tokens are
+    /// not all in it, or, in a plain event, whose strings appear byte for byte among its
+    /// tokens, a `data.`/`context.` value none of whose literals' tokens are. The one test
+    /// both [`Matcher::matches`] (first, before it reads the event's text: a separate
+    /// allocation, a cache miss each when a listing tests tens of thousands of events) and
+    /// [`Matcher::may_match`] make.
+    fn ruled_out_by(&self, sig: &TokenSig, plain: bool) -> bool {
+        match self {
+            TermPlan::Text { sig: phrase, .. } => !sig.holds(phrase),
+            TermPlan::Field {
+                literals: Some(literals),
+            } => plain && !literals.iter().any(|l| sig.holds(&l.sig)),
+            TermPlan::Field { literals: None } => false,
+        }
+    }
+
     fn of(kind: &TermKind) -> TermPlan {
         match kind {
             TermKind::Text(phrase) => {
@@ -714,34 +721,20 @@ impl Matcher {
             .terms
             .iter()
             .zip(&self.plans)
-            .all(|(t, plan)| match plan {
-                _ if t.negated => true,
-                TermPlan::Text { sig: phrase, .. } => sig.holds(phrase),
-                TermPlan::Field {
-                    literals: Some(literals),
-                } => !plain || literals.iter().any(|l| sig.holds(&l.sig)),
-                TermPlan::Field { literals: None } => true,
-            })
+            .all(|(t, plan)| t.negated || !plan.ruled_out_by(sig, plain))
     }
 
     /// True when every term of the filter matches the event.
     pub fn matches(&self, ev: &impl EventParts) -> bool {
         self.filter.terms.iter().zip(&self.plans).all(|(t, plan)| {
+            let e = ev.event();
             let v = match (&t.kind, plan) {
-                (
-                    TermKind::Text(_),
-                    TermPlan::Text {
-                        phrase,
-                        sig,
-                        probes,
-                    },
-                ) => Some(
-                    ev.event().sig.holds(sig)
-                        && may_hold(ev.event(), probes)
-                        && tokens_in(ev.text(), phrase),
-                ),
+                _ if plan.ruled_out_by(&e.sig, e.plain) => Some(false),
+                (TermKind::Text(_), TermPlan::Text { phrase, probes, .. }) => {
+                    Some(may_hold(e, probes) && tokens_in(ev.text(), phrase))
+                }
                 (TermKind::Field { field, cond }, TermPlan::Field { literals }) => {
-                    if may_equal(ev.event(), field, literals.as_deref()) {
+                    if may_equal(e, field, literals.as_deref()) {
                         term_value(ev, field, cond)
                     } else {
                         Some(false)
