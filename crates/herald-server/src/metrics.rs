@@ -39,6 +39,7 @@ pub struct Metrics {
     pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     pub queue_depth: Gauge,
     pub index_backlog: Gauge,
+    pub text_backlog: Gauge,
     pub damaged_reads: Counter,
     pub commit_events: Histogram,
     pub commit_duration: Histogram,
@@ -69,6 +70,7 @@ impl Metrics {
         );
         let queue_depth = Gauge::default();
         let index_backlog = Gauge::default();
+        let text_backlog = Gauge::default();
         let damaged_reads = Counter::default();
         let commit_events = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -111,6 +113,11 @@ impl Metrics {
             "herald_store_index_backlog",
             "Acknowledged events the indexer has not committed yet (reads find them in memory meanwhile)",
             index_backlog.clone(),
+        );
+        registry.register(
+            "herald_store_fulltext_backlog",
+            "Acknowledged events the full-text index does not hold yet (text search scans them meanwhile; large after the index was deleted)",
+            text_backlog.clone(),
         );
         registry.register(
             "herald_store_damaged_reads",
@@ -207,6 +214,7 @@ impl Metrics {
             http_duration,
             queue_depth,
             index_backlog,
+            text_backlog,
             damaged_reads,
             commit_events,
             commit_duration,

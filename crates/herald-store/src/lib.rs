@@ -212,6 +212,13 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 
+    /// Acknowledged events the full-text index does not hold yet (text search finds them
+    /// the same, in memory or by scanning): how far text indexing is behind, as after the
+    /// index was deleted. Zero for a store without one.
+    fn text_backlog(&self) -> u64 {
+        0
+    }
+
     /// Reads that met a damaged stored body (since the store opened): those events are
     /// left out of listings and streams, and reading one by seq or id fails.
     fn damaged_reads(&self) -> u64 {

@@ -373,6 +373,8 @@ pub struct SqliteStore {
     live: tokio::sync::broadcast::Sender<LiveBatch>,
     /// Shares its count of damaged reads with every connection's `herald_body`.
     segments: SegmentReader,
+    /// One listing at a time may scan a long tail past the full-text index (see `query`).
+    long_text_reads: tokio::sync::Semaphore,
 }
 
 struct ReadPool {
@@ -444,13 +446,8 @@ impl SqliteStore {
         fts_conn.pragma_update(None, "synchronous", "NORMAL")?;
         fts_schema(&fts_conn)?;
         // The index can always be rebuilt from the events, so it need not be fsynced; after a
-        // crash the events past its watermark are indexed again here.
-        let fts_seq = if opts.fulltext {
-            catch_up_fulltext(&conn, &fts_conn)?
-        } else {
-            fts_seq(&fts_conn)?
-        };
-        let fts_watermark = Arc::new(AtomicU64::new(fts_seq));
+        // crash the full-text thread first indexes the events past its watermark again.
+        let fts_watermark = Arc::new(AtomicU64::new(fts_seq(&fts_conn)?));
 
         let mut readers = Vec::with_capacity(opts.read_connections);
         for _ in 0..opts.read_connections.max(1) {
@@ -482,11 +479,9 @@ impl SqliteStore {
         let (live, _) = tokio::sync::broadcast::channel(opts.live_capacity.max(1));
         let pending = Arc::new(Pending::default());
         let unindexed = Arc::new(Unindexed::default());
-        // The start-up catch-up above left the full-text index holding every stored event.
-        let untexted = Arc::new(Mutex::new(Untexted {
-            batches: Default::default(),
-            complete: opts.fulltext,
-        }));
+        // Text terms scan the events past the watermark in SQL until the full-text thread has
+        // caught up.
+        let untexted = Arc::new(Mutex::new(Untexted::default()));
         let backlog = Arc::new(Backlog {
             events: Mutex::new(0),
             drained: Condvar::new(),
@@ -536,13 +531,26 @@ impl SqliteStore {
             // Each message is one commit's events (up to 100,000, or 1 s of them).
             let (ftx, frx) = sync_channel(16);
             indexer.fts_tx = Some(ftx);
+            let events = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            configure(&events, &opts)?;
+            // It reads each row once, in order: no use for a large cache.
+            events.pragma_update(None, "cache_size", -8192)?;
+            register_body_function(&events, segments.clone())?;
             let fts = FtsIndexer {
                 conn: fts_conn,
+                events,
                 rx: frx,
+                catching_up: true,
+                catch_up: None,
                 pending: Vec::new(),
                 pending_events: 0,
                 watermark: fts_watermark.clone(),
                 untexted: untexted.clone(),
+                #[cfg(test)]
+                handover_pause: HANDOVER_PAUSE.with(|p| p.get()),
             };
             Some(
                 std::thread::Builder::new()
@@ -594,6 +602,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(Some((stop_checkpointer, checkpointer))),
             live,
             segments,
+            long_text_reads: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -901,105 +910,65 @@ fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core:
     herald_core::event::prepare_stored(body, recorded_us)
 }
 
-/// Indexes the text of events stored after the FTS watermark (after a crash, or when full
-/// text was turned on again). Returns the new watermark.
-fn catch_up_fulltext(conn: &Connection, fts: &Connection) -> Result<u64, StoreError> {
-    let from = fts_seq(fts)?;
-    let mut last = from;
-    let tx = fts.unchecked_transaction()?;
-    {
-        let mut rows = conn.prepare(&format!(
-            "SELECT seq, {BODY} FROM events WHERE seq > ?1 ORDER BY seq"
-        ))?;
-        let mut ins = tx.prepare("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
-        let total: u64 = conn.query_row(
-            "SELECT count(*) FROM events WHERE seq > ?1",
-            params![from as i64],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
-        let mut progress = StartupProgress::new(total, "indexing the text of stored events");
-        let mut it = rows.query(params![from as i64])?;
-        let mut n = 0u64;
-        let mut text = String::new();
-        while let Some(r) = it.next()? {
-            progress.step(n);
-            let seq: i64 = r.get(0)?;
-            let body: Option<String> = r.get(1)?;
-            // A stored body is a valid event; preparing it again yields the same search text.
-            // (None: damaged on disk, see `register_body_function`.)
-            if let Some(Ok(ev)) = body.map(|b| reprepare(&b, 0)) {
-                text.clear();
-                ev.push_fts_text(&mut text);
-                ins.execute(params![seq, text])?;
-            }
-            last = seq as u64;
-            n += 1;
-        }
-        if n > 0 {
-            tracing::info!(
-                events = n,
-                seconds = progress.seconds(),
-                "indexed the text of events stored after the last full-text flush"
-            );
-        }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![last.to_string()],
-        )?;
-    }
-    tx.commit()?;
-    Ok(last)
-}
-
-/// Says how far a long start-up step has got (the server listens only after it): once at
-/// the start when it has many events to do, then every 5 seconds.
-struct StartupProgress {
+/// Says how far the full-text thread's catch-up from SQLite has got (tens of seconds per
+/// million events): once at the start when it has many events to do, then every 5 seconds,
+/// and when it is done.
+struct CatchUpProgress {
     total: u64,
-    what: &'static str,
+    done: u64,
     started: Instant,
     reported: Instant,
 }
 
-impl StartupProgress {
-    /// Steps with fewer events take a second or less and are not announced.
+impl CatchUpProgress {
+    /// Catch-ups of fewer events take a second or less and are not announced.
     const ANNOUNCE: u64 = 50_000;
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-    fn new(total: u64, what: &'static str) -> StartupProgress {
+    fn new(total: u64) -> CatchUpProgress {
         if total >= Self::ANNOUNCE {
             tracing::info!(
                 events = total,
-                "{what}; the server starts when this is done"
+                "indexing the text of stored events in the background; text search scans them meanwhile"
             );
         }
         let now = Instant::now();
-        StartupProgress {
+        CatchUpProgress {
             total,
-            what,
+            done: 0,
             started: now,
             reported: now,
         }
     }
 
-    /// Called before each event, with how many are done.
-    fn step(&mut self, done: u64) {
-        if !done.is_multiple_of(1024) || self.reported.elapsed() < Self::EVERY {
+    /// Called after each batch, with how many events it held.
+    fn step(&mut self, events: u64) {
+        self.done += events;
+        if self.reported.elapsed() < Self::EVERY {
             return;
         }
         self.reported = Instant::now();
         let secs = self.started.elapsed().as_secs_f64();
         tracing::info!(
-            done,
+            done = self.done,
             of = self.total,
-            percent = (done * 100).checked_div(self.total).unwrap_or(100),
-            events_per_s = (done as f64 / secs) as u64,
-            "{}",
-            self.what
+            percent = (self.done * 100)
+                .checked_div(self.total)
+                .unwrap_or(100)
+                .min(100),
+            events_per_s = (self.done as f64 / secs) as u64,
+            "indexing the text of stored events"
         );
     }
 
-    fn seconds(&self) -> f64 {
-        (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0
+    fn finish(&self) {
+        if self.done >= Self::ANNOUNCE || self.started.elapsed() >= Self::EVERY {
+            tracing::info!(
+                events = self.done,
+                seconds = (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                "indexed the text of the stored events the full-text index lacked"
+            );
+        }
     }
 }
 
@@ -1496,19 +1465,59 @@ impl std::ops::Deref for MemBatch {
 /// instead of reading their bodies from the segments, which under heavy ingest meant up to
 /// 200,000 reads per listing. The batches are the ones the full-text thread holds anyway;
 /// this adds only their handles.
+///
+/// While the full-text thread catches up from SQLite (at start, or after its writes failed),
+/// the events past its watermark are not all here (`complete` is false) and text terms scan
+/// them in SQL instead. Its hand-over back to this list is in three steps, so that no
+/// committed event is ever in neither place: the full-text thread sets `collecting` once
+/// its reads from SQLite have caught up; from the indexer's next commit on, every batch is
+/// added here, and the indexer notes the last seq of each commit it did not add
+/// (`not_added_through`); once the index holds everything up to that seq, every committed
+/// event past its watermark is here, and the full-text thread sets `complete`.
 #[derive(Default)]
 struct Untexted {
     batches: std::collections::VecDeque<MemBatch>,
-    /// Turns false for good when the full-text thread stops: the events past its watermark
-    /// are then not all here, and text terms scan them in SQL instead.
+    /// Every committed event past the full-text watermark is in `batches`.
     complete: bool,
+    /// The indexer adds each commit's batches (see above).
+    collecting: bool,
+    /// The last seq of the newest commit whose batches the indexer did not add.
+    not_added_through: u64,
+    /// The full-text thread cannot write its index (it retries): nothing to wait for.
+    failing: bool,
 }
 
 impl Untexted {
-    /// Forgets the batches for good (the full-text thread stopped).
+    /// Forgets the batches: the full-text thread catches up from SQLite again.
     fn abandon(&mut self) {
         self.complete = false;
+        self.collecting = false;
         self.batches.clear();
+    }
+
+    /// Called by the indexer before each commit, with the commit's batches.
+    fn committing(&mut self, batches: &[MemBatch], last: u64) {
+        if self.complete || self.collecting {
+            self.batches.extend(batches.iter().cloned());
+        } else {
+            self.not_added_through = last;
+        }
+    }
+
+    /// Called by the full-text thread after each of its commits, with its watermark: drops
+    /// the batches the index now holds, and completes the hand-over when it can.
+    fn indexed_through(&mut self, watermark: u64) {
+        while self
+            .batches
+            .front()
+            .and_then(|b| b.last())
+            .is_some_and(|e| e.seq <= watermark)
+        {
+            self.batches.pop_front();
+        }
+        if self.collecting && watermark >= self.not_added_through {
+            self.complete = true;
+        }
     }
 }
 
@@ -1978,10 +1987,10 @@ impl Indexer {
         // until the full-text index holds them (see `Untexted`). A failed commit that is
         // retried adds them again; the full-text thread drops both copies.
         if self.fts_tx.is_some() && !self.fts_batch.is_empty() {
-            let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
-            if u.complete {
-                u.batches.extend(self.fts_batch.iter().cloned());
-            }
+            self.untexted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .committing(&self.fts_batch, last);
         }
         let mark = self
             .txn
@@ -2036,10 +2045,9 @@ impl Indexer {
                     "the full-text thread stopped; text search scans events until restart"
                 );
                 self.fts_tx = None;
-                self.untexted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .abandon();
+                let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
+                u.abandon();
+                u.failing = true;
             }
         }
     }
@@ -2053,25 +2061,113 @@ const FTS_BATCH: usize = 20_000;
 const FTS_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 /// Events the full-text thread holds while its flushes fail before it gives up (see
 /// [`FtsIndexer::run`]).
-const FTS_MAX_PENDING: usize = 500_000;
+const FTS_MAX_PENDING: usize = if cfg!(test) { 5_000 } else { 500_000 };
+
+/// A listing with a text term while the full-text index lacks more than this many events
+/// (and `Untexted` does not hold them) scans them in SQL: only one such listing runs at a
+/// time.
+const LONG_TEXT_SCAN: u64 = if cfg!(test) { 1_000 } else { 100_000 };
+
+/// A catch-up of at least this many events ends by merging the index's segments (see
+/// [`FtsIndexer::optimize`]).
+const FTS_OPTIMIZE_AFTER: u64 = 100_000;
+
+/// How long the full-text thread waits before it retries a catch-up step that failed.
+const FTS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The full-text thread: owns `fts.db`, indexes what the writer committed.
+///
+/// It starts by catching up from SQLite: the events past its watermark (all of them after
+/// the index was deleted or rebuilt, the last moments' after a crash) are read back from
+/// the events table in batches, oldest first, while the server already serves; what the
+/// indexer hands over meanwhile is dropped, since SQLite holds it and the reads find it.
+/// Then it indexes what the indexer hands over (see [`Untexted`] for the hand-over). Should
+/// its writes fail until it holds [`FTS_MAX_PENDING`] events, it drops them and catches up
+/// from SQLite again, retrying every [`FTS_RETRY`]: memory stays bounded, and text search
+/// scans the events past its watermark meanwhile.
 struct FtsIndexer {
     conn: Connection,
+    /// A read-only connection to the events database, for catching up.
+    events: Connection,
     rx: Receiver<Vec<MemBatch>>,
+    /// Reading the events past the watermark from SQLite (see above); the progress report
+    /// of the current catch-up, once started.
+    catching_up: bool,
+    catch_up: Option<CatchUpProgress>,
     /// Committed batches not in the index yet, and how many events they hold.
     pending: Vec<MemBatch>,
     pending_events: usize,
     /// Every event with `seq <=` this is in the index (shared with readers).
     watermark: Arc<AtomicU64>,
     untexted: Arc<Mutex<Untexted>>,
+    #[cfg(test)]
+    handover_pause: std::time::Duration,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How long the full-text thread of a store opened on this thread pauses before and
+    /// after it sets `Untexted::collecting`: tests widen the hand-over's windows with it.
+    static HANDOVER_PAUSE: std::cell::Cell<std::time::Duration> =
+        const { std::cell::Cell::new(std::time::Duration::ZERO) };
+}
+
+/// What one step of the full-text thread's catch-up found.
+enum CatchUp {
+    /// It indexed a whole batch: there may be more.
+    More,
+    /// The index holds every event SQLite held when the step read it.
+    Done,
+    /// The store is closing.
+    Closed,
 }
 
 impl FtsIndexer {
     fn run(mut self) {
         lower_priority();
         let mut flushed_at = Instant::now();
+        let mut failing = false;
         loop {
+            if self.catching_up {
+                match self.catch_up_step() {
+                    Ok(CatchUp::More) => {}
+                    Ok(CatchUp::Done) => {
+                        self.catching_up = false;
+                        if let Some(p) = self.catch_up.take() {
+                            p.finish();
+                            if p.done >= FTS_OPTIMIZE_AFTER {
+                                self.optimize();
+                            }
+                        }
+                        if failing {
+                            tracing::info!("the full-text index is written again");
+                            failing = false;
+                        }
+                        #[cfg(test)]
+                        std::thread::sleep(self.handover_pause);
+                        let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
+                        u.failing = false;
+                        u.collecting = true;
+                        u.indexed_through(self.watermark.load(Ordering::Acquire));
+                        drop(u);
+                        #[cfg(test)]
+                        std::thread::sleep(self.handover_pause);
+                    }
+                    Ok(CatchUp::Closed) => return,
+                    Err(e) => {
+                        if !failing {
+                            tracing::error!(error = %e, "the full-text index cannot be written; text search scans the events past it meanwhile; retrying");
+                            failing = true;
+                        }
+                        self.untexted
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .failing = true;
+                        std::thread::sleep(FTS_RETRY);
+                    }
+                }
+                continue;
+            }
             match self.rx.recv_timeout(FTS_MAX_DELAY) {
                 Ok(batches) => {
                     self.pending_events += batches.iter().map(|b| b.len()).sum::<usize>();
@@ -2088,20 +2184,104 @@ impl FtsIndexer {
             }
             if self.pending_events > FTS_MAX_PENDING {
                 // Flushes keep failing (a full disk): holding more would grow without bound.
-                // Stopping makes the indexer stop handing events over; text queries scan
-                // the events past the watermark, and the next start indexes them.
+                // The events are in SQLite: drop them and read them back from there once
+                // writes succeed again; text queries scan them meanwhile.
                 tracing::error!(
                     pending = self.pending_events,
-                    "the full-text index cannot be written; text search scans events past it until restart"
+                    "the full-text index cannot be written; text search scans the events past it meanwhile; retrying"
                 );
-                self.untexted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .abandon();
-                return;
+                failing = true;
+                self.pending.clear();
+                self.pending_events = 0;
+                let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
+                u.abandon();
+                u.failing = true;
+                self.catching_up = true;
             }
         }
         self.flush();
+    }
+
+    /// Merges the index's segments into one: a catch-up of many batches leaves one segment
+    /// per batch, and a query with a common word reads that word's list in each.
+    fn optimize(&self) {
+        let t = Instant::now();
+        match self
+            .conn
+            .execute("INSERT INTO events_fts(events_fts) VALUES('optimize')", [])
+        {
+            Ok(_) => tracing::info!(
+                seconds = (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                "merged the full-text index's segments"
+            ),
+            // Only queries are slower: the index is whole.
+            Err(e) => tracing::warn!(error = %e, "cannot merge the full-text index's segments"),
+        }
+    }
+
+    /// Drops what the indexer handed over (SQLite holds it, and the read below finds it),
+    /// then indexes the next [`FTS_BATCH`] events past the watermark, read from SQLite, in
+    /// one transaction.
+    fn catch_up_step(&mut self) -> Result<CatchUp, StoreError> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(_) => {}
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(CatchUp::Closed),
+            }
+        }
+        let from = self.watermark.load(Ordering::Acquire);
+        if self.catch_up.is_none() {
+            let total: i64 = self.events.query_row(
+                "SELECT count(*) FROM events WHERE seq > ?1",
+                params![from as i64],
+                |r| r.get(0),
+            )?;
+            self.catch_up = Some(CatchUpProgress::new(total as u64));
+        }
+        let rows: Vec<(i64, Option<String>)> = self
+            .events
+            .prepare_cached(&format!(
+                "SELECT seq, {BODY} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?
+            .query_map(params![from as i64, FTS_BATCH as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(CatchUp::Done);
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut ins =
+                tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+            let mut text = String::with_capacity(1024);
+            for (seq, body) in &rows {
+                // A stored body is a valid event; preparing it again yields the same search
+                // text. (None: damaged on disk, see `register_body_function`.)
+                if let Some(Ok(ev)) = body.as_deref().map(|b| reprepare(b, 0)) {
+                    text.clear();
+                    ev.push_fts_text(&mut text);
+                    ins.execute(params![seq, text])?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![last.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        self.watermark.store(last as u64, Ordering::Release);
+        if let Some(p) = &mut self.catch_up {
+            p.step(rows.len() as u64);
+        }
+        Ok(if rows.len() < FTS_BATCH {
+            CatchUp::Done
+        } else {
+            CatchUp::More
+        })
     }
 
     /// Writes pending rows in one transaction and advances the watermark.
@@ -2109,6 +2289,13 @@ impl FtsIndexer {
         let Some(last) = self.pending.last().and_then(|b| b.last()).map(|e| e.seq) else {
             return;
         };
+        // The catch-up from SQLite may have indexed the first ones, or all of them, already.
+        let from = self.watermark.load(Ordering::Acquire);
+        if last <= from {
+            self.pending.clear();
+            self.pending_events = 0;
+            return;
+        }
         let res = (|| -> rusqlite::Result<()> {
             let tx = self
                 .conn
@@ -2118,6 +2305,9 @@ impl FtsIndexer {
                     tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
                 let mut text = String::with_capacity(1024);
                 for ev in self.pending.iter().flat_map(|b| b.iter()) {
+                    if ev.seq <= from {
+                        continue;
+                    }
                     text.clear();
                     ev.event.push_fts_text(&mut text);
                     ins.execute(params![ev.seq as i64, text])?;
@@ -2136,15 +2326,10 @@ impl FtsIndexer {
                 self.watermark.store(last, Ordering::Release);
                 // After the commit: a reader that no longer finds them in memory finds them
                 // in the index.
-                let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
-                while u
-                    .batches
-                    .front()
-                    .and_then(|b| b.last())
-                    .is_some_and(|e| e.seq <= last)
-                {
-                    u.batches.pop_front();
-                }
+                self.untexted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .indexed_through(last);
             }
             // The events are stored; only their text index lags. Queries still find them (in
             // `Untexted`), and the next flush (or the next start) retries.
@@ -2604,7 +2789,27 @@ impl Store for SqliteStore {
         let untexted = self.untexted.clone();
         let by_day = crate::sql::day_indexed(&q.filter, &q.access);
         let days = crate::sql::day_range(q.since_us, q.until_us, q.cursor);
-        Box::pin(self.read_now(move |conn| {
+        // While the full-text index is far behind (rebuilt after `fts.db` was deleted), a
+        // text term scans the events past it in SQL: seconds per million. One such read at
+        // a time, so that they never hold every read connection.
+        let long_scan = fts.is_some_and(|wm| {
+            q.filter
+                .terms
+                .iter()
+                .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)))
+                && self
+                    .progress
+                    .acked
+                    .load(Ordering::Acquire)
+                    .saturating_sub(wm)
+                    > LONG_TEXT_SCAN
+                && !self
+                    .untexted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .complete
+        });
+        let read = self.read_now(move |conn| {
             let limit = q.limit.max(1);
             // Every event up to here is in the look at memory below or committed before it
             // (the writer adds a batch to `unindexed` before it acknowledges it).
@@ -2723,7 +2928,20 @@ impl Store for SqliteStore {
             };
             readable(&mut events);
             Ok(Page { events, next })
-        }))
+        });
+        Box::pin(async move {
+            let _turn = if long_scan {
+                Some(
+                    self.long_text_reads
+                        .acquire()
+                        .await
+                        .map_err(|_| StoreError::Closed)?,
+                )
+            } else {
+                None
+            };
+            read.await
+        })
     }
 
     fn get_by_seq<'a>(
@@ -2911,15 +3129,16 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let target = self.progress.acked.load(Ordering::Acquire);
             self.visible().await?;
-            // The full-text thread flushes within `FTS_MAX_DELAY` of the indexer's commit;
-            // once it stopped (`Untexted` abandoned) there is nothing to wait for.
+            // The full-text thread flushes within `FTS_MAX_DELAY` of the indexer's commit, or
+            // reads the events from SQLite while it catches up; while its writes fail, or
+            // once it stopped, there is nothing to wait for.
             let deadline = Instant::now() + std::time::Duration::from_secs(120);
             while self.fulltext && self.fts_watermark.load(Ordering::Acquire) < target {
-                if !self
+                if self
                     .untexted
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .complete
+                    .failing
                 {
                     break;
                 }
@@ -2936,6 +3155,16 @@ impl Store for SqliteStore {
 
     fn damaged_reads(&self) -> u64 {
         self.segments.damaged_reads()
+    }
+
+    fn text_backlog(&self) -> u64 {
+        if !self.fulltext {
+            return 0;
+        }
+        self.progress
+            .acked
+            .load(Ordering::Acquire)
+            .saturating_sub(self.fts_watermark.load(Ordering::Acquire))
     }
 
     fn index_backlog(&self) -> u64 {
@@ -3420,11 +3649,9 @@ mod tests {
             .unwrap();
         store.close().await;
         let store = SqliteStore::open(opts(true)).expect("reopen");
-        assert_eq!(
-            store.fts_watermark.load(Ordering::Acquire),
-            2,
-            "catch-up indexed both events"
-        );
+        // Found before the catch-up too (scanned in SQL), then through the index.
+        assert_eq!(texts(&store, "kettle").await, 1);
+        wait_for_fulltext(&store, 2).await;
         assert_eq!(texts(&store, "kettle").await, 1);
         // New events are found at once (in memory), then through the index after a flush.
         store.append(vec![ev("3", "kettle")]).await.unwrap();
@@ -3435,6 +3662,213 @@ mod tests {
         assert_eq!(texts(&store, "kettle").await, 2);
         assert_eq!(texts(&store, "KETTLE").await, 2, "case-insensitive");
         assert_eq!(texts(&store, "-kettle").await, 1);
+        store.close().await;
+    }
+
+    /// The number of events holding `word`, up to 10,000.
+    async fn text_count(store: &SqliteStore, word: &str) -> usize {
+        let q = EventQuery {
+            filter: herald_core::Filter::parse(word, 0).unwrap(),
+            limit: 10_000,
+            access: Access::all(),
+            ..EventQuery::default()
+        };
+        store.query(q).await.unwrap().events.len()
+    }
+
+    /// `n` events from `from` on, each with a word of its own (`w<i>`) and `tag`.
+    fn worded(from: usize, n: usize, tag: &str) -> Vec<herald_core::PreparedEvent> {
+        (from..from + n)
+            .map(|i| {
+                crate::contract::event(&format!(
+                    r#"{{"id":"{i}","source":"/s","type":"a","data":{{"msg":"w{i} {tag}"}}}}"#
+                ))
+            })
+            .collect()
+    }
+
+    /// The hand-over of `Untexted` (see its doc): after the catch-up, it is complete only once
+    /// the index holds every event of the commits the indexer did not add.
+    #[test]
+    fn untexted_is_complete_only_once_nothing_is_missing() {
+        let batch = |seqs: std::ops::RangeInclusive<u64>| {
+            let events: Vec<LiveEvent> = seqs
+                .map(|seq| {
+                    LiveEvent::new(
+                        seq,
+                        crate::contract::event(&format!(
+                            r#"{{"id":"{seq}","source":"/s","type":"a"}}"#
+                        )),
+                    )
+                })
+                .collect();
+            vec![MemBatch::new(events.into())]
+        };
+        let mut u = Untexted::default();
+        // Committed while the full-text thread catches up: not added.
+        u.committing(&batch(1..=10), 10);
+        u.committing(&batch(11..=20), 20);
+        assert!(u.batches.is_empty());
+        // The catch-up's last read held up to 10; 11..=20 come over the channel.
+        u.collecting = true;
+        u.indexed_through(10);
+        assert!(!u.complete, "11..=20 are neither indexed nor here");
+        u.committing(&batch(21..=30), 30);
+        assert_eq!(u.batches.len(), 1);
+        assert!(!u.complete);
+        u.indexed_through(20);
+        assert!(u.complete);
+        assert_eq!(u.batches.len(), 1, "21..=30 are not indexed yet");
+        u.committing(&batch(31..=40), 40);
+        u.indexed_through(30);
+        assert_eq!(
+            u.batches.front().and_then(|b| b.first()).map(|e| e.seq),
+            Some(31)
+        );
+        // Writes failed: back to catching up.
+        u.abandon();
+        assert!(!u.complete && u.batches.is_empty());
+        u.committing(&batch(41..=50), 50);
+        assert!(u.batches.is_empty());
+        u.collecting = true;
+        u.indexed_through(45);
+        assert!(!u.complete);
+        u.indexed_through(50);
+        assert!(u.complete);
+    }
+
+    /// The full-text catch-up runs while the store serves, and its hand-over to the events
+    /// the indexer commits meanwhile leaves no moment at which a committed event is found
+    /// neither in the index nor in memory: a word of each event is searched for while
+    /// batches are appended and committed, before, during and after the hand-over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn text_search_stays_exact_while_the_fulltext_index_catches_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = |fulltext| SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            fulltext,
+            ..SqliteOptions::default()
+        };
+        let stored = 3 * FTS_BATCH + 500;
+        let store = SqliteStore::open(opts(false)).expect("open");
+        store.append(worded(0, stored, "old")).await.unwrap();
+        store.close().await;
+
+        // Commits land between the catch-up's last read and the hand-over, and a bad
+        // hand-over would be seen for a while.
+        HANDOVER_PAUSE.with(|p| p.set(std::time::Duration::from_millis(300)));
+        let store = SqliteStore::open(opts(true)).expect("reopen");
+        HANDOVER_PAUSE.with(|p| p.set(std::time::Duration::ZERO));
+        let complete = |store: &SqliteStore| store.untexted.lock().unwrap().complete;
+        assert!(!complete(&store), "the catch-up runs in the background");
+        let mut next = stored;
+        let mut rounds_after = 0;
+        let mut rounds = 0;
+        while rounds_after < 20 {
+            rounds += 1;
+            assert!(rounds < 5000, "the catch-up did not finish");
+            store.append(worded(next, 50, "fresh")).await.unwrap();
+            next += 50;
+            // Commits fall in the hand-over.
+            store.visible().await.unwrap();
+            // Every event appended since the reopen is found.
+            assert_eq!(
+                text_count(&store, "fresh").await,
+                next - stored,
+                "round {rounds}"
+            );
+            for i in [0, stored / 2, stored - 1, stored, next - 50, next - 1] {
+                assert_eq!(
+                    text_count(&store, &format!("w{i}")).await,
+                    1,
+                    "w{i}, round {rounds}"
+                );
+            }
+            if complete(&store) {
+                rounds_after += 1;
+            }
+        }
+        store.settle().await.unwrap();
+        assert!(store.fts_watermark.load(Ordering::Acquire) >= next as u64);
+        for i in (0..next).step_by(997) {
+            assert_eq!(text_count(&store, &format!("w{i}")).await, 1, "w{i}");
+        }
+        store.close().await;
+    }
+
+    /// While the full-text index cannot be written, the full-text thread holds at most
+    /// `FTS_MAX_PENDING` events, then drops them and retries from SQLite; text search scans
+    /// meanwhile, and once writes succeed again the index catches up and is used.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_fulltext_index_recovers_after_its_writes_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(dir.path(), &[]);
+        wait_for_fulltext(&store, 0).await;
+        while !store.untexted.lock().unwrap().complete {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Another connection holds fts.db's write lock: every flush fails (busy).
+        let blocker = Connection::open(dir.path().join("fts.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let total = FTS_MAX_PENDING + 2000;
+        for from in (0..total).step_by(1000) {
+            store.append(worded(from, 1000, "tea")).await.unwrap();
+            store.visible().await.unwrap();
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !store.untexted.lock().unwrap().failing {
+            assert!(
+                Instant::now() < deadline,
+                "the full-text thread never gave up holding events"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!store.untexted.lock().unwrap().complete);
+        assert_eq!(store.fts_watermark.load(Ordering::Acquire), 0);
+        for i in [0, total / 2, total - 1] {
+            assert_eq!(
+                text_count(&store, &format!("w{i}")).await,
+                1,
+                "scanned: w{i}"
+            );
+        }
+        // Such scans are long: one at a time, and other reads do not wait for them.
+        let turn = store.long_text_reads.acquire().await.unwrap();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            text_count(&store, "w0"),
+        )
+        .await;
+        assert!(waited.is_err(), "a long text scan waits for its turn");
+        let q = EventQuery {
+            filter: herald_core::Filter::parse("type:a", 0).unwrap(),
+            limit: 1,
+            access: Access::all(),
+            ..EventQuery::default()
+        };
+        assert_eq!(store.query(q).await.unwrap().events.len(), 1);
+        drop(turn);
+        blocker.execute_batch("ROLLBACK").unwrap();
+        wait_for_fulltext(&store, total as u64).await;
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !store.untexted.lock().unwrap().complete {
+            assert!(Instant::now() < deadline, "the hand-over never completed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!store.untexted.lock().unwrap().failing);
+        for i in [0, total / 2, total - 1] {
+            assert_eq!(
+                text_count(&store, &format!("w{i}")).await,
+                1,
+                "indexed: w{i}"
+            );
+        }
+        store.append(worded(total, 1, "tea")).await.unwrap();
+        assert_eq!(
+            text_count(&store, &format!("w{total}")).await,
+            1,
+            "in memory"
+        );
         store.close().await;
     }
 

@@ -138,12 +138,17 @@ async fn mixed_batches_duplicates_and_conflicts() {
         metrics.contains("herald_events_duplicate_total 3"),
         "{metrics}"
     );
-    // How far the indexer is behind: a number, whatever it is at this moment.
-    let backlog = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("herald_store_index_backlog "))
-        .unwrap_or_else(|| panic!("no index backlog in {metrics}"));
-    assert!(backlog.trim().parse::<u64>().is_ok(), "{backlog}");
+    // How far the indexers are behind: a number, whatever it is at this moment.
+    for gauge in [
+        "herald_store_index_backlog ",
+        "herald_store_fulltext_backlog ",
+    ] {
+        let backlog = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge))
+            .unwrap_or_else(|| panic!("no {gauge}in {metrics}"));
+        assert!(backlog.trim().parse::<u64>().is_ok(), "{backlog}");
+    }
     s.stop().await;
 }
 
