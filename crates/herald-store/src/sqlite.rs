@@ -291,11 +291,17 @@ fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
 /// query and path index uses). Deterministic: a segment's records never change. Every
 /// connection that reads bodies or writes the events table (path indexes evaluate it) needs
 /// it.
+///
+/// A statement often names the body several times per row (a text term's `LIKE` for each of
+/// its words, then `herald_text`): the last body read is kept, so the row's other calls
+/// copy it instead of reading the segment again. A location's record never changes while
+/// it is indexed, so the copy cannot be stale.
 pub(crate) fn register_body_function(
     conn: &Connection,
     segments: SegmentReader,
 ) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
+    let last: std::cell::RefCell<Option<(i64, i64, String)>> = Default::default();
     conn.create_scalar_function(
         "herald_body",
         3,
@@ -308,12 +314,20 @@ pub(crate) fn register_body_function(
                 return ctx.get::<String>(0).map(Some);
             };
             let len = ctx.get::<i64>(2)?;
+            let mut last = last.borrow_mut();
+            if let Some((l, n, body)) = &*last {
+                if (*l, *n) == (loc, len) {
+                    return Ok(Some(body.clone()));
+                }
+            }
             // A body the disk damaged is NULL: index expressions and start-up catch-ups
             // pass over it, listings leave it out, a read of it by seq or id fails; the log
             // and `herald_store_damaged_reads_total` say so.
-            segments
+            let body = segments
                 .read_or_damaged(loc, len.max(0) as u64)
-                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+            *last = body.as_ref().map(|b| (loc, len, b.clone()));
+            Ok(body)
         },
     )
 }
