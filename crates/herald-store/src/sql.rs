@@ -164,38 +164,16 @@ pub(crate) fn fts_query(tokens: &[String]) -> Option<String> {
     (!quoted.is_empty()).then(|| quoted.join(" AND "))
 }
 
-/// Text terms on events the full-text index does not hold: a cheap `LIKE` on the body
-/// narrows the rows (every ASCII token of the phrase appears in the body, in any case), then
-/// `herald_text` (registered on every read connection, see [`crate::sqlite`]) decides
-/// exactly as the index and the live stream do.
+/// Text terms on events the full-text index does not hold: `herald_text` (registered on
+/// every read connection, see [`crate::sqlite`]) decides exactly as the index and the live
+/// stream do, after a cheap search of the body for the phrase's words
+/// (`herald_core::matcher::JsonPhrase`).
 fn text_scan(w: &mut Where, text: &str) {
-    for tok in herald_core::matcher::tokens(text) {
-        if tok.is_ascii() {
-            w.sql.push_str(BODY);
-            w.sql.push_str(" LIKE ");
-            w.param(SqlValue::Text(like_pattern(&tok)));
-            w.sql.push_str(" ESCAPE '\\' AND ");
-        }
-    }
     w.sql.push_str("herald_text(");
     w.sql.push_str(BODY);
     w.sql.push_str(", ");
     w.param(SqlValue::Text(text.to_owned()));
     w.sql.push(')');
-}
-
-/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
-fn like_pattern(text: &str) -> String {
-    let mut p = String::with_capacity(text.len() + 2);
-    p.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
 }
 
 impl Where {
@@ -293,7 +271,7 @@ pub fn access_clause(w: &mut Where, access: &Access) {
 #[derive(Clone, Copy)]
 pub enum TextTail<'a> {
     /// The index holds every event up to this seq; the events after it are scanned (their
-    /// bodies read, `LIKE`, then `herald_text`).
+    /// bodies read and tested by `herald_text`).
     Past(u64),
     /// The seqs of those events that hold a phrase, already found in memory (see
     /// `sqlite::Untexted`).
@@ -517,14 +495,14 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(herald_body(body,loc,len),'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
-                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time\" AND \"out\"") Text("time out") Integer(77) Text("%time%") Text("%out%") Text("time out")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(herald_body(body,loc,len),'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
+                Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time\" AND \"out\"") Text("time out") Integer(77) Text("time out")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN 1 ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_body(body,loc,len) LIKE ? ESCAPE '\' AND herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
-                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("%quote%") Text("'quote")"#]],
+                time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN 1 ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
+                Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("'quote")"#]],
         );
     }
 

@@ -292,9 +292,9 @@ fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
 /// connection that reads bodies or writes the events table (path indexes evaluate it) needs
 /// it.
 ///
-/// A statement often names the body several times per row (a text term's `LIKE` for each of
-/// its words, then `herald_text`): the last body read is kept, so the row's other calls
-/// copy it instead of reading the segment again. A location's record never changes while
+/// A statement often names the body several times per row (a `herald_text` for each text
+/// term, a `json_extract` for each unindexed path): the last body read is kept, so the
+/// row's other calls copy it instead of reading the segment again. A location's record never changes while
 /// it is indexed, so the copy cannot be stale.
 pub(crate) fn register_body_function(
     conn: &Connection,
@@ -349,16 +349,11 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             HERALD_TEXT_CALLS.fetch_add(1, Ordering::Relaxed);
             // The phrase is the same on every row of a statement: cut it once.
             let phrase = ctx.get_or_create_aux(1, |v| {
-                Ok::<_, rusqlite::Error>(
-                    herald_core::matcher::tokens(v.as_str().unwrap_or("")).collect::<Vec<_>>(),
-                )
+                Ok::<_, rusqlite::Error>(herald_core::matcher::JsonPhrase::new(
+                    v.as_str().unwrap_or(""),
+                ))
             })?;
-            let body = ctx.get_raw(0).as_str().unwrap_or("");
-            let Some(text) = herald_core::event::search_text_of(body) else {
-                return Ok(false);
-            };
-            let toks: Vec<String> = herald_core::matcher::tokens(&text).collect();
-            Ok(herald_core::matcher::tokens_in(&toks, &phrase))
+            Ok(phrase.is_in(ctx.get_raw(0).as_str().unwrap_or("")))
         },
     )
 }
@@ -3699,6 +3694,64 @@ mod tests {
                 ))
             })
             .collect()
+    }
+
+    /// Text terms scanned in SQL (here without the full-text index) find what the index
+    /// would: a word in upper case, or in a character that lowercases into ASCII (the
+    /// Kelvin sign, which a `LIKE` on the body used to miss), and an escape in `data` as it
+    /// is written (the search text holds `data` as JSON).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn text_scanned_in_sql_finds_escaped_and_folded_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(SqliteOptions {
+            data_dir: dir.path().to_owned(),
+            fulltext: false,
+            ..SqliteOptions::default()
+        })
+        .expect("open");
+        let events = [
+            r#"{"id":"1","source":"/s","type":"a","data":{"msg":"k\u0065ttle boiled"}}"#,
+            r#"{"id":"2","source":"/s","type":"a","data":{"msg":"KETTLE Boiled"}}"#,
+            "{\"id\":\"3\",\"source\":\"/s\",\"type\":\"a\",\"data\":{\"msg\":\"\u{212A}ettle boiled\"}}",
+            r#"{"id":"4","source":"/s","type":"a","data":{"msg":"kettles boiled"}}"#,
+            r#"{"id":"5","source":"/s","type":"a","data":{"msg":"boiled kettle"}}"#,
+        ];
+        store
+            .append(events.iter().map(|e| crate::contract::event(e)).collect())
+            .await
+            .unwrap();
+        store.settle().await.unwrap();
+        let ids = |filter: &'static str| {
+            let store = &store;
+            async move {
+                let q = EventQuery {
+                    filter: herald_core::Filter::parse(filter, 0).unwrap(),
+                    limit: 10,
+                    access: Access::all(),
+                    ..EventQuery::default()
+                };
+                let mut ids: Vec<String> = store
+                    .query(q)
+                    .await
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| {
+                        serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned()
+                    })
+                    .collect();
+                ids.sort();
+                ids
+            }
+        };
+        assert_eq!(ids("kettle").await, ["2", "3", "5"]);
+        assert_eq!(ids("\"kettle boiled\"").await, ["2", "3"]);
+        assert_eq!(ids("u0065ttle").await, ["1"]);
+        assert_eq!(ids("kettle -boiled").await, Vec::<String>::new());
+        store.close().await;
     }
 
     /// The hand-over of `Untexted` (see its doc): after the catch-up, it is complete only once
