@@ -294,8 +294,8 @@ fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
 ///
 /// A statement often names the body several times per row (a `herald_text` for each text
 /// term, a `json_extract` for each unindexed path): the last body read is kept, so the
-/// row's other calls copy it instead of reading the segment again. A location's record never changes while
-/// it is indexed, so the copy cannot be stale.
+/// row's other calls copy it instead of reading the segment again. A location's record
+/// never changes while it is indexed, so the copy cannot be stale.
 pub(crate) fn register_body_function(
     conn: &Connection,
     segments: SegmentReader,
@@ -2165,7 +2165,7 @@ impl FtsIndexer {
                     Ok(CatchUp::Closed) => return,
                     Err(e) => {
                         if !failing {
-                            tracing::error!(error = %e, "the full-text index cannot be written; text search scans the events past it meanwhile; retrying");
+                            tracing::error!(error = %e, "the full-text index cannot catch up; text search scans the events past it meanwhile; retrying every second");
                             failing = true;
                         }
                         self.untexted
