@@ -558,6 +558,7 @@ impl SqliteStore {
                 pending_events: 0,
                 watermark: fts_watermark.clone(),
                 untexted: untexted.clone(),
+                flush_failures: LogThrottle::default(),
                 #[cfg(test)]
                 handover_pause: HANDOVER_PAUSE.with(|p| p.get()),
             };
@@ -2109,6 +2110,7 @@ struct FtsIndexer {
     /// Every event with `seq <=` this is in the index (shared with readers).
     watermark: Arc<AtomicU64>,
     untexted: Arc<Mutex<Untexted>>,
+    flush_failures: LogThrottle,
     #[cfg(test)]
     handover_pause: std::time::Duration,
 }
@@ -2341,9 +2343,12 @@ impl FtsIndexer {
                     .indexed_through(last);
             }
             // The events are stored; only their text index lags. Queries still find them (in
-            // `Untexted`), and the next flush (or the next start) retries.
+            // `Untexted`), and the next flush retries (up to `FTS_MAX_PENDING`). A flush is
+            // tried every `FTS_MAX_DELAY`: said at most once per `LogThrottle::EVERY_MS`.
             Err(e) => {
-                tracing::warn!(error = %e, pending = self.pending_events, "full-text indexing failed; will retry")
+                if let Some(also) = self.flush_failures.due() {
+                    tracing::warn!(error = %e, pending = self.pending_events, also_since_last_report = also, "full-text indexing failed; will retry")
+                }
             }
         }
     }
