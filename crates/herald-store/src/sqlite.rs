@@ -3342,7 +3342,13 @@ mod tests {
     }
 
     async fn all_ids(store: &SqliteStore) -> Vec<String> {
+        ids_matching(store, herald_core::Filter::default()).await
+    }
+
+    /// The ids of the first 100 events `filter` lists, sorted.
+    async fn ids_matching(store: &SqliteStore, filter: herald_core::Filter) -> Vec<String> {
         let q = EventQuery {
+            filter,
             limit: 100,
             access: Access::all(),
             ..EventQuery::default()
@@ -3726,32 +3732,8 @@ mod tests {
             .await
             .unwrap();
         store.settle().await.unwrap();
-        let ids = |filter: &'static str| {
-            let store = &store;
-            async move {
-                let q = EventQuery {
-                    filter: herald_core::Filter::parse(filter, 0).unwrap(),
-                    limit: 10,
-                    access: Access::all(),
-                    ..EventQuery::default()
-                };
-                let mut ids: Vec<String> = store
-                    .query(q)
-                    .await
-                    .unwrap()
-                    .events
-                    .iter()
-                    .map(|e| {
-                        serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["id"]
-                            .as_str()
-                            .unwrap()
-                            .to_owned()
-                    })
-                    .collect();
-                ids.sort();
-                ids
-            }
-        };
+        let ids =
+            |filter: &str| ids_matching(&store, herald_core::Filter::parse(filter, 0).unwrap());
         assert_eq!(ids("kettle").await, ["2", "3", "5"]);
         assert_eq!(ids("\"kettle boiled\"").await, ["2", "3"]);
         assert_eq!(ids("u0065ttle").await, ["1"]);
