@@ -2082,6 +2082,30 @@ const LONG_TEXT_SCAN: u64 = if cfg!(test) { 1_000 } else { 100_000 };
 /// [`FtsIndexer::optimize`]).
 const FTS_OPTIMIZE_AFTER: u64 = 100_000;
 
+/// Gives FTS5 the text of `events` (seq, event) and moves the index's watermark to `last`,
+/// in one transaction.
+fn write_texts<E: std::borrow::Borrow<PreparedEvent>>(
+    conn: &mut Connection,
+    events: impl IntoIterator<Item = (i64, E)>,
+    last: u64,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut ins = tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut text = String::with_capacity(1024);
+        for (seq, ev) in events {
+            text.clear();
+            ev.borrow().push_fts_text(&mut text);
+            ins.execute(params![seq, text])?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![last.to_string()],
+        )?;
+    }
+    tx.commit()
+}
+
 /// How long the full-text thread waits before it retries a catch-up step that failed.
 const FTS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -2262,28 +2286,13 @@ impl FtsIndexer {
         let Some(&(last, _)) = rows.last() else {
             return Ok(CatchUp::Done);
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut ins =
-                tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
-            let mut text = String::with_capacity(1024);
-            for (seq, body) in &rows {
-                // A stored body is a valid event; preparing it again yields the same search
-                // text. (None: damaged on disk, see `register_body_function`.)
-                if let Some(Ok(ev)) = body.as_deref().map(|b| reprepare(b, 0)) {
-                    text.clear();
-                    ev.push_fts_text(&mut text);
-                    ins.execute(params![seq, text])?;
-                }
-            }
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![last.to_string()],
-            )?;
-        }
-        tx.commit()?;
+        // A stored body is a valid event; preparing it again yields the same search text.
+        // (None: damaged on disk, see `register_body_function`.)
+        let events = rows.iter().filter_map(|(seq, body)| {
+            let ev = reprepare(body.as_deref()?, 0).ok()?;
+            Some((*seq, ev))
+        });
+        write_texts(&mut self.conn, events, last as u64)?;
         self.watermark.store(last as u64, Ordering::Release);
         if let Some(p) = &mut self.catch_up {
             p.step(rows.len() as u64);
@@ -2307,29 +2316,13 @@ impl FtsIndexer {
             self.pending_events = 0;
             return;
         }
-        let res = (|| -> rusqlite::Result<()> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            {
-                let mut ins =
-                    tx.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?;
-                let mut text = String::with_capacity(1024);
-                for ev in self.pending.iter().flat_map(|b| b.iter()) {
-                    if ev.seq <= from {
-                        continue;
-                    }
-                    text.clear();
-                    ev.event.push_fts_text(&mut text);
-                    ins.execute(params![ev.seq as i64, text])?;
-                }
-                tx.execute(
-                    "INSERT INTO meta (key, value) VALUES ('fts_seq', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![last.to_string()],
-                )?;
-            }
-            tx.commit()
-        })();
+        let events = self
+            .pending
+            .iter()
+            .flat_map(|b| b.iter())
+            .filter(|ev| ev.seq > from)
+            .map(|ev| (ev.seq as i64, &ev.event));
+        let res = write_texts(&mut self.conn, events, last);
         match res {
             Ok(()) => {
                 self.pending.clear();
@@ -3647,15 +3640,6 @@ mod tests {
             fulltext,
             ..SqliteOptions::default()
         };
-        async fn texts(store: &SqliteStore, word: &str) -> usize {
-            let q = EventQuery {
-                filter: herald_core::Filter::parse(word, 0).unwrap(),
-                limit: 10,
-                access: Access::all(),
-                ..EventQuery::default()
-            };
-            store.query(q).await.unwrap().events.len()
-        }
         // Stored without full text, then reopened with it: the gap is indexed at start.
         let store = SqliteStore::open(opts(false)).expect("open");
         let ev = |id: &str, word: &str| {
@@ -3670,18 +3654,18 @@ mod tests {
         store.close().await;
         let store = SqliteStore::open(opts(true)).expect("reopen");
         // Found before the catch-up too (scanned in SQL), then through the index.
-        assert_eq!(texts(&store, "kettle").await, 1);
+        assert_eq!(text_count(&store, "kettle").await, 1);
         wait_for_fulltext(&store, 2).await;
-        assert_eq!(texts(&store, "kettle").await, 1);
+        assert_eq!(text_count(&store, "kettle").await, 1);
         // New events are found at once (in memory), then through the index after a flush.
         store.append(vec![ev("3", "kettle")]).await.unwrap();
-        assert_eq!(texts(&store, "kettle").await, 2);
+        assert_eq!(text_count(&store, "kettle").await, 2);
         // Idle, the indexer commits after TXN_MAX_AGE (1 s), then the full-text thread
         // flushes.
         wait_for_fulltext(&store, 3).await;
-        assert_eq!(texts(&store, "kettle").await, 2);
-        assert_eq!(texts(&store, "KETTLE").await, 2, "case-insensitive");
-        assert_eq!(texts(&store, "-kettle").await, 1);
+        assert_eq!(text_count(&store, "kettle").await, 2);
+        assert_eq!(text_count(&store, "KETTLE").await, 2, "case-insensitive");
+        assert_eq!(text_count(&store, "-kettle").await, 1);
         store.close().await;
     }
 
