@@ -267,9 +267,53 @@ INSERT INTO events_fts(events_fts, rank) VALUES('pgsz', 16000);
 ";
 const FTS_TOKENIZER: &str = "detail=none, tokenize='ascii'";
 
+/// Opens `fts.db` with its schema, and says how far it got (its watermark). A file SQLite
+/// finds damaged is moved aside (`fts.db.damaged`, replacing an older one) and the index
+/// started anew: the full-text thread rebuilds it from the events in the background, so a
+/// damaged index never keeps Herald from starting.
+fn open_fts(path: &Path) -> Result<(Connection, u64), StoreError> {
+    fn open(path: &Path) -> rusqlite::Result<(Connection, u64)> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        fts_schema(&conn)?;
+        let seq = fts_seq(&conn)?;
+        Ok((conn, seq))
+    }
+    match open(path) {
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            ) =>
+        {
+            tracing::error!(
+                error = %rusqlite::Error::SqliteFailure(e, msg),
+                file = %path.display(),
+                "the full-text index is damaged: moving it aside to fts.db.damaged and rebuilding it in the background"
+            );
+            for suffix in ["", "-wal", "-shm"] {
+                let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                let to = PathBuf::from(format!("{}.damaged{suffix}", path.display()));
+                match std::fs::rename(&from, &to) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::Database(format!(
+                            "cannot move the damaged full-text index {} aside: {e}",
+                            from.display()
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(open(path)?)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Creates the full-text schema, dropping an index built with another tokenizer (its
 /// watermark goes with it, so the start-up catch-up indexes every event again).
-fn fts_schema(fts: &Connection) -> Result<(), StoreError> {
+fn fts_schema(fts: &Connection) -> rusqlite::Result<()> {
     let existing: Option<String> = fts
         .query_row(
             "SELECT sql FROM sqlite_master WHERE name = 'events_fts'",
@@ -450,13 +494,10 @@ impl SqliteStore {
             .map_err(seg_err)?;
         let next_seq = replay_segments(&conn, &seg_dir, indexed, seg_writer.end())? as i64 + 1;
         let fts_path = opts.data_dir.join("fts.db");
-        let fts_conn = Connection::open(&fts_path)?;
-        fts_conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
-        fts_conn.pragma_update(None, "synchronous", "NORMAL")?;
-        fts_schema(&fts_conn)?;
         // The index can always be rebuilt from the events, so it need not be fsynced; after a
         // crash the full-text thread first indexes the events past its watermark again.
-        let fts_watermark = Arc::new(AtomicU64::new(fts_seq(&fts_conn)?));
+        let (fts_conn, fts_seq) = open_fts(&fts_path)?;
+        let fts_watermark = Arc::new(AtomicU64::new(fts_seq));
 
         let mut readers = Vec::with_capacity(opts.read_connections);
         for _ in 0..opts.read_connections.max(1) {
@@ -905,7 +946,7 @@ fn sync_attribute_indexes(conn: &Connection, wanted: &[String]) -> Result<(), St
 }
 
 /// The highest seq whose text is in the FTS index.
-fn fts_seq(conn: &Connection) -> Result<u64, StoreError> {
+fn fts_seq(conn: &Connection) -> rusqlite::Result<u64> {
     let v: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'fts_seq'", [], |r| {
             r.get(0)
@@ -3666,6 +3707,30 @@ mod tests {
         assert_eq!(text_count(&store, "kettle").await, 2);
         assert_eq!(text_count(&store, "KETTLE").await, 2, "case-insensitive");
         assert_eq!(text_count(&store, "-kettle").await, 1);
+        store.close().await;
+    }
+
+    /// A damaged `fts.db` does not keep the store from opening: it is moved aside and the
+    /// index is rebuilt from the events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_fulltext_index_is_moved_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(dir.path(), &[]);
+        store.append(worded(0, 100, "tea")).await.unwrap();
+        store.settle().await.unwrap();
+        store.close().await;
+        drop(store);
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("fts.db{suffix}")));
+        }
+        std::fs::write(dir.path().join("fts.db"), vec![0x5a; 64 * 1024]).unwrap();
+        let store = open_in(dir.path(), &[]);
+        assert_eq!(text_count(&store, "w42").await, 1, "scanned meanwhile");
+        wait_for_fulltext(&store, 100).await;
+        assert_eq!(text_count(&store, "w42").await, 1, "from the rebuilt index");
+        assert_eq!(text_count(&store, "tea").await, 100);
+        let kept = std::fs::read(dir.path().join("fts.db.damaged")).expect("kept aside");
+        assert_eq!(kept, vec![0x5a; 64 * 1024]);
         store.close().await;
     }
 
