@@ -657,6 +657,39 @@ impl SqliteStore {
         })
     }
 
+    /// While the full-text index is far behind (rebuilt after `fts.db` was deleted), a read
+    /// with a text term scans the events past it in SQL: seconds per million. True when
+    /// this read would scan more than [`LONG_TEXT_SCAN`] of them, up to seq `upto`, with
+    /// the index at `watermark`.
+    fn long_text_scan(&self, filter: &herald_core::Filter, watermark: u64, upto: u64) -> bool {
+        filter
+            .terms
+            .iter()
+            .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)))
+            && upto.saturating_sub(watermark) > LONG_TEXT_SCAN
+            && !self
+                .untexted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .complete
+    }
+
+    /// Waits for the turn of a long text scan (see [`Self::long_text_scan`]): one at a
+    /// time, so that they never hold every read connection.
+    async fn long_text_turn(
+        &self,
+        long: bool,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, StoreError> {
+        if !long {
+            return Ok(None);
+        }
+        self.long_text_reads
+            .acquire()
+            .await
+            .map(Some)
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Read-your-writes: waits until every event acknowledged before this call is committed in
     /// SQLite (asking the writer to commit its open transaction now if needed).
     async fn visible(&self) -> Result<(), StoreError> {
@@ -2837,25 +2870,8 @@ impl Store for SqliteStore {
         let untexted = self.untexted.clone();
         let by_day = crate::sql::day_indexed(&q.filter, &q.access);
         let days = crate::sql::day_range(q.since_us, q.until_us, q.cursor);
-        // While the full-text index is far behind (rebuilt after `fts.db` was deleted), a
-        // text term scans the events past it in SQL: seconds per million. One such read at
-        // a time, so that they never hold every read connection.
         let long_scan = fts.is_some_and(|wm| {
-            q.filter
-                .terms
-                .iter()
-                .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)))
-                && self
-                    .progress
-                    .acked
-                    .load(Ordering::Acquire)
-                    .saturating_sub(wm)
-                    > LONG_TEXT_SCAN
-                && !self
-                    .untexted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .complete
+            self.long_text_scan(&q.filter, wm, self.progress.acked.load(Ordering::Acquire))
         });
         let read = self.read_now(move |conn| {
             let limit = q.limit.max(1);
@@ -2978,16 +2994,7 @@ impl Store for SqliteStore {
             Ok(Page { events, next })
         });
         Box::pin(async move {
-            let _turn = if long_scan {
-                Some(
-                    self.long_text_reads
-                        .acquire()
-                        .await
-                        .map_err(|_| StoreError::Closed)?,
-                )
-            } else {
-                None
-            };
+            let _turn = self.long_text_turn(long_scan).await?;
             read.await
         })
     }
@@ -3095,7 +3102,10 @@ impl Store for SqliteStore {
         // read could not see.
         let upto = self.progress.acked.load(Ordering::Acquire);
         let unindexed = self.unindexed.clone();
-        Box::pin(self.read_now(move |conn| {
+        // A catch-up from far behind the full-text index scans its whole tail.
+        let long_scan =
+            fts.is_some_and(|wm| self.long_text_scan(&q.filter, wm.max(q.after_seq), upto));
+        let read = self.read_now(move |conn| {
             let limit = q.limit.max(1);
             let batches = snapshot(&unindexed);
             let recent = unindexed_after(&batches, &q, upto, limit);
@@ -3138,7 +3148,11 @@ impl Store for SqliteStore {
                 scanned_to,
                 done,
             })
-        }))
+        });
+        Box::pin(async move {
+            let _turn = self.long_text_turn(long_scan).await?;
+            read.await
+        })
     }
 
     fn seq_range(&self) -> BoxFuture<'_, Result<SeqRange, StoreError>> {
@@ -3943,6 +3957,19 @@ mod tests {
         )
         .await;
         assert!(waited.is_err(), "a long text scan waits for its turn");
+        let catch_up = ScanQuery {
+            filter: herald_core::Filter::parse("w0", 0).unwrap(),
+            after_seq: 0,
+            since_us: None,
+            limit: 10,
+            access: Access::all(),
+        };
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(300), store.scan(catch_up)).await;
+        assert!(
+            waited.is_err(),
+            "so does a stream's catch-up over the same tail"
+        );
         let q = EventQuery {
             filter: herald_core::Filter::parse("type:a", 0).unwrap(),
             limit: 1,
