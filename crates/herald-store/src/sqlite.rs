@@ -2340,8 +2340,8 @@ impl FtsIndexer {
 
     /// One step of merging the index's segments once nothing came to be indexed for
     /// [`FTS_IDLE`] (under steady ingest, which hands over a batch every second, it never
-    /// runs): up to
-    /// [`FTS_IDLE_MERGE_PAGES`] pages, on levels with 4 segments or more (`usermerge`).
+    /// runs): up to [`FTS_IDLE_MERGE_PAGES`] pages, on levels with 4 segments or more
+    /// (`usermerge`).
     /// Ingest merges lazily (`automerge` 16, a third less CPU per event), which leaves up to
     /// 15 segments per level; a phrase with a common word reads that word's list in each
     /// (7 ms for a rare and a common word over 1.25M events, 0.2 ms merged). Steps go on at
@@ -2426,6 +2426,7 @@ impl FtsIndexer {
         });
         write_texts(&mut self.conn, events, last as u64)?;
         self.watermark.store(last as u64, Ordering::Release);
+        self.unmerged = true;
         if let Some(p) = &mut self.catch_up {
             p.step(rows.len() as u64);
         }
