@@ -153,6 +153,12 @@ impl PreparedEvent {
     }
 }
 
+/// Whether JSON is ASCII without escapes: every string in it is then its own text byte for
+/// byte (see [`PreparedEvent::plain`]).
+pub fn is_plain_json(json: &str) -> bool {
+    json.is_ascii() && memchr::memchr(b'\\', json.as_bytes()).is_none()
+}
+
 /// The search text of a stored event (its canonical JSON), equal to
 /// [`PreparedEvent::search_text`] of the event it was made from. Used where only the stored
 /// body is at hand (text terms on events the full-text index does not hold yet).
@@ -1010,7 +1016,7 @@ impl<'a> Builder<'a> {
             recorded_us: ctx.now_us,
             content_hash,
             time_given: self.time.is_some(),
-            plain: out.is_ascii() && memchr::memchr(b'\\', out.as_bytes()).is_none(),
+            plain: is_plain_json(&out),
             body_tail: out,
             data_range,
             context_range,

@@ -243,7 +243,8 @@ impl Filter {
         Ok(Filter { terms })
     }
 
-    /// True when the filter has no full-text term (every term maps to a column or a path).
+    /// True when the filter has a free-text term (otherwise every term maps to a column or a
+    /// path).
     pub fn has_text(&self) -> bool {
         self.terms
             .iter()

@@ -343,8 +343,9 @@ pub fn tokens_in(haystack: &[String], want: &[String]) -> bool {
     haystack.windows(want.len()).any(|w| w == want)
 }
 
-/// A phrase looked for in stored events by their canonical JSON alone (the store's SQL scan
-/// of the events its full-text index lacks), cut once for every event it is tested on.
+/// A phrase cut once for every event it is tested on: its tokens and what [`may_hold`] looks
+/// for. The matcher tests it on prepared events; the store's SQL scan of the events its
+/// full-text index lacks, on their canonical JSON alone ([`JsonPhrase::is_in`]).
 #[derive(Debug, Clone)]
 pub struct JsonPhrase {
     tokens: Vec<String>,
@@ -364,8 +365,9 @@ impl JsonPhrase {
     /// out before the text is built; other JSON (an escaped letter, a character that
     /// lowercases into ASCII) is always looked at in full.
     pub fn is_in(&self, json: &str) -> bool {
-        let plain = json.is_ascii() && memchr::memchr(b'\\', json.as_bytes()).is_none();
-        if plain && !self.probes.iter().all(|p| probe_in(p, json.as_bytes())) {
+        if crate::event::is_plain_json(json)
+            && !self.probes.iter().all(|p| probe_in(p, json.as_bytes()))
+        {
             return false;
         }
         let Some(text) = crate::event::search_text_of(json) else {
@@ -667,12 +669,10 @@ pub struct Matcher {
 #[derive(Debug, Clone)]
 enum TermPlan {
     Text {
-        /// The tokens of the phrase.
-        phrase: Vec<String>,
+        /// The tokens of the phrase, and what [`may_hold`] looks for.
+        phrase: JsonPhrase,
         /// Their signature (see [`TokenSig::holds`]).
         sig: TokenSig,
-        /// What [`may_hold`] looks for (see [`probes_of`]).
-        probes: Vec<Probe>,
     },
     Field {
         /// For a `data.`/`context.` term on exact strings: each string quoted, as JSON
@@ -703,10 +703,9 @@ impl TermPlan {
     fn of(kind: &TermKind) -> TermPlan {
         match kind {
             TermKind::Text(phrase) => {
-                let phrase: Vec<String> = tokens(phrase).collect();
+                let phrase = JsonPhrase::new(phrase);
                 TermPlan::Text {
-                    sig: TokenSig::of_tokens(&phrase),
-                    probes: probes_of(&phrase),
+                    sig: TokenSig::of_tokens(&phrase.tokens),
                     phrase,
                 }
             }
@@ -763,8 +762,8 @@ impl Matcher {
             let e = ev.event();
             let v = match (&t.kind, plan) {
                 _ if plan.ruled_out_by(&e.sig, e.plain) => Some(false),
-                (TermKind::Text(_), TermPlan::Text { phrase, probes, .. }) => {
-                    Some(may_hold(e, probes) && tokens_in(ev.text(), phrase))
+                (TermKind::Text(_), TermPlan::Text { phrase, .. }) => {
+                    Some(may_hold(e, &phrase.probes) && tokens_in(ev.text(), &phrase.tokens))
                 }
                 (TermKind::Field { field, cond }, TermPlan::Field { literals }) => {
                     if may_equal(e, field, literals.as_deref()) {

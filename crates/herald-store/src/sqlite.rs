@@ -670,10 +670,7 @@ impl SqliteStore {
     /// this read would scan more than [`LONG_TEXT_SCAN`] of them, up to seq `upto`, with
     /// the index at `watermark`.
     fn long_text_scan(&self, filter: &herald_core::Filter, watermark: u64, upto: u64) -> bool {
-        filter
-            .terms
-            .iter()
-            .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)))
+        filter.has_text()
             && upto.saturating_sub(watermark) > LONG_TEXT_SCAN
             && !self
                 .untexted
@@ -1002,6 +999,11 @@ fn reprepare(body: &str, recorded_us: i64) -> Result<PreparedEvent, herald_core:
     herald_core::event::prepare_stored(body, recorded_us)
 }
 
+/// Seconds, to a tenth, for the log.
+fn tenths(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
 /// Says how far the full-text thread's catch-up from SQLite has got (tens of seconds per
 /// million events): once at the start when it has many events to do, then every 5 seconds,
 /// and when it is done.
@@ -1060,7 +1062,7 @@ impl CatchUpProgress {
         if self.done >= Self::ANNOUNCE || self.started.elapsed() >= Self::EVERY {
             tracing::info!(
                 events = self.done,
-                seconds = (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                seconds = tenths(self.started.elapsed()),
                 "indexed the text of the stored events the full-text index lacked"
             );
         }
@@ -2256,7 +2258,6 @@ impl FtsIndexer {
         lower_priority();
         let mut flushed_at = Instant::now();
         let mut received_at = Instant::now();
-        let mut failing = false;
         loop {
             if self.catching_up {
                 match self.catch_up_step() {
@@ -2269,14 +2270,12 @@ impl FtsIndexer {
                                 self.optimize();
                             }
                         }
-                        if failing {
-                            tracing::info!("the full-text index is written again");
-                            failing = false;
-                        }
                         #[cfg(test)]
                         std::thread::sleep(self.handover_pause);
                         let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
-                        u.failing = false;
+                        if std::mem::replace(&mut u.failing, false) {
+                            tracing::info!("the full-text index is written again");
+                        }
                         u.collecting = true;
                         u.indexed_through(self.watermark.load(Ordering::Acquire));
                         drop(u);
@@ -2285,14 +2284,17 @@ impl FtsIndexer {
                     }
                     Ok(CatchUp::Closed) => return,
                     Err(e) => {
-                        if !failing {
+                        let was_failing = std::mem::replace(
+                            &mut self
+                                .untexted
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .failing,
+                            true,
+                        );
+                        if !was_failing {
                             tracing::error!(error = %e, "the full-text index cannot catch up; text search scans the events past it meanwhile; retrying every second");
-                            failing = true;
                         }
-                        self.untexted
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .failing = true;
                         std::thread::sleep(FTS_RETRY);
                     }
                 }
@@ -2326,7 +2328,6 @@ impl FtsIndexer {
                     pending = self.pending_events,
                     "the full-text index cannot be written; text search scans the events past it meanwhile; retrying"
                 );
-                failing = true;
                 self.pending.clear();
                 self.pending_events = 0;
                 let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
@@ -2372,7 +2373,7 @@ impl FtsIndexer {
         let tuned = self.conn.execute_batch(FTS_TUNING);
         match merged.and(tuned) {
             Ok(_) => tracing::info!(
-                seconds = (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                seconds = tenths(t.elapsed()),
                 "merged the full-text index's segments"
             ),
             // Only queries are slower: the index is whole.
@@ -2946,11 +2947,7 @@ impl Store for SqliteStore {
             drop(batches);
             // Then, still before the snapshot, the events the full-text index lacks (see
             // `Untexted`): each text term's hits among them are found here, once.
-            let has_text = q
-                .filter
-                .terms
-                .iter()
-                .any(|t| matches!(t.kind, herald_core::filter::TermKind::Text(_)));
+            let has_text = q.filter.has_text();
             let untexted: Option<Vec<MemBatch>> = fts.filter(|_| has_text).and_then(|_| {
                 let u = untexted.lock().unwrap_or_else(|p| p.into_inner());
                 u.complete.then(|| u.batches.iter().cloned().collect())

@@ -14,6 +14,8 @@ mod tail;
 mod types;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: ingest allocates and frees small buffers on every
 /// request across threads (request bodies, parsed events, answers), where glibc's arenas
@@ -38,8 +40,6 @@ fn disable_transparent_huge_pages() {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
-use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
