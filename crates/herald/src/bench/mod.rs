@@ -117,6 +117,11 @@ pub struct IngestArgs {
     /// events and the background indexing they leave behind).
     #[arg(long)]
     single_only: bool,
+    /// Seed of the generated events (the three scenarios take it and the next two): another
+    /// seed sends new events to a kept data directory (`--data`) that holds an earlier run's,
+    /// which would otherwise all be duplicates.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     #[command(flatten)]
     common: Common,
 }
@@ -581,9 +586,9 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     // All three scenarios' events are held at once (the baseline replays them): check the
     // whole before generating any.
     check_memory(2 * n + single_n.min(n), "generated", mem_available())?;
-    let ev1000 = gen_events(1, n, now - 30 * day, now, "batch-1000")?;
-    let ev100 = gen_events(2, n, now - 30 * day, now, "batch-100")?;
-    let ev1 = gen_events(3, single_n.min(n), now - 30 * day, now, "single")?;
+    let ev1000 = gen_events(a.seed, n, now - 30 * day, now, "batch-1000")?;
+    let ev100 = gen_events(a.seed + 1, n, now - 30 * day, now, "batch-100")?;
+    let ev1 = gen_events(a.seed + 2, single_n.min(n), now - 30 * day, now, "single")?;
     let b1000 = Arc::new(bodies(&ev1000, 1000));
     let b100 = Arc::new(bodies(&ev100, 100));
     let b1: Arc<Vec<Bytes>> = Arc::new(ev1.iter().map(|e| Bytes::from(e.json.clone())).collect());
