@@ -40,6 +40,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub index_backlog: Gauge,
     pub text_backlog: Gauge,
+    pub dedup_keys_in_memory: Gauge,
     pub damaged_reads: Counter,
     pub commit_events: Histogram,
     pub commit_duration: Histogram,
@@ -71,6 +72,7 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let index_backlog = Gauge::default();
         let text_backlog = Gauge::default();
+        let dedup_keys_in_memory = Gauge::default();
         let damaged_reads = Counter::default();
         let commit_events = Histogram::new(exponential_buckets(1.0, 4.0, 10));
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -118,6 +120,11 @@ impl Metrics {
             "herald_store_fulltext_backlog",
             "Acknowledged events the full-text index does not hold yet (text search scans them meanwhile; large after the index was deleted)",
             text_backlog.clone(),
+        );
+        registry.register(
+            "herald_store_dedup_keys_in_memory",
+            "Duplicate keys of recent events held in memory (written to disk about every million; grows past that only while they cannot be, as the log says)",
+            dedup_keys_in_memory.clone(),
         );
         registry.register(
             "herald_store_damaged_reads",
@@ -215,6 +222,7 @@ impl Metrics {
             queue_depth,
             index_backlog,
             text_backlog,
+            dedup_keys_in_memory,
             damaged_reads,
             commit_events,
             commit_duration,

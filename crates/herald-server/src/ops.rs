@@ -38,6 +38,9 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics
         .text_backlog
         .set(i64::try_from(st.store.text_backlog()).unwrap_or(i64::MAX));
+    st.metrics
+        .dedup_keys_in_memory
+        .set(i64::try_from(st.store.dedup_keys_in_memory()).unwrap_or(i64::MAX));
     // The store counts; the counter follows (a scrape between two others adds the difference).
     let damaged = st.store.damaged_reads();
     let seen = st.metrics.damaged_reads.get();

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod contract;
+mod dedup;
 pub mod keys;
 mod log;
 pub mod registry;
@@ -216,6 +217,12 @@ pub trait Store: Send + Sync + 'static {
     /// the same, in memory or by scanning): how far text indexing is behind, as after the
     /// index was deleted. Zero for a store without one.
     fn text_backlog(&self) -> u64 {
+        0
+    }
+
+    /// Duplicate keys of recent events held in memory (see the store's duplicate-key
+    /// index): up to about a million, more only while they cannot be written to disk.
+    fn dedup_keys_in_memory(&self) -> u64 {
         0
     }
 

@@ -9,6 +9,7 @@
 //! one fsync is what makes durable ingest fast (one fsync costs 0.1–0.2 ms here, whether it
 //! covers one event or ten thousand).
 
+use crate::dedup::DedupIndex;
 use crate::log::Log;
 use crate::segment::{SegmentReader, SegmentWriter};
 use crate::sql::{compile, path_expr, TextTail, BODY, DAY_EXPR};
@@ -220,6 +221,11 @@ DROP INDEX IF EXISTS events_subject_time;
 DROP INDEX IF EXISTS events_correlation;
 DROP INDEX IF EXISTS events_causation;
 "#,
+    // 8: duplicates are found through the duplicate-key index (`dedup`), kept beside the
+    // database; it is read back from `events(seq, dkey)` at open.
+    r#"
+DROP INDEX IF EXISTS events_dkey;
+"#,
 ];
 
 /// Fills the `readers` column of events stored before it existed.
@@ -417,6 +423,7 @@ struct WriteJob {
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     tx: RwLock<Option<SyncSender<WriteJob>>>,
+    dedup: Arc<DedupIndex>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     queued: Arc<AtomicUsize>,
@@ -500,6 +507,8 @@ impl SqliteStore {
         let seg_writer = SegmentWriter::open(&seg_dir, opts.segment_bytes, indexed_body(indexed))
             .map_err(seg_err)?;
         let next_seq = replay_segments(&conn, &seg_dir, indexed, seg_writer.end())? as i64 + 1;
+        // After the replay: the keys of every stored event are in SQLite.
+        let dedup = DedupIndex::open(&opts.data_dir.join("dedup"), &conn, next_seq as u64 - 1)?;
         let fts_path = opts.data_dir.join("fts.db");
         // The index can always be rebuilt from the events, so it need not be fsynced; after a
         // crash the full-text thread first indexes the events past its watermark again.
@@ -552,6 +561,7 @@ impl SqliteStore {
         let (index_tx, index_rx) = sync_channel::<IndexBatch>(1024);
         let writer = Writer {
             probe,
+            dedup: dedup.clone(),
             rx,
             next_seq: next_seq as u64,
             queued: queued.clone(),
@@ -644,6 +654,7 @@ impl SqliteStore {
         };
         Ok(SqliteStore {
             tx: RwLock::new(Some(tx)),
+            dedup,
             writer: Mutex::new(Some(handle)),
             indexer: Mutex::new(Some(indexer)),
             queued,
@@ -1642,8 +1653,10 @@ const GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// The writer thread: the durability point. It never writes to SQLite, so SQLite's commits
 /// (hundreds of milliseconds for large transactions) never hold up acknowledgements.
 struct Writer {
-    /// Read-only connection that finds duplicates among committed events.
+    /// Read-only connection that checks candidate duplicates among committed events.
     probe: Connection,
+    /// Which events may hold a duplicate key.
+    dedup: Arc<DedupIndex>,
     rx: Receiver<WriteJob>,
     next_seq: u64,
     queued: Arc<AtomicUsize>,
@@ -1820,7 +1833,7 @@ impl Writer {
         stored: &mut Vec<LiveEvent>,
         locs: &mut Vec<(i64, usize)>,
         outcomes: &mut Vec<Vec<AppendOutcome>>,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let pending = self.pending.clone();
         let mut pending = match pending.lock() {
             Ok(p) => p,
@@ -1829,8 +1842,10 @@ impl Writer {
         let probe_txn = self.probe.unchecked_transaction()?;
         let mut lookup = self
             .probe
-            .prepare_cached("SELECT seq, chash, source, id, time FROM events WHERE dkey = ?1")?;
+            .prepare_cached("SELECT chash, source, id, time FROM events WHERE seq = ?1")?;
         let mut body = String::new();
+        let mut candidates = Vec::new();
+        let mut keys = Vec::new();
         for job in jobs.iter_mut() {
             let mut outs = Vec::with_capacity(job.events.len());
             for ev in std::mem::take(&mut job.events) {
@@ -1843,14 +1858,21 @@ impl Writer {
                         .map(|p| (p.seq, same(p.chash, p.time_us)))
                 });
                 if found.is_none() {
-                    let mut rows = lookup.query(params![ev.dedup_key])?;
-                    while let Some(r) = rows.next()? {
-                        let source: String = r.get(2)?;
-                        let id: String = r.get(3)?;
-                        if source == ev.source && id == ev.id {
-                            let seq: i64 = r.get(0)?;
-                            found = Some((seq as u64, same(r.get(1)?, r.get(4)?)));
-                            break;
+                    // Candidates in `pending` were looked at above; the others are checked
+                    // in the snapshot (absent: never acknowledged, or deleted since).
+                    candidates.clear();
+                    self.dedup
+                        .candidates(ev.dedup_key as u64, &mut candidates)
+                        .map_err(|e| format!("duplicate-key index: {e}"))?;
+                    for &seq in &candidates {
+                        let mut rows = lookup.query(params![seq as i64])?;
+                        if let Some(r) = rows.next()? {
+                            let source: String = r.get(1)?;
+                            let id: String = r.get(2)?;
+                            if source == ev.source && id == ev.id {
+                                found = Some((seq, same(r.get(0)?, r.get(3)?)));
+                                break;
+                            }
                         }
                     }
                 }
@@ -1865,6 +1887,7 @@ impl Writer {
                         live.write_body(&mut body);
                         locs.push((self.seg.push(&body), body.len()));
                         let e = &live.event;
+                        keys.push((e.dedup_key as u64, seq));
                         pending.entry(e.dedup_key).or_default().push(PendingEvent {
                             seq,
                             chash: e.content_hash,
@@ -1879,6 +1902,9 @@ impl Writer {
             }
             outcomes.push(outs);
         }
+        // Kept even if this group fails: a record that reached the segment may come back
+        // at the next start, and a key without its event only costs a look.
+        self.dedup.insert(&keys, self.next_seq - 1);
         drop(lookup);
         probe_txn.rollback()?;
         Ok(())
@@ -3121,22 +3147,35 @@ impl Store for SqliteStore {
         let mut w = crate::sql::Where::default();
         crate::sql::access_clause(&mut w, access);
         let (source, id) = (source.to_owned(), id.to_owned());
+        let dedup = self.dedup.clone();
         let read = move |conn: &Connection| {
+            // Every acknowledged event's key is in the index before it is acknowledged.
+            let mut candidates = Vec::new();
+            dedup
+                .candidates(key as u64, &mut candidates)
+                .map_err(|e| StoreError::Database(format!("duplicate-key index: {e}")))?;
+            candidates.sort_unstable_by(|a, b| b.cmp(a));
             let sql = format!(
-                "SELECT seq, time, {BODY} FROM events WHERE dkey = ? AND source = ? AND id = ? AND ({})",
+                "SELECT seq, time, {BODY} FROM events WHERE seq = ? AND source = ? AND id = ? AND ({})",
                 if w.sql.is_empty() { "1" } else { &w.sql }
             );
+            let mut st = conn.prepare_cached(&sql)?;
             let mut params = vec![
-                rusqlite::types::Value::Integer(key),
+                rusqlite::types::Value::Integer(0),
                 rusqlite::types::Value::Text(source),
                 rusqlite::types::Value::Text(id),
             ];
             params.extend(w.params);
-            undamaged(
-                conn.prepare_cached(&sql)?
+            for seq in candidates {
+                params[0] = rusqlite::types::Value::Integer(seq as i64);
+                let row = st
                     .query_row(rusqlite::params_from_iter(params.iter()), row_to_event)
-                    .optional()?,
-            )
+                    .optional()?;
+                if row.is_some() {
+                    return undamaged(row);
+                }
+            }
+            Ok(None)
         };
         if looked.is_some() {
             Box::pin(self.read_now(read))
@@ -3276,6 +3315,10 @@ impl Store for SqliteStore {
         self.segments.damaged_reads()
     }
 
+    fn dedup_keys_in_memory(&self) -> u64 {
+        self.dedup.keys_in_memory() as u64
+    }
+
     fn text_backlog(&self) -> u64 {
         if !self.fulltext {
             return 0;
@@ -3304,6 +3347,9 @@ impl Store for SqliteStore {
             if let Some(h) = handle {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
             }
+            // No more keys come: a run being written is finished, a merge abandoned.
+            let dedup = self.dedup.clone();
+            let _ = tokio::task::spawn_blocking(move || dedup.stop()).await;
             // The writer dropped its channel: the indexer commits what it holds and exits.
             let indexer = self.indexer.lock().ok().and_then(|mut g| g.take());
             if let Some(h) = indexer {
@@ -3444,6 +3490,80 @@ mod tests {
             (AppendOutcome::Stored(1), AppendOutcome::Stored(2))
         );
         store.close().await;
+    }
+
+    /// Duplicates and conflicts are found among events whose keys are in memory, in runs on
+    /// disk, and read back from SQLite after the runs are lost; a read by id finds old and
+    /// new events alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicates_are_found_through_the_key_runs_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = crate::dedup::RECENT_MAX * 7 + 13;
+        let ev = |i: usize, v: u32| {
+            crate::contract::event(&format!(
+                r#"{{"id":"e{i}","source":"/s","type":"a","time":"2026-11-01T00:00:00Z","data":{{"v":{v}}}}}"#
+            ))
+        };
+        let check = |store: SqliteStore| async move {
+            let all: Vec<usize> = (0..n).collect();
+            for chunk in all.chunks(50) {
+                let out = store
+                    .append(chunk.iter().map(|&i| ev(i, 1)).collect())
+                    .await
+                    .expect("append");
+                let want: Vec<AppendOutcome> = chunk
+                    .iter()
+                    .map(|&i| AppendOutcome::Duplicate(i as u64 + 1))
+                    .collect();
+                assert_eq!(out, want);
+            }
+            let out = store
+                .append(vec![ev(0, 2), ev(n / 2, 2), ev(n - 1, 2)])
+                .await
+                .expect("append");
+            assert_eq!(
+                out,
+                [
+                    AppendOutcome::Conflict(1),
+                    AppendOutcome::Conflict(n as u64 / 2 + 1),
+                    AppendOutcome::Conflict(n as u64)
+                ]
+            );
+            for i in [0, 1, n / 3, n - 1] {
+                let got = store
+                    .get_by_id("/s", &format!("e{i}"), &Access::all())
+                    .await
+                    .expect("get")
+                    .expect("found");
+                assert_eq!(got.seq, i as u64 + 1);
+            }
+            assert!(store
+                .get_by_id("/s", "absent", &Access::all())
+                .await
+                .expect("get")
+                .is_none());
+            store.close().await;
+        };
+        let store = open_in(dir.path(), &[]);
+        for i in 0..n {
+            let out = store.append(vec![ev(i, 1)]).await.expect("append");
+            assert_eq!(out, [AppendOutcome::Stored(i as u64 + 1)]);
+        }
+        let runs = |dir: &Path| {
+            std::fs::read_dir(dir.join("dedup"))
+                .expect("dedup dir")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".dk"))
+                })
+                .count()
+        };
+        check(store).await;
+        assert!(runs(dir.path()) >= 1, "keys were written out as runs");
+        check(open_in(dir.path(), &[])).await;
+        std::fs::remove_dir_all(dir.path().join("dedup")).expect("remove runs");
+        check(open_in(dir.path(), &[])).await;
+        assert!(runs(dir.path()) >= 1, "runs written again from SQLite");
     }
 
     async fn all_ids(store: &SqliteStore) -> Vec<String> {
@@ -4517,7 +4637,7 @@ mod tests {
             assert!(!names.contains(&gone.to_string()), "{gone} in {names:?}");
         }
         assert!(names.contains(&"events_type_time".to_string()), "{names:?}");
-        assert!(names.contains(&"events_dkey".to_string()), "{names:?}");
+        assert!(!names.contains(&"events_dkey".to_string()), "{names:?}");
         let events: Vec<_> = (0..300)
             .map(|i| {
                 crate::contract::event(&format!(

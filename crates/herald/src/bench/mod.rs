@@ -687,6 +687,7 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 a.single_connections,
                 a.single_seconds,
                 dir.path(),
+                a.seed,
             )?;
             let o = Outcome {
                 events: w.requests as usize,

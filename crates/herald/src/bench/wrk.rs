@@ -5,7 +5,7 @@
 //!
 //! Every request sends one generated event with a unique id: the events are written as
 //! templates (`head` TAB `tail`, the JSON cut where the id's value goes) that a Lua script
-//! completes with the wrk thread's number and a counter.
+//! completes with the bench's seed, the wrk thread's number and a counter.
 
 use anyhow::Context;
 use std::io::Write;
@@ -15,6 +15,7 @@ use std::process::Command;
 const SCRIPT: &str = r#"
 -- Written by `herald bench ingest`: one event per request, each with a unique id.
 local templates = {}
+local prefix = "wrk-"
 local counter = 0
 local threads = 0
 function setup(thread)
@@ -22,6 +23,7 @@ function setup(thread)
   thread:set("tid", threads)
 end
 function init(args)
+  prefix = args[2]
   for line in io.lines(args[1]) do
     local head, tail = line:match("^(.-)\t(.*)$")
     templates[#templates + 1] = { head, tail }
@@ -30,7 +32,7 @@ end
 request = function()
   counter = counter + 1
   local t = templates[(counter % #templates) + 1]
-  local body = t[1] .. "wrk-" .. tid .. "-" .. counter .. t[2]
+  local body = t[1] .. prefix .. tid .. "-" .. counter .. t[2]
   return wrk.format("POST", "/v1/events", { ["Content-Type"] = "application/json" }, body)
 end
 "#;
@@ -63,6 +65,7 @@ pub fn run(
     connections: usize,
     seconds: u64,
     dir: &Path,
+    seed: u64,
 ) -> anyhow::Result<WrkOutcome> {
     let data = dir.join("wrk-events.tsv");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&data)?);
@@ -86,6 +89,8 @@ pub fn run(
         .arg(url)
         .arg("--")
         .arg(&data)
+        // Ids differ between seeds, as the generated events' do.
+        .arg(format!("wrk-{seed}-"))
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);

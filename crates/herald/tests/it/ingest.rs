@@ -138,10 +138,11 @@ async fn mixed_batches_duplicates_and_conflicts() {
         metrics.contains("herald_events_duplicate_total 3"),
         "{metrics}"
     );
-    // How far the indexers are behind: a number, whatever it is at this moment.
+    // How far the indexers are behind, and the keys in memory: a number, whatever it is.
     for gauge in [
         "herald_store_index_backlog ",
         "herald_store_fulltext_backlog ",
+        "herald_store_dedup_keys_in_memory ",
     ] {
         let backlog = metrics
             .lines()
