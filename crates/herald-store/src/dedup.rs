@@ -20,8 +20,9 @@
 //!   every block of [`BLOCK`] entries) and a Bloom filter (10 bits per key), so that a key
 //!   absent from a run costs a few instructions and a present one a `pread` of one block.
 //!   When four neighbouring runs are of the same size class (powers of 4 of [`RECENT_MAX`]),
-//!   the builder merges them into one (each key is rewritten about log4(events/RECENT_MAX)
-//!   times, sequentially).
+//!   or smaller ones were left before a larger one, the builder merges them into one (each
+//!   key is rewritten about log4(events/RECENT_MAX) times, sequentially), checking its
+//!   inputs as they are read.
 //!
 //! The index only says where to look: every candidate seq is checked against the event
 //! itself (in `pending` or SQLite). So a key whose event was never acknowledged (its group
@@ -82,8 +83,9 @@ struct State {
     recent_after: u64,
     /// Being written as a run; still read.
     frozen: Option<Arc<Frozen>>,
-    /// Oldest first; `runs[i + 1].after == runs[i].through`, `runs[0].after == 0`.
-    runs: Vec<Arc<Run>>,
+    /// Oldest first; `runs[i + 1].after == runs[i].through`, `runs[0].after == 0`. Replaced
+    /// whole when it changes, so that a lookup reads the runs without holding the lock.
+    runs: Arc<Vec<Arc<Run>>>,
 }
 
 struct Frozen {
@@ -92,39 +94,51 @@ struct Frozen {
     through: u64,
 }
 
-/// Keys in memory: almost every key has one seq; a second one (two events whose keys
-/// collide) goes to `more`.
+/// Keys in memory: almost every key has one seq; the others of a key (events whose keys
+/// collide, which a sender can make on purpose) go to `more`. Both maps hash with std's
+/// random keys, so that crafted keys cannot make them slow.
 #[derive(Default)]
 struct Keys {
     one: HashMap<u64, u64>,
-    more: Vec<(u64, u64)>,
+    more: HashMap<u64, Vec<u64>>,
+    extra: usize,
 }
 
 impl Keys {
     fn len(&self) -> usize {
-        self.one.len() + self.more.len()
+        self.one.len() + self.extra
     }
 
     fn insert(&mut self, key: u64, seq: u64) {
-        if let Some(first) = self.one.get(&key) {
-            if *first != seq && !self.more.contains(&(key, seq)) {
-                self.more.push((key, seq));
+        match self.one.get(&key) {
+            None => {
+                self.one.insert(key, seq);
             }
-        } else {
-            self.one.insert(key, seq);
+            Some(first) if *first == seq => {}
+            Some(_) => {
+                let more = self.more.entry(key).or_default();
+                if !more.contains(&seq) {
+                    more.push(seq);
+                    self.extra += 1;
+                }
+            }
         }
     }
 
     fn find(&self, key: u64, out: &mut Vec<u64>) {
         if let Some(s) = self.one.get(&key) {
             out.push(*s);
-            out.extend(self.more.iter().filter(|(k, _)| *k == key).map(|(_, s)| *s));
+            if let Some(more) = self.more.get(&key) {
+                out.extend_from_slice(more);
+            }
         }
     }
 
     fn sorted(&self) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self.one.iter().map(|(k, s)| (*k, *s)).collect();
-        v.extend_from_slice(&self.more);
+        for (k, seqs) in &self.more {
+            v.extend(seqs.iter().map(|s| (*k, *s)));
+        }
         v.sort_unstable();
         v
     }
@@ -146,13 +160,17 @@ impl DedupIndex {
         std::fs::create_dir_all(dir).map_err(|e| err("cannot create", e))?;
         let mut runs =
             load_chain(dir).map_err(|e| err("cannot read the duplicate-key runs in", e))?;
-        while let Some(run) = runs.pop_if(|r| r.through > max_seq) {
+        while runs.last().is_some_and(|r| r.through > max_seq) {
+            let run = runs.pop().expect("a last run");
             tracing::info!(path = %run.path.display(), max_seq, "removing a run of duplicate keys past the newest stored event");
-            let _ = std::fs::remove_file(&run.path);
+            // It must not come back: its seqs are handed out again, to other events.
+            std::fs::remove_file(&run.path)
+                .map_err(|e| err("cannot remove a stale duplicate-key run in", e))?;
         }
+        sync_dir(dir).map_err(|e| err("cannot sync", e))?;
         let mut state = State {
             recent_after: runs.last().map_or(0, |r| r.through),
-            runs,
+            runs: Arc::new(runs),
             ..State::default()
         };
         read_back(dir, conn, &mut state)?;
@@ -202,18 +220,23 @@ impl DedupIndex {
 
     /// Appends to `out` the seqs that may hold `key`; the caller checks each.
     pub(crate) fn candidates(&self, key: u64, out: &mut Vec<u64>) -> std::io::Result<()> {
-        let st = self.shared.read();
-        st.recent.find(key, out);
-        if let Some(f) = &st.frozen {
-            f.keys.find(key, out);
-        }
-        for run in st.runs.iter().rev() {
+        let runs = {
+            let st = self.shared.read();
+            st.recent.find(key, out);
+            if let Some(f) = &st.frozen {
+                f.keys.find(key, out);
+            }
+            st.runs.clone()
+        };
+        // Without the lock: a slow read must not hold up the writer's `insert`.
+        for run in runs.iter().rev() {
             run.find(key, out)?;
         }
         Ok(())
     }
 
-    /// Stops the builder thread (an unfinished merge is abandoned; its inputs stay).
+    /// Stops the builder thread. A run or merge being written is abandoned (its inputs stay:
+    /// frozen keys are read back from SQLite at the next start).
     pub(crate) fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         self.wake.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -236,7 +259,8 @@ impl DedupIndex {
     /// (runs, keys in memory), for tests.
     #[cfg(test)]
     pub(crate) fn shape(&self) -> (usize, usize) {
-        (self.shared.read().runs.len(), self.keys_in_memory())
+        let runs = self.shared.read().runs.len();
+        (runs, self.keys_in_memory())
     }
 }
 
@@ -280,7 +304,7 @@ fn read_back(dir: &Path, conn: &Connection, state: &mut State) -> Result<(), Sto
                         dir.display()
                     ))
                 })?;
-            state.runs.push(Arc::new(run));
+            Arc::make_mut(&mut state.runs).push(Arc::new(run));
             state.recent_after = seq;
             chunk.clear();
             if logged.elapsed() > Duration::from_secs(10) {
@@ -309,6 +333,7 @@ fn read_back(dir: &Path, conn: &Connection, state: &mut State) -> Result<(), Sto
 fn builder(shared: Arc<Shared>, rx: Receiver<()>) {
     crate::sqlite::lower_priority();
     let failures = LogThrottle::default();
+    let mut damaged_input = false;
     loop {
         let frozen = shared.read().frozen.clone();
         let mut retry = false;
@@ -317,7 +342,9 @@ fn builder(shared: Arc<Shared>, rx: Receiver<()>) {
             match Run::write(&shared.dir, f.after, f.through, &entries, &shared.stop) {
                 Ok(run) => {
                     let mut st = shared.write();
-                    st.runs.push(Arc::new(run));
+                    let mut runs = Vec::clone(&st.runs);
+                    runs.push(Arc::new(run));
+                    st.runs = Arc::new(runs);
                     st.frozen = None;
                 }
                 Err(_) if shared.stop.load(Ordering::Acquire) => return,
@@ -329,7 +356,7 @@ fn builder(shared: Arc<Shared>, rx: Receiver<()>) {
                 }
             }
         }
-        while !retry && !shared.stop.load(Ordering::Acquire) {
+        while !retry && !damaged_input && !shared.stop.load(Ordering::Acquire) {
             let runs = shared.read().runs.clone();
             let Some(at) = due_merge(&runs) else { break };
             let inputs = &runs[at..at + FAN_IN];
@@ -337,13 +364,21 @@ fn builder(shared: Arc<Shared>, rx: Receiver<()>) {
                 Ok(Some(run)) => {
                     let mut st = shared.write();
                     // Only this thread changes the runs: they are still where they were.
-                    st.runs.splice(at..at + FAN_IN, [Arc::new(run)]);
+                    let mut now = Vec::clone(&st.runs);
+                    now.splice(at..at + FAN_IN, [Arc::new(run)]);
+                    st.runs = Arc::new(now);
                     drop(st);
                     for r in inputs {
                         let _ = std::fs::remove_file(&r.path);
                     }
                 }
                 Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // A run changed on disk since it was checked: merging it again will not
+                    // help. The next start finds it damaged and reads its keys back.
+                    damaged_input = true;
+                    tracing::error!(error = %e, "a run of duplicate keys is damaged; no more merges until Herald restarts, which rebuilds it");
+                }
                 Err(e) => {
                     retry = true;
                     if let Some(n) = failures.due() {
@@ -372,14 +407,16 @@ fn class(count: u64) -> u32 {
     units.ilog2() / 2
 }
 
-/// Where `FAN_IN` neighbouring runs of one size class start, newest first.
+/// Where the newest `FAN_IN` neighbouring runs start whose oldest is of the lowest size
+/// class among them: four of one class, or smaller runs left before a larger one (a frozen
+/// map that grew while the builder was busy), which would otherwise never be merged.
 fn due_merge(runs: &[Arc<Run>]) -> Option<usize> {
     if runs.len() < FAN_IN {
         return None;
     }
     (0..=runs.len() - FAN_IN).rev().find(|&i| {
         let c = class(runs[i].count);
-        runs[i + 1..i + FAN_IN].iter().all(|r| class(r.count) == c)
+        runs[i + 1..i + FAN_IN].iter().all(|r| class(r.count) >= c)
     })
 }
 
@@ -432,59 +469,49 @@ impl Run {
         w.finish()
     }
 
-    /// Reads a run back: checks its header, order and CRC, and builds its sparse index and
-    /// Bloom filter.
+    /// Reads a run back: checks its header, length, order, seq range and CRC, and builds
+    /// its sparse index and Bloom filter.
     fn load(path: &Path) -> std::io::Result<Run> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let (after, through) = parse_name(name).ok_or_else(|| damaged(path, "not a run's name"))?;
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        let mut r = BufReader::with_capacity(1 << 20, &file);
         let mut head = [0u8; HEADER];
-        r.read_exact(&mut head)?;
+        file.read_exact_at(&mut head, 0)?;
         let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes"));
         if &head[..8] != MAGIC || word(16) != after || word(24) != through {
             return Err(damaged(path, "bad header"));
         }
+        // Checked before anything is sized by it (a changed bit must not ask for petabytes).
         let count = word(8);
-        if len != HEADER as u64 + count * ENTRY as u64 + 4 {
+        let body = len.checked_sub(HEADER as u64 + 4);
+        if body != count.checked_mul(ENTRY as u64) {
             return Err(damaged(path, "length differs from the header's count"));
         }
-        let mut crc = crc32fast::Hasher::new();
-        let mut fences = Vec::with_capacity(count as usize / BLOCK + 1);
-        let mut bloom = Bloom::new(count as usize);
-        let mut last: Option<(u64, u64)> = None;
-        let mut b = [0u8; ENTRY];
-        for i in 0..count {
-            r.read_exact(&mut b)?;
-            crc.update(&b);
-            let e = (
-                u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-                u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
-            );
-            if last.is_some_and(|l| l >= e) {
-                return Err(damaged(path, "entries out of order"));
-            }
-            if i.is_multiple_of(BLOCK as u64) {
-                fences.push(e.0);
-            }
-            bloom.add(e.0);
-            last = Some(e);
-        }
-        let mut c = [0u8; 4];
-        r.read_exact(&mut c)?;
-        if u32::from_le_bytes(c) != crc.finalize() {
-            return Err(damaged(path, "CRC mismatch"));
-        }
-        drop(r);
-        Ok(Run {
+        let run = Run {
             path: path.to_owned(),
             file,
             after,
             through,
             count,
+            fences: Vec::new(),
+            bloom: Bloom { blocks: Vec::new() },
+        };
+        let mut fences = Vec::with_capacity(count as usize / BLOCK + 1);
+        let mut bloom = Bloom::new(count as usize);
+        let mut r = RunReader::new(&run)?;
+        let mut i = 0u64;
+        while let Some(e) = r.next()? {
+            if i % BLOCK as u64 == 0 {
+                fences.push(e.0);
+            }
+            bloom.add(e.0);
+            i += 1;
+        }
+        Ok(Run {
             fences,
             bloom,
+            ..run
         })
     }
 
@@ -561,10 +588,9 @@ impl RunWriter {
             bloom: Bloom::new(count as usize),
             last: None,
         };
-        w.write_all(MAGIC)?;
-        for v in [count, after, through] {
-            w.write_all(&v.to_le_bytes())?;
-        }
+        let head = header(count, after, through);
+        w.write_all(&head)?;
+        rw.crc.update(&head);
         rw.w = Some(w);
         Ok(rw)
     }
@@ -574,7 +600,7 @@ impl RunWriter {
         if self.last.is_some_and(|l| l >= e) || self.n == self.count {
             return Err(damaged(&self.tmp, "entries out of order or too many"));
         }
-        if self.n.is_multiple_of(BLOCK as u64) {
+        if self.n % BLOCK as u64 == 0 {
             self.fences.push(e.0);
             if stop.load(Ordering::Relaxed) {
                 return Err(std::io::Error::new(
@@ -600,12 +626,13 @@ impl RunWriter {
         if self.n != self.count {
             return Err(damaged(&self.tmp, "fewer entries than the header's count"));
         }
-        let mut w = self.w.take().expect("open until finished");
+        let w = self.w.as_mut().expect("open until finished");
         w.write_all(&self.crc.clone().finalize().to_le_bytes())?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
+        w.flush()?;
+        w.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
+        // Renamed: nothing to remove any more, whatever happens next.
+        self.w = None;
         sync_dir(&self.dir)?;
         Ok(Run {
             file: File::open(&self.path)?,
@@ -620,42 +647,90 @@ impl RunWriter {
 }
 
 impl Drop for RunWriter {
+    /// An unfinished run (abandoned, or a write, flush, fsync or rename failed) leaves
+    /// nothing behind.
     fn drop(&mut self) {
-        if self.w.is_some() {
-            self.w = None;
+        if self.w.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
 
-/// Reads an entry at a time from a run's file.
-struct RunReader {
+/// Reads a run's entries in order, checking as it goes that they are in order and within
+/// the run's seq range, and at the end its CRC (header included): merges check their
+/// inputs as loading does, so that a run changed on disk since is not copied into a new
+/// one under a valid CRC.
+struct RunReader<'a> {
+    run: &'a Run,
     r: BufReader<File>,
     left: u64,
+    crc: crc32fast::Hasher,
+    last: Option<(u64, u64)>,
+    /// The CRC was read and matched.
+    checked: bool,
 }
 
-impl RunReader {
-    fn new(run: &Run) -> std::io::Result<RunReader> {
+impl<'a> RunReader<'a> {
+    fn new(run: &'a Run) -> std::io::Result<RunReader<'a>> {
         let mut f = run.file.try_clone()?;
-        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(HEADER as u64))?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut head = [0u8; HEADER];
+        r.read_exact(&mut head)?;
+        if head != header(run.count, run.after, run.through) {
+            return Err(damaged(&run.path, "bad header"));
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
         Ok(RunReader {
-            r: BufReader::with_capacity(1 << 20, f),
+            run,
+            r,
             left: run.count,
+            crc,
+            last: None,
+            checked: false,
         })
     }
 
     fn next(&mut self) -> std::io::Result<Option<(u64, u64)>> {
         if self.left == 0 {
+            if !self.checked {
+                let mut c = [0u8; 4];
+                self.r.read_exact(&mut c)?;
+                if u32::from_le_bytes(c) != self.crc.clone().finalize() {
+                    return Err(damaged(&self.run.path, "CRC mismatch"));
+                }
+                self.checked = true;
+            }
             return Ok(None);
         }
         self.left -= 1;
         let mut b = [0u8; ENTRY];
         self.r.read_exact(&mut b)?;
-        Ok(Some((
+        self.crc.update(&b);
+        let e = (
             u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
             u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
-        )))
+        );
+        if self.last.is_some_and(|l| l >= e) {
+            return Err(damaged(&self.run.path, "entries out of order"));
+        }
+        if e.1 <= self.run.after || e.1 > self.run.through {
+            return Err(damaged(&self.run.path, "a seq outside the run's range"));
+        }
+        self.last = Some(e);
+        Ok(Some(e))
     }
+}
+
+/// A run file's header.
+fn header(count: u64, after: u64, through: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    for (i, v) in [count, after, through].into_iter().enumerate() {
+        h[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
+    }
+    h
 }
 
 /// Merges neighbouring runs into one run of their whole seq range; `None` when stopped.
@@ -666,7 +741,7 @@ fn merge(dir: &Path, runs: &[Arc<Run>], stop: &AtomicBool) -> std::io::Result<Op
     let count = runs.iter().map(|r| r.count).sum();
     let mut readers = runs
         .iter()
-        .map(|r| RunReader::new(r))
+        .map(|r| RunReader::new(r.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let mut heads = readers
         .iter_mut()
@@ -855,6 +930,37 @@ mod tests {
         assert!(Run::load(&written.path).is_err(), "a changed byte is found");
         std::fs::write(&written.path, &bytes[..bytes.len() - 20]).expect("write");
         assert!(Run::load(&written.path).is_err(), "a cut file is found");
+        // A count whose high bit changed: its length check wraps without checked
+        // arithmetic, and sizing the index by it would ask for petabytes.
+        let mut changed = bytes.clone();
+        changed[15] ^= 0x80;
+        std::fs::write(&written.path, &changed).expect("write");
+        assert!(
+            Run::load(&written.path).is_err(),
+            "a changed count is found"
+        );
+        // The CRC covers the header: a changed header field that still matches the length.
+        std::fs::write(&written.path, &bytes).expect("write");
+        let run = Run::load(&written.path).expect("intact again");
+        let mut changed = bytes.clone();
+        changed[HEADER + 16 * 5000 + 12] ^= 1;
+        std::fs::write(&written.path, &changed).expect("write");
+        // A merge reads its inputs as loading does: a run changed since it was loaded is
+        // not copied into a new one under a valid CRC.
+        let other = Run::write(dir.path(), 6700, 6701, &[(1, 6701)], &stop).expect("write");
+        let err = merge(dir.path(), &[Arc::new(run), Arc::new(other)], &stop)
+            .err()
+            .expect("the merge fails");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            !dir.path().join(run_name(0, 6701)).exists()
+                && !dir
+                    .path()
+                    .join(run_name(0, 6701))
+                    .with_extension("tmp")
+                    .exists(),
+            "nothing left behind"
+        );
     }
 
     /// A test database with the two columns the index reads back.
@@ -987,6 +1093,34 @@ mod tests {
                 "seq {s} is from the dropped runs"
             );
         }
+    }
+
+    /// Four neighbours of a class are merged; so are smaller runs left before a larger one
+    /// (they would never find four of their class after it); a larger run before smaller
+    /// ones waits for them.
+    #[test]
+    fn merges_are_due_for_four_of_a_class_or_smaller_before_larger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stop = AtomicBool::new(false);
+        let mut at = 0u64;
+        let mut runs_of = |counts: &[u64]| -> Vec<Arc<Run>> {
+            counts
+                .iter()
+                .map(|&c| {
+                    let mut e: Vec<(u64, u64)> = (at + 1..=at + c).map(|s| (key(s), s)).collect();
+                    e.sort_unstable();
+                    let run = Run::write(dir.path(), at, at + c, &e, &stop).expect("write");
+                    at += c;
+                    Arc::new(run)
+                })
+                .collect()
+        };
+        let r = RECENT_MAX as u64;
+        assert_eq!(due_merge(&runs_of(&[r, r, r, r])), Some(0));
+        assert_eq!(due_merge(&runs_of(&[r, r, r, 5 * r])), Some(0));
+        assert_eq!(due_merge(&runs_of(&[16 * r, 4 * r, 4 * r, 4 * r])), None);
+        assert_eq!(due_merge(&runs_of(&[16 * r, 4 * r, r, r, r, r])), Some(2));
+        assert_eq!(due_merge(&runs_of(&[4 * r, r, r])), None);
     }
 
     #[test]

@@ -3347,7 +3347,8 @@ impl Store for SqliteStore {
             if let Some(h) = handle {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
             }
-            // No more keys come: a run being written is finished, a merge abandoned.
+            // No more keys come: a run or merge being written is abandoned (the keys of a
+            // frozen map are read back from SQLite at the next start).
             let dedup = self.dedup.clone();
             let _ = tokio::task::spawn_blocking(move || dedup.stop()).await;
             // The writer dropped its channel: the indexer commits what it holds and exits.
