@@ -1824,9 +1824,10 @@ impl Writer {
     }
 
     /// Finds duplicates and conflicts, gives the new events their seqs and buffers their log
-    /// records. The pending lock is held throughout, and the SQLite snapshot is taken after
-    /// it: an event the indexer committed and dropped from `pending` before is in the
-    /// snapshot, and none is dropped meanwhile.
+    /// records. The pending lock is held throughout, and each look in SQLite (a snapshot of
+    /// its own: a candidate is checked on its own) is taken after it: an event the indexer
+    /// committed and dropped from `pending` before is in the snapshot, and none is dropped
+    /// meanwhile. A new event, almost always without candidates, costs no SQL.
     fn write(
         &mut self,
         jobs: &mut [WriteJob],
@@ -1839,7 +1840,6 @@ impl Writer {
             Ok(p) => p,
             Err(p) => p.into_inner(),
         };
-        let probe_txn = self.probe.unchecked_transaction()?;
         let mut lookup = self
             .probe
             .prepare_cached("SELECT chash, source, id, time FROM events WHERE seq = ?1")?;
@@ -1906,7 +1906,6 @@ impl Writer {
         // at the next start, and a key without its event only costs a look.
         self.dedup.insert(&keys, self.next_seq - 1);
         drop(lookup);
-        probe_txn.rollback()?;
         Ok(())
     }
 }
