@@ -305,23 +305,29 @@ fn open_fts(path: &Path) -> Result<(Connection, u64), StoreError> {
                 file = %path.display(),
                 "the full-text index is damaged: moving it aside to fts.db.damaged and rebuilding it in the background"
             );
-            for suffix in ["", "-wal", "-shm"] {
-                let from = PathBuf::from(format!("{}{suffix}", path.display()));
-                let to = PathBuf::from(format!("{}.damaged{suffix}", path.display()));
-                match std::fs::rename(&from, &to) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(StoreError::Database(format!(
-                            "cannot move the damaged full-text index {} aside: {e}",
-                            from.display()
-                        )))
-                    }
-                    _ => {}
-                }
-            }
+            move_fts_aside(path)?;
             Ok(open(path)?)
         }
         other => Ok(other?),
     }
+}
+
+/// Renames a damaged `fts.db` (and its WAL and shared memory) to `fts.db.damaged`.
+fn move_fts_aside(path: &Path) -> Result<(), StoreError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        let to = PathBuf::from(format!("{}.damaged{suffix}", path.display()));
+        match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Database(format!(
+                    "cannot move the damaged full-text index {} aside: {e}",
+                    from.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creates the full-text schema, dropping an index built with another tokenizer (its
@@ -445,9 +451,55 @@ pub struct SqliteStore {
 }
 
 struct ReadPool {
-    conns: Mutex<Vec<Connection>>,
+    conns: Mutex<Vec<Reader>>,
     permits: Semaphore,
+    /// Where `fts.db` is, attached to every reader as `fts`.
+    fts_path: PathBuf,
+    fts_health: Arc<FtsHealth>,
 }
+
+/// A read connection, and which `fts.db` it has attached.
+struct Reader {
+    conn: Connection,
+    /// The [`FtsHealth::generation`] of the attached file.
+    fts_generation: u64,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// What readers and the full-text thread tell each other about `fts.db` going bad at run
+/// time (found damaged at open, it is moved aside there; see [`open_fts`]).
+#[derive(Default)]
+struct FtsHealth {
+    /// A read failed as SQLite does on a damaged file: the full-text thread checks `fts.db`
+    /// (`quick_check`, at most once per [`FTS_CHECK_EVERY`]), since the damage may be in
+    /// `herald.db` instead.
+    suspect: AtomicBool,
+    /// Bumped each time a damaged `fts.db` was moved aside and replaced by a new one:
+    /// readers attach the new file before their next read.
+    generation: AtomicU64,
+}
+
+/// Whether an error is SQLite finding a file damaged.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// The same, for an error already turned into text (SQLite's fixed messages for both).
+fn is_damage_message(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(m) if m.contains("database disk image is malformed") || m.contains("file is not a database"))
+}
+
+/// A full-text index found suspect is checked at most this often.
+const FTS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn configure(conn: &Connection, opts: &SqliteOptions) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -514,6 +566,7 @@ impl SqliteStore {
         // crash the full-text thread first indexes the events past its watermark again.
         let (fts_conn, fts_seq) = open_fts(&fts_path)?;
         let fts_watermark = Arc::new(AtomicU64::new(fts_seq));
+        let fts_health = Arc::new(FtsHealth::default());
 
         let mut readers = Vec::with_capacity(opts.read_connections);
         for _ in 0..opts.read_connections.max(1) {
@@ -532,7 +585,10 @@ impl SqliteStore {
             r.pragma_update(None, "query_only", true)?;
             register_functions(&r)?;
             register_body_function(&r, segments.clone())?;
-            readers.push(r);
+            readers.push(Reader {
+                conn: r,
+                fts_generation: 0,
+            });
         }
 
         let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
@@ -608,6 +664,10 @@ impl SqliteStore {
             register_body_function(&events, segments.clone())?;
             let fts = FtsIndexer {
                 conn: fts_conn,
+                path: fts_path.clone(),
+                health: fts_health.clone(),
+                damaged: false,
+                checked_at: None,
                 events,
                 rx: frx,
                 catching_up: true,
@@ -661,6 +721,8 @@ impl SqliteStore {
             readers: Arc::new(ReadPool {
                 permits: Semaphore::new(readers.len()),
                 conns: Mutex::new(readers),
+                fts_path: fts_path.clone(),
+                fts_health: fts_health.clone(),
             }),
             fulltext: opts.fulltext,
             unindexed,
@@ -751,13 +813,16 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         let pool2 = pool.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let conn = pool2
+            let mut conn = pool2
                 .conns
                 .lock()
                 .map_err(|_| StoreError::Closed)?
                 .pop()
                 .ok_or(StoreError::Closed)?;
-            let out = f(&conn);
+            let out = pool2.attach_current_fts(&mut conn).and_then(|()| f(&conn));
+            if out.as_ref().is_err_and(is_damage_message) {
+                pool2.fts_health.suspect.store(true, Ordering::Release);
+            }
             if let Ok(mut g) = pool2.conns.lock() {
                 g.push(conn);
             }
@@ -767,6 +832,29 @@ impl SqliteStore {
         .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?;
         drop(permit);
         res
+    }
+}
+
+impl ReadPool {
+    /// Attaches the current `fts.db` if a damaged one was replaced since `r` attached it.
+    fn attach_current_fts(&self, r: &mut Reader) -> Result<(), StoreError> {
+        let generation = self.fts_health.generation.load(Ordering::Acquire);
+        if r.fts_generation == generation {
+            return Ok(());
+        }
+        // Cached statements name the old file's tables.
+        r.conn.flush_prepared_statement_cache();
+        r.conn.pragma_update(None, "query_only", false)?;
+        let attached = r.conn.execute_batch("DETACH DATABASE fts").and_then(|()| {
+            r.conn.execute(
+                "ATTACH DATABASE ?1 AS fts",
+                params![self.fts_path.to_string_lossy()],
+            )
+        });
+        r.conn.pragma_update(None, "query_only", true)?;
+        attached?;
+        r.fts_generation = generation;
+        Ok(())
     }
 }
 
@@ -2240,6 +2328,13 @@ const FTS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// scans the events past its watermark meanwhile.
 struct FtsIndexer {
     conn: Connection,
+    /// `fts.db`, and what readers say of it (see [`FtsHealth`]).
+    path: PathBuf,
+    health: Arc<FtsHealth>,
+    /// A write found `fts.db` damaged: replace it (see [`FtsIndexer::replace_damaged`]).
+    damaged: bool,
+    /// When `fts.db` was last checked after a reader suspected it.
+    checked_at: Option<Instant>,
     /// A read-only connection to the events database, for catching up.
     events: Connection,
     rx: Receiver<Vec<MemBatch>>,
@@ -2284,6 +2379,11 @@ impl FtsIndexer {
         let mut flushed_at = Instant::now();
         let mut received_at = Instant::now();
         loop {
+            self.check_suspect();
+            if self.damaged {
+                self.replace_damaged();
+                continue;
+            }
             if self.catching_up {
                 match self.catch_up_step() {
                     Ok(CatchUp::More) => {}
@@ -2380,6 +2480,7 @@ impl FtsIndexer {
         ) {
             Ok(_) => self.unmerged = self.conn.total_changes() - before >= 2,
             Err(e) => {
+                self.damaged |= is_damage(&e);
                 // Only queries are slower; the next flush tries again.
                 tracing::warn!(error = %e, "cannot merge the full-text index's segments");
                 self.unmerged = false;
@@ -2390,7 +2491,7 @@ impl FtsIndexer {
     /// Merges the index's segments into one (a catch-up of many batches leaves one segment
     /// per batch, and a query with a common word reads that word's list in each), and puts
     /// back the merge settings of ingest ([`FTS_TUNING`]).
-    fn optimize(&self) {
+    fn optimize(&mut self) {
         let t = Instant::now();
         let merged = self
             .conn
@@ -2401,8 +2502,76 @@ impl FtsIndexer {
                 seconds = tenths(t.elapsed()),
                 "merged the full-text index's segments"
             ),
-            // Only queries are slower: the index is whole.
-            Err(e) => tracing::warn!(error = %e, "cannot merge the full-text index's segments"),
+            // Only queries are slower: the index is whole (unless it is damaged).
+            Err(e) => {
+                self.damaged |= is_damage(&e);
+                tracing::warn!(error = %e, "cannot merge the full-text index's segments");
+            }
+        }
+    }
+
+    /// After a read failed as on a damaged file (at most once per [`FTS_CHECK_EVERY`]):
+    /// checks `fts.db`, and marks it damaged if it is.
+    fn check_suspect(&mut self) {
+        if !self.health.suspect.swap(false, Ordering::AcqRel)
+            || self
+                .checked_at
+                .is_some_and(|t| t.elapsed() < FTS_CHECK_EVERY)
+        {
+            return;
+        }
+        self.checked_at = Some(Instant::now());
+        // On a connection of its own: this thread's cache may hold good copies of damaged
+        // pages.
+        let checked: rusqlite::Result<String> =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)));
+        match checked {
+            Ok(ok) if ok == "ok" => tracing::info!(
+                "a read failed as on a damaged file, but the full-text index is whole"
+            ),
+            Ok(problem) => {
+                tracing::warn!(%problem, "the full-text index failed its check");
+                self.damaged = true;
+            }
+            Err(e) if is_damage(&e) => self.damaged = true,
+            Err(e) => tracing::warn!(error = %e, "cannot check the full-text index"),
+        }
+    }
+
+    /// Moves a damaged `fts.db` aside and starts a new one, which catches up from SQLite as
+    /// after the file was deleted; text queries scan the events past its watermark (now 0)
+    /// meanwhile, and readers attach the new file before their next read.
+    fn replace_damaged(&mut self) {
+        tracing::error!(file = %self.path.display(), "the full-text index is damaged: moving it aside to fts.db.damaged and rebuilding it in the background");
+        {
+            let mut u = self.untexted.lock().unwrap_or_else(|p| p.into_inner());
+            u.abandon();
+            u.failing = true;
+        }
+        self.watermark.store(0, Ordering::Release);
+        self.pending.clear();
+        self.pending_events = 0;
+        // Close the damaged file before it moves.
+        let Ok(placeholder) = Connection::open_in_memory() else {
+            std::thread::sleep(FTS_RETRY);
+            return;
+        };
+        drop(std::mem::replace(&mut self.conn, placeholder));
+        match move_fts_aside(&self.path).and_then(|()| open_fts(&self.path)) {
+            Ok((conn, seq)) => {
+                self.conn = conn;
+                self.watermark.store(seq, Ordering::Release);
+                self.health.generation.fetch_add(1, Ordering::AcqRel);
+                self.damaged = false;
+                self.catching_up = true;
+                self.catch_up = None;
+                self.unmerged = false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot replace the damaged full-text index; retrying every second");
+                std::thread::sleep(FTS_RETRY);
+            }
         }
     }
 
@@ -2450,7 +2619,10 @@ impl FtsIndexer {
             let ev = reprepare(body.as_deref()?, 0).ok()?;
             Some((*seq, ev))
         });
-        write_texts(&mut self.conn, events, last as u64)?;
+        if let Err(e) = write_texts(&mut self.conn, events, last as u64) {
+            self.damaged |= is_damage(&e);
+            return Err(e.into());
+        }
         self.watermark.store(last as u64, Ordering::Release);
         self.unmerged = true;
         if let Some(p) = &mut self.catch_up {
@@ -2497,8 +2669,10 @@ impl FtsIndexer {
             }
             // The events are stored; only their text index lags. Queries still find them (in
             // `Untexted`), and the next flush retries (up to `FTS_MAX_PENDING`). A flush is
-            // tried every `FTS_MAX_DELAY`: said at most once per `LogThrottle::EVERY_MS`.
+            // tried every `FTS_MAX_DELAY`: said at most once per `LogThrottle::EVERY_MS`. A
+            // damaged file is replaced instead.
             Err(e) => {
+                self.damaged |= is_damage(&e);
                 if let Some(also) = self.flush_failures.due() {
                     tracing::warn!(error = %e, pending = self.pending_events, also_since_last_report = also, "full-text indexing failed; will retry")
                 }
@@ -3922,6 +4096,62 @@ mod tests {
         assert_eq!(text_count(&store, "tea").await, 100);
         let kept = std::fs::read(dir.path().join("fts.db.damaged")).expect("kept aside");
         assert_eq!(kept, vec![0x5a; 64 * 1024]);
+        store.close().await;
+    }
+
+    /// `fts.db` damaged while the store runs: a text read that fails on it has the full-text
+    /// thread check the file, move it aside and rebuild the index from the events; readers
+    /// attach the new file, and text search answers again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fulltext_index_damaged_while_serving_is_moved_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(dir.path(), &[]);
+        store.append(worded(0, 3000, "tea")).await.unwrap();
+        store.settle().await.unwrap();
+        wait_for_fulltext(&store, 3000).await;
+        assert_eq!(text_count(&store, "w42").await, 1);
+        // Everything in the file itself, then garbage over all but its first two pages.
+        let path = dir.path().join("fts.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 16 * 1024, "{} bytes", bytes.len());
+        for (i, b) in bytes[8192..].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ 0xa5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let q = |word: &str| EventQuery {
+            filter: herald_core::Filter::parse(word, 0).unwrap(),
+            limit: 10_000,
+            access: Access::all(),
+            ..EventQuery::default()
+        };
+        let first = store.query(q("w42")).await;
+        assert!(
+            first.as_ref().is_err_and(is_damage_message),
+            "the damaged index fails the read: {:?}",
+            first.map(|p| p.events.len())
+        );
+        // Rebuilt: found through the scan of the events past the new index, then through it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let found = store.query(q("w42")).await.map(|p| p.events.len());
+            if found.as_ref().is_ok_and(|n| *n == 1)
+                && store.fts_watermark.load(Ordering::Acquire) >= 3000
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not rebuilt: {found:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(text_count(&store, "tea").await, 3000);
+        assert_eq!(text_count(&store, "w2999").await, 1);
+        assert_eq!(
+            std::fs::read(dir.path().join("fts.db.damaged")).expect("kept aside"),
+            bytes
+        );
         store.close().await;
     }
 
