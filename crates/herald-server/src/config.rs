@@ -44,6 +44,7 @@ impl Config {
             fsync: s.fsync,
             live_capacity: self.stream.live_buffer,
             segment_bytes: s.segment_mib.max(1) << 20,
+            dedup_memory_keys: s.dedup_memory_keys,
             on_commit,
         }
     }
@@ -98,6 +99,8 @@ pub struct StoreConfig {
     pub fsync: bool,
     /// Size of an event segment, in MiB.
     pub segment_mib: u64,
+    /// Duplicate keys of recent events held in memory before they are written out.
+    pub dedup_memory_keys: usize,
 }
 
 impl Default for StoreConfig {
@@ -114,6 +117,7 @@ impl Default for StoreConfig {
             cache_mib: 256,
             fsync: true,
             segment_mib: 256,
+            dedup_memory_keys: herald_store::SqliteOptions::default().dedup_memory_keys,
         }
     }
 }

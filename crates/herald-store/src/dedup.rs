@@ -12,23 +12,23 @@
 //! stored:
 //!
 //! - `recent`: a hash map of the keys of the events stored since the newest run, filled by
-//!   the writer as it gives events their seqs. At [`RECENT_MAX`] keys it is frozen (still
+//!   the writer as it gives events their seqs. At `recent_max` keys (2^20 by default) it is frozen (still
 //!   read) and handed to the builder thread, which writes it out as a run.
 //! - runs (`DATA_DIR/dedup/run-<after>-<through>.dk`): the keys of every event with a seq in
 //!   `(after, through]`, sorted by `(dkey, seq)`, 16 bytes each, with a CRC. The runs form a
 //!   chain from seq 0; each is read into memory only as a sparse index (the first key of
 //!   every block of [`BLOCK`] entries) and a Bloom filter (10 bits per key), so that a key
 //!   absent from a run costs a few instructions and a present one a `pread` of one block.
-//!   When four neighbouring runs are of the same size class (powers of 4 of [`RECENT_MAX`]),
+//!   When four neighbouring runs are of the same size class (powers of 4 of `recent_max`),
 //!   or smaller ones were left before a larger one, the builder merges them into one (each
-//!   key is rewritten about log4(events/RECENT_MAX) times, sequentially), checking its
+//!   key is rewritten about log4(events/recent_max) times, sequentially), checking its
 //!   inputs as they are read.
 //!
 //! The index only says where to look: every candidate seq is checked against the event
 //! itself (in `pending` or SQLite). So a key whose event was never acknowledged (its group
 //! failed) or was deleted since does no harm. It can always be rebuilt from SQLite's
 //! `events(seq, dkey)`: at open, the keys of the events past the chain of intact runs are
-//! read back (into runs of [`RECENT_MAX`], then into `recent`), which also converts a data
+//! read back (into runs of `recent_max`, then into `recent`), which also converts a data
 //! directory that had the SQLite index; a damaged or missing run is rebuilt that way.
 
 use crate::throttle::LogThrottle;
@@ -44,11 +44,9 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// Keys held in memory before they are written out as a run.
-#[cfg(not(test))]
-pub(crate) const RECENT_MAX: usize = 1 << 20;
-#[cfg(test)]
-pub(crate) const RECENT_MAX: usize = 100;
+/// Keys held in memory before they are written out as a run, by default
+/// (`SqliteOptions::dedup_memory_keys`; called `recent_max` here).
+pub const DEFAULT_RECENT_MAX: usize = 1 << 20;
 
 /// Entries per block: a present key costs one `pread` of `BLOCK * 16` bytes.
 const BLOCK: usize = 256;
@@ -72,6 +70,8 @@ pub(crate) struct DedupIndex {
 
 struct Shared {
     dir: PathBuf,
+    /// Keys in `recent` that freeze it.
+    recent_max: usize,
     state: RwLock<State>,
     stop: AtomicBool,
 }
@@ -153,7 +153,9 @@ impl DedupIndex {
         dir: &Path,
         conn: &Connection,
         max_seq: u64,
+        recent_max: usize,
     ) -> Result<Arc<DedupIndex>, StoreError> {
+        let recent_max = recent_max.max(1);
         let err = |what: &str, e: std::io::Error| {
             StoreError::Database(format!("{what} {}: {e}", dir.display()))
         };
@@ -173,9 +175,10 @@ impl DedupIndex {
             runs: Arc::new(runs),
             ..State::default()
         };
-        read_back(dir, conn, &mut state)?;
+        read_back(dir, conn, &mut state, recent_max)?;
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
+            recent_max,
             state: RwLock::new(state),
             stop: AtomicBool::new(false),
         });
@@ -203,7 +206,7 @@ impl DedupIndex {
         for (k, s) in entries {
             st.recent.insert(*k, *s);
         }
-        if st.recent.len() >= RECENT_MAX && st.frozen.is_none() {
+        if st.recent.len() >= self.shared.recent_max && st.frozen.is_none() {
             let keys = std::mem::take(&mut st.recent);
             let after = std::mem::replace(&mut st.recent_after, through);
             st.frozen = Some(Arc::new(Frozen {
@@ -281,8 +284,13 @@ impl Shared {
 }
 
 /// Reads back from SQLite the keys of the events past the runs: whole runs of
-/// [`RECENT_MAX`] written at once, the rest into `recent`.
-fn read_back(dir: &Path, conn: &Connection, state: &mut State) -> Result<(), StoreError> {
+/// `recent_max` written at once, the rest into `recent`.
+fn read_back(
+    dir: &Path,
+    conn: &Connection,
+    state: &mut State,
+    recent_max: usize,
+) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let mut logged = started;
     let mut st = conn.prepare("SELECT seq, dkey FROM events WHERE seq > ?1 ORDER BY seq")?;
@@ -294,7 +302,7 @@ fn read_back(dir: &Path, conn: &Connection, state: &mut State) -> Result<(), Sto
         let key = r.get::<_, i64>(1)? as u64;
         chunk.push((key, seq));
         read += 1;
-        if chunk.len() == RECENT_MAX {
+        if chunk.len() == recent_max {
             let after = state.recent_after;
             chunk.sort_unstable();
             let run =
@@ -319,7 +327,7 @@ fn read_back(dir: &Path, conn: &Connection, state: &mut State) -> Result<(), Sto
     for (k, s) in chunk {
         state.recent.insert(k, s);
     }
-    if read > RECENT_MAX as u64 {
+    if read > recent_max as u64 {
         tracing::info!(
             events = read,
             seconds = started.elapsed().as_secs_f64(),
@@ -358,7 +366,9 @@ fn builder(shared: Arc<Shared>, rx: Receiver<()>) {
         }
         while !retry && !damaged_input && !shared.stop.load(Ordering::Acquire) {
             let runs = shared.read().runs.clone();
-            let Some(at) = due_merge(&runs) else { break };
+            let Some(at) = due_merge(&runs, shared.recent_max) else {
+                break;
+            };
             let inputs = &runs[at..at + FAN_IN];
             match merge(&shared.dir, inputs, &shared.stop) {
                 Ok(Some(run)) => {
@@ -401,22 +411,24 @@ fn builder(shared: Arc<Shared>, rx: Receiver<()>) {
     }
 }
 
-/// The size class of a run: 0 below 4 x RECENT_MAX keys, then one more per factor of 4.
-fn class(count: u64) -> u32 {
-    let units = (count / RECENT_MAX as u64).max(1);
+/// The size class of a run: 0 below 4 x `recent_max` keys, then one more per factor of 4.
+fn class(count: u64, recent_max: usize) -> u32 {
+    let units = (count / recent_max.max(1) as u64).max(1);
     units.ilog2() / 2
 }
 
 /// Where the newest `FAN_IN` neighbouring runs start whose oldest is of the lowest size
 /// class among them: four of one class, or smaller runs left before a larger one (a frozen
 /// map that grew while the builder was busy), which would otherwise never be merged.
-fn due_merge(runs: &[Arc<Run>]) -> Option<usize> {
+fn due_merge(runs: &[Arc<Run>], recent_max: usize) -> Option<usize> {
     if runs.len() < FAN_IN {
         return None;
     }
     (0..=runs.len() - FAN_IN).rev().find(|&i| {
-        let c = class(runs[i].count);
-        runs[i + 1..i + FAN_IN].iter().all(|r| class(r.count) >= c)
+        let c = class(runs[i].count, recent_max);
+        runs[i + 1..i + FAN_IN]
+            .iter()
+            .all(|r| class(r.count, recent_max) >= c)
     })
 }
 
@@ -875,6 +887,9 @@ impl Bloom {
 mod tests {
     use super::*;
 
+    /// Keys in memory before a run, in these tests.
+    const RECENT_MAX: usize = 100;
+
     /// Keys spread like hashes (a fixed sequence, so failures repeat).
     fn key(i: u64) -> u64 {
         herald_core::event::dedup_key("/k", &i.to_string()) as u64
@@ -982,7 +997,7 @@ mod tests {
     fn settle(index: &DedupIndex) {
         for _ in 0..1000 {
             let st = index.shared.read();
-            if st.frozen.is_none() && due_merge(&st.runs).is_none() {
+            if st.frozen.is_none() && due_merge(&st.runs, RECENT_MAX).is_none() {
                 return;
             }
             drop(st);
@@ -1001,7 +1016,7 @@ mod tests {
         let path = dir.path().join("dedup");
         let n = (RECENT_MAX * 10 + 7) as u64;
         let empty = events_db(std::iter::empty());
-        let index = DedupIndex::open(&path, &empty, 0).expect("open");
+        let index = DedupIndex::open(&path, &empty, 0, RECENT_MAX).expect("open");
         let mut seq = 0u64;
         while seq < n {
             let group: Vec<(u64, u64)> =
@@ -1035,7 +1050,7 @@ mod tests {
                 assert_eq!(found(index, key(s)), [s], "seq {s}");
             }
         };
-        let index = DedupIndex::open(&path, &db, n).expect("reopen");
+        let index = DedupIndex::open(&path, &db, n, RECENT_MAX).expect("reopen");
         check(&index);
         assert_eq!(index.shape().0, 3, "the runs are used again");
         drop(index);
@@ -1059,7 +1074,7 @@ mod tests {
         first.sort_unstable();
         Run::write(&path, a0, t0 / 2, &first, &stop).expect("write");
         std::fs::write(path.join("run-x.tmp"), b"partial").expect("tmp");
-        let index = DedupIndex::open(&path, &db, n).expect("reopen");
+        let index = DedupIndex::open(&path, &db, n, RECENT_MAX).expect("reopen");
         check(&index);
         assert_eq!(index.shape().0, 3);
         assert!(!path.join("run-x.tmp").exists());
@@ -1072,7 +1087,7 @@ mod tests {
         let mut bytes = std::fs::read(&last).expect("read");
         bytes[HEADER + 5] ^= 0x40;
         std::fs::write(&last, &bytes).expect("write");
-        let index = DedupIndex::open(&path, &db, n).expect("reopen");
+        let index = DedupIndex::open(&path, &db, n, RECENT_MAX).expect("reopen");
         check(&index);
         assert!(index.shape().0 >= 2, "runs written from SQLite");
         drop(index);
@@ -1080,7 +1095,7 @@ mod tests {
         // Runs past the newest stored event (of another history, or of seqs handed out to
         // groups that failed) are dropped: their seqs will be handed out again.
         let db = events_db((1..=t1).map(|s| (s, key(s))));
-        let index = DedupIndex::open(&path, &db, t1).expect("reopen");
+        let index = DedupIndex::open(&path, &db, t1, RECENT_MAX).expect("reopen");
         for s in 1..=t1 {
             assert_eq!(found(&index, key(s)), [s], "seq {s}");
         }
@@ -1116,19 +1131,25 @@ mod tests {
                 .collect()
         };
         let r = RECENT_MAX as u64;
-        assert_eq!(due_merge(&runs_of(&[r, r, r, r])), Some(0));
-        assert_eq!(due_merge(&runs_of(&[r, r, r, 5 * r])), Some(0));
-        assert_eq!(due_merge(&runs_of(&[16 * r, 4 * r, 4 * r, 4 * r])), None);
-        assert_eq!(due_merge(&runs_of(&[16 * r, 4 * r, r, r, r, r])), Some(2));
-        assert_eq!(due_merge(&runs_of(&[4 * r, r, r])), None);
+        assert_eq!(due_merge(&runs_of(&[r, r, r, r]), RECENT_MAX), Some(0));
+        assert_eq!(due_merge(&runs_of(&[r, r, r, 5 * r]), RECENT_MAX), Some(0));
+        assert_eq!(
+            due_merge(&runs_of(&[16 * r, 4 * r, 4 * r, 4 * r]), RECENT_MAX),
+            None
+        );
+        assert_eq!(
+            due_merge(&runs_of(&[16 * r, 4 * r, r, r, r, r]), RECENT_MAX),
+            Some(2)
+        );
+        assert_eq!(due_merge(&runs_of(&[4 * r, r, r]), RECENT_MAX), None);
     }
 
     #[test]
     fn size_classes_merge_four_neighbours_of_a_class() {
         let r = RECENT_MAX as u64;
-        assert_eq!(class(1), 0);
-        assert_eq!(class(3 * r), 0);
-        assert_eq!(class(4 * r), 1);
-        assert_eq!(class(16 * r), 2);
+        assert_eq!(class(1, RECENT_MAX), 0);
+        assert_eq!(class(3 * r, RECENT_MAX), 0);
+        assert_eq!(class(4 * r, RECENT_MAX), 1);
+        assert_eq!(class(16 * r, RECENT_MAX), 2);
     }
 }

@@ -63,6 +63,9 @@ pub struct SqliteOptions {
     pub live_capacity: usize,
     /// Size at which the writer closes an event segment and starts the next.
     pub segment_bytes: u64,
+    /// Duplicate keys of recent events held in memory before they are written out as a
+    /// sorted run (see `dedup`): about 32 bytes of memory each.
+    pub dedup_memory_keys: usize,
     pub on_commit: Option<CommitObserver>,
 }
 
@@ -81,6 +84,7 @@ impl Default for SqliteOptions {
             fsync: true,
             live_capacity: 1024,
             segment_bytes: 256 << 20,
+            dedup_memory_keys: crate::dedup::DEFAULT_RECENT_MAX,
             on_commit: None,
         }
     }
@@ -560,7 +564,12 @@ impl SqliteStore {
             .map_err(seg_err)?;
         let next_seq = replay_segments(&conn, &seg_dir, indexed, seg_writer.end())? as i64 + 1;
         // After the replay: the keys of every stored event are in SQLite.
-        let dedup = DedupIndex::open(&opts.data_dir.join("dedup"), &conn, next_seq as u64 - 1)?;
+        let dedup = DedupIndex::open(
+            &opts.data_dir.join("dedup"),
+            &conn,
+            next_seq as u64 - 1,
+            opts.dedup_memory_keys,
+        )?;
         let fts_path = opts.data_dir.join("fts.db");
         // The index can always be rebuilt from the events, so it need not be fsynced; after a
         // crash the full-text thread first indexes the events past its watermark again.
@@ -3672,7 +3681,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn duplicates_are_found_through_the_key_runs_across_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let n = crate::dedup::RECENT_MAX * 7 + 13;
+        const KEYS: usize = 100;
+        let n = KEYS * 7 + 13;
         let ev = |i: usize, v: u32| {
             crate::contract::event(&format!(
                 r#"{{"id":"e{i}","source":"/s","type":"a","time":"2026-11-01T00:00:00Z","data":{{"v":{v}}}}}"#
@@ -3718,7 +3728,15 @@ mod tests {
                 .is_none());
             store.close().await;
         };
-        let store = open_in(dir.path(), &[]);
+        let open = || {
+            SqliteStore::open(SqliteOptions {
+                data_dir: dir.path().to_owned(),
+                dedup_memory_keys: KEYS,
+                ..SqliteOptions::default()
+            })
+            .expect("open")
+        };
+        let store = open();
         for i in 0..n {
             let out = store.append(vec![ev(i, 1)]).await.expect("append");
             assert_eq!(out, [AppendOutcome::Stored(i as u64 + 1)]);
@@ -3734,9 +3752,9 @@ mod tests {
         };
         check(store).await;
         assert!(runs(dir.path()) >= 1, "keys were written out as runs");
-        check(open_in(dir.path(), &[])).await;
+        check(open()).await;
         std::fs::remove_dir_all(dir.path().join("dedup")).expect("remove runs");
-        check(open_in(dir.path(), &[])).await;
+        check(open()).await;
         assert!(runs(dir.path()) >= 1, "runs written again from SQLite");
     }
 

@@ -44,10 +44,22 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
     let mut total_acked = HashSet::new();
     for round in 0..3 {
         // From the second round on, event segments are 1 MiB, so that the writer moves to a
-        // new one every ~1,200 events and a kill also lands around those moves.
-        let segment = if round == 0 { "256" } else { "1" };
-        let mut server =
-            BinServer::start_env(&data, Some(&log), &[("HERALD_STORE__SEGMENT_MIB", segment)]);
+        // new one every ~1,200 events and a kill also lands around those moves, and the
+        // duplicate keys are written out every 500 events (and merged), so that a kill also
+        // lands while a run of them is written or merged.
+        let (segment, keys) = if round == 0 {
+            ("256", "1048576")
+        } else {
+            ("1", "500")
+        };
+        let mut server = BinServer::start_env(
+            &data,
+            Some(&log),
+            &[
+                ("HERALD_STORE__SEGMENT_MIB", segment),
+                ("HERALD_STORE__DEDUP_MEMORY_KEYS", keys),
+            ],
+        );
         let acked = Arc::new(Mutex::new(Vec::new()));
         let tasks: Vec<_> = (0..8)
             .map(|w| tokio::spawn(load(server.url.clone(), w + round * 100, acked.clone())))
@@ -91,6 +103,37 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
         lost.is_empty(),
         "{} acknowledged events lost, e.g. {lost:?}",
         total_acked.difference(&stored).count()
+    );
+    // Every acknowledged event is known as a duplicate: its key survived the kills, in memory
+    // and read back from SQLite, or in a run of keys on disk.
+    let mut ids: Vec<&String> = total_acked.iter().collect();
+    ids.sort();
+    for chunk in ids.chunks(1000) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"type":"crash.test","source":"/crash","id":id,"data":{"pad":"z".repeat(300)}}))
+            .collect();
+        let res = client
+            .post(format!("{}/v1/events", server.url))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+        let body: Value = res.json().await.unwrap();
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), chunk.len());
+        for (id, r) in chunk.iter().zip(results) {
+            assert_eq!(r["status"], "duplicate", "{id} sent again: {r}");
+        }
+    }
+    assert!(
+        std::fs::read_dir(data.join("dedup")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".dk")),
+        "no run of duplicate keys was written, so the test did not exercise them"
     );
     // Events acknowledged from their segment but not yet in SQLite's indexes when the
     // process died were indexed from the segments at the next start.
