@@ -1068,11 +1068,17 @@ mod tests {
     use expect_test::{expect, Expect};
 
     fn run(raw: &str) -> Result<PreparedEvent, Rejection> {
-        let limits = Limits {
-            max_depth: 4,
-            max_event_bytes: 2048,
-            ..Limits::default()
-        };
+        run_with(
+            raw,
+            Limits {
+                max_depth: 4,
+                max_event_bytes: 2048,
+                ..Limits::default()
+            },
+        )
+    }
+
+    fn run_with(raw: &str, limits: Limits) -> Result<PreparedEvent, Rejection> {
         let mut n = 0;
         let mut new_id = || {
             n += 1;
@@ -1249,6 +1255,65 @@ mod tests {
             expect![[
                 r#"rejected /0/data_base64: data_base64 is not valid base64: Invalid symbol 42, offset 0."#
             ]],
+        );
+    }
+
+    /// Every string limit rejects the member past it, naming the member and the limit, and
+    /// an event at the limit is stored.
+    #[test]
+    fn length_limits_reject_the_member_past_them() {
+        let limits = Limits {
+            max_string_len: 16,
+            max_name_len: 8,
+            max_extensions: 2,
+            max_readers: 2,
+            ..Limits::default()
+        };
+        let outcome = |raw: &str| match run_with(raw, limits.clone()) {
+            Ok(_) => "ok".to_owned(),
+            Err(r) => format!("{}: {}", r.pointer, r.reason),
+        };
+        let long = "x".repeat(17);
+        let name = "n".repeat(9);
+        for (member, value, max) in [
+            ("source", format!("/{}", &long[1..]), 16),
+            ("subject", long.clone(), 16),
+            ("dataschema", format!("https://{}", &long[8..]), 16),
+            ("id", name.clone(), 8),
+            ("actor", name.clone(), 8),
+            ("tenant", name.clone(), 8),
+            ("causationid", name.clone(), 8),
+            ("correlationid", name.clone(), 8),
+        ] {
+            let mut ev = serde_json::json!({"type":"a","source":"/s"});
+            ev[member] = value.clone().into();
+            assert_eq!(
+                outcome(&ev.to_string()),
+                format!(
+                    "/0/{member}: {member} is {} bytes, more than the limit of {max}",
+                    value.len()
+                ),
+            );
+            // One byte shorter is within the limit.
+            ev[member] = value[..value.len() - 1].into();
+            assert_eq!(outcome(&ev.to_string()), "ok", "{member}");
+        }
+        assert_eq!(
+            outcome(&format!(r#"{{"type":"a","source":"/s","ext":"{long}"}}"#)),
+            "/0/ext: extension `ext` is longer than 16 bytes"
+        );
+        assert_eq!(
+            outcome(r#"{"type":"a","source":"/s","e1":1,"e2":2,"e3":3}"#),
+            "/0/e3: more than 2 extension attributes"
+        );
+        assert_eq!(outcome(r#"{"type":"a","source":"/s","e1":1,"e2":2}"#), "ok");
+        assert_eq!(
+            outcome(r#"{"type":"a","source":"/s","readers":["user:1","user:2","user:3"]}"#),
+            "/0/readers: more than 2 readers"
+        );
+        assert_eq!(
+            outcome(r#"{"type":"a","source":"/s","readers":["user:123456789"]}"#),
+            "/0/readers/0: principal `user:123456789` must have a non-empty name without commas or control characters, at most 8 bytes"
         );
     }
 
