@@ -17,9 +17,10 @@ pub struct Limits {
     pub max_batch_len: usize,
     /// Deepest nesting of `data` and `context`.
     pub max_depth: usize,
-    /// Longest `subject`, `dataschema` and `source`, in bytes.
+    /// Longest `subject`, `dataschema`, `source` and extension value (as JSON), in bytes.
     pub max_string_len: usize,
-    /// Longest `id`, `actor`, `tenant`, `causationid`, `correlationid` and principal, in bytes.
+    /// Longest `id`, `actor`, `tenant`, `causationid`, `correlationid`, `datacontenttype`
+    /// and principal, in bytes.
     pub max_name_len: usize,
     /// Most extension attributes on one event.
     pub max_extensions: usize,

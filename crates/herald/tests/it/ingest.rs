@@ -95,16 +95,24 @@ async fn mixed_batches_duplicates_and_conflicts() {
     let (st, b) = s.post_json(&ev).await;
     assert_eq!((st, statuses(&b)), (201, vec!["duplicate".to_owned()]));
     // Different content under the same identity: 409 problem.
-    let (st, b) = s
-        .post_json(&json!({"type":"d.x","source":"/d","id":"same","data":{"v":2}}))
+    let (st, h, b) = s
+        .post(
+            "application/json",
+            json!({"type":"d.x","source":"/d","id":"same","data":{"v":2}}).to_string(),
+        )
         .await;
     assert_eq!(st, 409, "{b}");
+    assert_eq!(h["content-type"], "application/problem+json");
     assert_eq!(b["results"][0]["status"], "conflict");
     // Every event invalid: 422 with one result each.
-    let (st, b) = s
-        .post_json(&json!([{"source":"/d"}, {"type":"x","source":"/d","time":"nope"}]))
+    let (st, h, b) = s
+        .post(
+            "application/json",
+            json!([{"source":"/d"}, {"type":"x","source":"/d","time":"nope"}]).to_string(),
+        )
         .await;
     assert_eq!(st, 422, "{b}");
+    assert_eq!(h["content-type"], "application/problem+json");
     assert_eq!(b["results"][0]["pointer"], "/0/type");
     assert_eq!(b["results"][1]["pointer"], "/1/time");
     assert_eq!(s.ids("source:/d").await, ["same"]);
@@ -138,11 +146,28 @@ async fn mixed_batches_duplicates_and_conflicts() {
         metrics.contains("herald_events_duplicate_total 3"),
         "{metrics}"
     );
+    // Every counter and histogram the issue names has moved.
+    for family in [
+        "herald_events_received_total",
+        "herald_events_stored_total",
+        "herald_http_request_duration_seconds_count",
+        "herald_store_commit_events_count",
+    ] {
+        let total: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{family} ")) || l.starts_with(&format!("{family}{{"))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert!(total > 0.0, "{family} is 0 or missing in {metrics}");
+    }
     // How far the indexers are behind, and the keys in memory: a number, whatever it is.
     for gauge in [
         "herald_store_index_backlog ",
         "herald_store_fulltext_backlog ",
         "herald_store_dedup_keys_in_memory ",
+        "herald_ingest_queue_depth ",
     ] {
         let backlog = metrics
             .lines()
@@ -160,6 +185,8 @@ async fn malformed_and_oversized_requests_get_problems() {
         c.limits.max_batch_len = 5;
         c.limits.max_event_bytes = 1_000;
         c.limits.max_depth = 3;
+        c.limits.max_string_len = 16;
+        c.limits.max_name_len = 8;
     })
     .await;
     let (st, h, b) = s.post("application/json", "{\"type\": ").await;
@@ -171,13 +198,15 @@ async fn malformed_and_oversized_requests_get_problems() {
     );
     let (st, _, b) = s.post("application/json", "42").await;
     assert_eq!(st, 400, "{b}");
-    let (st, _, b) = s.post("text/csv", "a,b").await;
+    let (st, h, b) = s.post("text/csv", "a,b").await;
     assert_eq!(st, 415, "{b}");
+    assert_eq!(h["content-type"], "application/problem+json");
     let (st, _, b) = s.post("application/json", "[]").await;
     assert_eq!(st, 400, "{b}");
     let big = format!("[{}]", vec![r#"{"type":"a","source":"/s"}"#; 600].join(","));
-    let (st, _, b) = s.post("application/json", big).await;
+    let (st, h, b) = s.post("application/json", big).await;
     assert_eq!(st, 413, "{b}");
+    assert_eq!(h["content-type"], "application/problem+json");
     let six = format!("[{}]", [r#"{"type":"a","source":"/s"}"#; 6].join(","));
     let (st, _, b) = s.post("application/json", six).await;
     assert_eq!(st, 413, "{b}");
@@ -197,6 +226,27 @@ async fn malformed_and_oversized_requests_get_problems() {
         .unwrap()
         .contains("more than the limit"));
     assert_eq!(b["results"][1]["pointer"], "/1/data");
+    // String limits reject the member past them, by pointer; at the limit is stored.
+    let (st, b) = s
+        .post_json(&json!([
+            {"type":"a","source":format!("/{}", "s".repeat(16))},
+            {"type":"a","source":"/s","id":"123456789"},
+            {"type":"a","source":"/s","subject":"x".repeat(17)},
+            {"type":"a","source":format!("/{}", "s".repeat(15)),"id":"12345678"}
+        ]))
+        .await;
+    assert_eq!(st, 207, "{b}");
+    assert_eq!(statuses(&b), ["rejected", "rejected", "rejected", "stored"]);
+    for (i, member) in [(0, "source"), (1, "id"), (2, "subject")] {
+        assert_eq!(b["results"][i]["pointer"], format!("/{i}/{member}"), "{b}");
+        assert!(
+            b["results"][i]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("more than the limit"),
+            "{b}"
+        );
+    }
     // A body without Content-Length that streams past the limit is cut off with 413.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..20).map(|_| Ok(vec![b' '; 1000])).collect();
@@ -235,6 +285,9 @@ async fn full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged(
             let res = client.post(url).json(&batch).send().await.unwrap();
             let status = res.status().as_u16();
             let retry = res.headers().get("retry-after").is_some();
+            if status == 503 {
+                assert_eq!(res.headers()["content-type"], "application/problem+json");
+            }
             let body: Value = res.json().await.unwrap();
             (status, retry, body["stored"].as_u64().unwrap_or(0))
         }));
