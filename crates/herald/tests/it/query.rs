@@ -122,30 +122,57 @@ async fn keyset_paging_is_stable_while_events_arrive() {
             client.post(&url).json(&batch).send().await.unwrap();
         }
     });
-    let (_, page) = s.get("/v1/events?filter=id:old-*&limit=25").await;
-    let mut seen: Vec<String> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_owned())
-        .collect();
-    let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
-    while let Some(c) = cursor {
-        let (st, page) = s
-            .get(&format!("/v1/events?filter=id:old-*&limit=25&cursor={c}"))
-            .await;
-        assert_eq!(st, 200);
-        seen.extend(
-            page["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_owned()),
-        );
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    // Between pages, ten more matching events land with times spread over the whole range:
+    // those older than the cursor must show up on a later page, the others never, and no
+    // event twice or out of order.
+    fn secs(time: &str) -> f64 {
+        let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
+        clock
+            .split(':')
+            .map(|p| p.parse::<f64>().unwrap())
+            .fold(0.0, |acc, p| acc * 60.0 + p)
     }
+    let mut expected: Vec<(f64, String)> = (0..300)
+        .map(|i| (f64::from(i), format!("old-{i:03}")))
+        .collect();
+    let mut seen: Vec<(f64, String)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    for b in 0.. {
+        let path = match &cursor {
+            None => "/v1/events?filter=id:old-*&limit=25".to_owned(),
+            Some(c) => format!("/v1/events?filter=id:old-*&limit=25&cursor={c}"),
+        };
+        let (st, page) = s.get(&path).await;
+        assert_eq!(st, 200, "{page}");
+        seen.extend(page["events"].as_array().unwrap().iter().map(|e| {
+            (
+                secs(e["time"].as_str().unwrap()),
+                e["id"].as_str().unwrap().to_owned(),
+            )
+        }));
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+        let below = seen.last().unwrap().0;
+        let batch: Vec<Value> = (0..10)
+            .map(|i| {
+                let x = ((b * 10 + i) * 37) % 300;
+                let id = format!("old-late-{b}-{i}");
+                if f64::from(x) + 0.5 < below {
+                    expected.push((f64::from(x) + 0.5, id.clone()));
+                }
+                json!({"type":"p.x","source":"/p","id":id,"time":format!("2026-10-01T00:{:02}:{:02}.5Z", x / 60, x % 60)})
+            })
+            .collect();
+        assert_eq!(s.post_json(&json!(batch)).await.0, 201);
+    }
+    expected.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert!(
+        expected.len() > 300,
+        "some late events must fall below the cursor"
+    );
     writer.await.unwrap();
-    let expected: Vec<String> = (0..300).rev().map(|i| format!("old-{i:03}")).collect();
     assert_eq!(seen, expected);
     assert_eq!(s.ids("id:new-*").await.len(), 400);
     s.stop().await;
