@@ -28,8 +28,8 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
+/// `GET /metrics`: OpenMetrics text, which Prometheus scrapes.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Metrics in OpenMetrics text format", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.queue_depth.set(st.store.queue_depth() as i64);
     st.metrics

@@ -12,8 +12,8 @@
 //! stored:
 //!
 //! - `recent`: a hash map of the keys of the events stored since the newest run, filled by
-//!   the writer as it gives events their seqs. At `recent_max` keys (2^20 by default) it is frozen (still
-//!   read) and handed to the builder thread, which writes it out as a run.
+//!   the writer as it gives events their seqs. At `recent_max` keys (2^20 by default) it
+//!   is frozen (still read) and handed to the builder thread, which writes it out as a run.
 //! - runs (`DATA_DIR/dedup/run-<after>-<through>.dk`): the keys of every event with a seq in
 //!   `(after, through]`, sorted by `(dkey, seq)`, 16 bytes each, with a CRC. The runs form a
 //!   chain from seq 0; each is read into memory only as a sparse index (the first key of
