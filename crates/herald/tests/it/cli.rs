@@ -1,6 +1,7 @@
 //! The CLI against the real binary: serve, emit, query, import (with resume), export, tail.
 
 use crate::harness::{cli, free_addr, herald_bin, BinServer};
+use serde_json::json;
 use std::io::Write;
 
 #[test]
@@ -30,6 +31,19 @@ fn emit_query_import_export_roundtrip() {
     );
     assert!(ok, "{err}");
     assert!(out.starts_with("stored seq="), "{out}");
+    // What emit stored is what it was told.
+    let (ok, out, err) = cli(&["query", "type:backup.completed", "--json"], &url);
+    assert!(ok, "{err}");
+    let stored: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(
+        (
+            &stored["severity"],
+            &stored["subject"],
+            &stored["data"]["size"]
+        ),
+        (&json!("notice"), &json!("db1"), &json!(42)),
+        "{stored}"
+    );
     let (ok, _, err) = cli(&["emit", "Bad", "--data", "{}"], &url);
     assert!(!ok);
     assert!(
