@@ -184,3 +184,53 @@ async fn sigterm_during_load_keeps_every_acknowledged_event() {
         acked.difference(&stored).count()
     );
 }
+
+/// A request the server was reading when SIGTERM came is read to its end, stored and answered
+/// before the server exits: half of its body is sent before the signal, the rest after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_request_it_is_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = BinServer::start(&data);
+    let ids: Vec<String> = (0..2000).map(|i| format!("slow-{i}")).collect();
+    let body = serde_json::to_vec(
+        &ids.iter()
+            .map(|id| json!({"type":"crash.test","source":"/crash","id":id,"data":{"pad":"z".repeat(100)}}))
+            .collect::<Vec<Value>>(),
+    )
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let half = body.len() / 2;
+    tx.send(Ok(body[..half].to_vec())).await.unwrap();
+    let request = tokio::spawn(
+        crate::harness::http_client()
+            .post(format!("{}/v1/events", server.url))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) },
+            )))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !server.exited(),
+        "the server exited with a request half read"
+    );
+    tx.send(Ok(body[half..].to_vec())).await.unwrap();
+    drop(tx);
+    let res = request
+        .await
+        .unwrap()
+        .expect("an answer, not a closed connection");
+    assert_eq!(res.status().as_u16(), 201);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["stored"], 2000, "{answer}");
+    let status = tokio::task::block_in_place(|| server.wait());
+    assert!(status.success(), "exit status {status:?}");
+    let server = BinServer::start(&data);
+    let stored = stored_ids(&server.url).await;
+    assert!(ids.iter().all(|id| stored.contains(id)));
+}

@@ -277,9 +277,24 @@ impl BinServer {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait()
+    }
+
+    /// SIGTERM without waiting: the server starts shutting down.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// Waits for the server to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait")
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
     }
 }
 
