@@ -1,11 +1,28 @@
 //! Durability: `kill -9` in the middle of a concurrent load loses no acknowledged event and
-//! leaves a database that opens cleanly.
+//! leaves a database that opens cleanly; SIGTERM drains what was accepted.
 
 use crate::harness::BinServer;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// `/crash` events with these ids, each with `pad` bytes of data.
+fn events(ids: &[impl AsRef<str>], pad: usize) -> Vec<Value> {
+    ids.iter()
+        .map(|id| json!({"type":"crash.test","source":"/crash","id":id.as_ref(),"data":{"pad":"z".repeat(pad)}}))
+        .collect()
+}
+
+/// Fails naming a few of the `acked` ids missing from `stored`, if any.
+fn assert_none_lost(acked: &HashSet<String>, stored: &HashSet<String>) {
+    let lost: Vec<&String> = acked.difference(stored).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {lost:?}",
+        acked.difference(stored).count()
+    );
+}
 
 async fn load(url: String, worker: usize, acked: Arc<Mutex<Vec<String>>>) {
     let _ = crate::harness::http_client();
@@ -17,10 +34,7 @@ async fn load(url: String, worker: usize, acked: Arc<Mutex<Vec<String>>>) {
         // Batch sizes vary so that commits group different numbers of requests.
         let size = 1 + (n * 37 + worker * 11) % 150;
         let ids: Vec<String> = (0..size).map(|i| format!("w{worker}-b{n}-{i}")).collect();
-        let batch: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"type":"crash.test","source":"/crash","id":id,"data":{"pad":"z".repeat(300)}}))
-            .collect();
+        let batch = events(&ids, 300);
         match client
             .post(format!("{url}/v1/events"))
             .json(&batch)
@@ -80,21 +94,13 @@ async fn kill_9_during_load_loses_no_acknowledged_event() {
     let server = BinServer::start_logging(&data, Some(&log));
     let client = crate::harness::http_client();
     let stored = stored_ids(&server.url).await;
-    let lost: Vec<&String> = total_acked.difference(&stored).take(5).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events lost, e.g. {lost:?}",
-        total_acked.difference(&stored).count()
-    );
+    assert_none_lost(&total_acked, &stored);
     // Every acknowledged event is known as a duplicate: its key survived the kills, in memory
     // and read back from SQLite, or in a run of keys on disk.
     let mut ids: Vec<&String> = total_acked.iter().collect();
     ids.sort();
     for chunk in ids.chunks(1000) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|id| json!({"type":"crash.test","source":"/crash","id":id,"data":{"pad":"z".repeat(300)}}))
-            .collect();
+        let batch = events(chunk, 300);
         let res = client
             .post(format!("{}/v1/events", server.url))
             .json(&batch)
@@ -176,12 +182,7 @@ async fn sigterm_during_load_keeps_every_acknowledged_event() {
     assert!(!acked.is_empty(), "the load acknowledged nothing");
     let server = BinServer::start(&data);
     let stored = stored_ids(&server.url).await;
-    let lost: Vec<&String> = acked.difference(&stored).take(5).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events lost, e.g. {lost:?}",
-        acked.difference(&stored).count()
-    );
+    assert_none_lost(&acked, &stored);
 }
 
 /// A request the server was reading when SIGTERM came is read to its end, stored and answered
@@ -192,12 +193,7 @@ async fn sigterm_answers_the_request_it_is_reading() {
     let data = dir.path().join("data");
     let mut server = BinServer::start(&data);
     let ids: Vec<String> = (0..2000).map(|i| format!("slow-{i}")).collect();
-    let body = serde_json::to_vec(
-        &ids.iter()
-            .map(|id| json!({"type":"crash.test","source":"/crash","id":id,"data":{"pad":"z".repeat(100)}}))
-            .collect::<Vec<Value>>(),
-    )
-    .unwrap();
+    let body = serde_json::to_vec(&events(&ids, 100)).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
     let half = body.len() / 2;
     tx.send(Ok(body[..half].to_vec())).await.unwrap();

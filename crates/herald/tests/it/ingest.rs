@@ -156,7 +156,8 @@ async fn mixed_batches_duplicates_and_conflicts() {
         let total: f64 = metrics
             .lines()
             .filter(|l| {
-                l.starts_with(&format!("{family} ")) || l.starts_with(&format!("{family}{{"))
+                l.strip_prefix(family)
+                    .is_some_and(|r| r.starts_with([' ', '{']))
             })
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum();
