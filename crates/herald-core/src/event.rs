@@ -211,6 +211,36 @@ pub struct PrepareCtx<'a> {
     pub new_id: &'a mut dyn FnMut() -> String,
 }
 
+/// A JSON string that borrows from the input when it has no escapes. (serde's own
+/// `Deserialize` for `Cow<str>` always allocates, which cost two allocations per member of
+/// every event: its name and, for strings, its value.)
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The members of one JSON object, in order, values unparsed.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
@@ -224,7 +254,7 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut v = Vec::with_capacity(16);
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(BorrowedStr(k)) = map.next_key()? {
                     let val: &'de RawValue = map.next_value()?;
                     v.push((k, val));
                 }
@@ -573,7 +603,7 @@ fn parse_str<'a>(raw: &'a RawValue, pointer: &str, member: &str) -> Result<Str<'
             format!("{member} must be a string"),
         ));
     }
-    let value: Cow<'a, str> = serde_json::from_str(token)
+    let BorrowedStr(value) = serde_json::from_str(token)
         .map_err(|e| reject(pointer, member, format!("{member}: {e}")))?;
     Ok(Str { value, token })
 }
