@@ -977,6 +977,49 @@ mod tests {
         assert_eq!(TokenSig::of_parts(["", " - "]), TokenSig::default());
     }
 
+    proptest::proptest! {
+        /// The one-pass cut of ASCII text (no copies) finds the tokens `tokens` finds, for
+        /// texts of every length and mix, and hashes each as a query's token is hashed.
+        #[test]
+        fn token_sig_of_ascii_text_is_its_tokens_sig(
+            text in "[a-zA-Z0-9 ._:/\\-]{0,300}",
+            other in "[a-z0-9\u{e9}\u{130}\u{212a} -]{0,40}",
+        ) {
+            let toks: Vec<String> = tokens(&text).collect();
+            proptest::prop_assert_eq!(TokenSig::of_parts([text.as_str()]), TokenSig::of_tokens(&toks));
+            let both: Vec<String> = tokens(&text).chain(tokens(&other)).collect();
+            proptest::prop_assert_eq!(
+                TokenSig::of_parts([text.as_str(), other.as_str()]),
+                TokenSig::of_tokens(&both)
+            );
+        }
+    }
+
+    /// Long tokens, tokens at the end of a text and runs of separators count as one token each.
+    #[test]
+    fn token_sig_counts_long_and_final_tokens() {
+        for text in [
+            format!("{}ABCDEFGHIJ", "x".repeat(58)),
+            format!("{} abcdefghijklmnopq", "-".repeat(63)),
+            "a".repeat(64),
+            "b".repeat(65),
+            format!("{}Z", " ".repeat(127)),
+            "Order77 order77 ORDER77".to_owned(),
+        ] {
+            let toks: Vec<String> = tokens(&text).collect();
+            assert_eq!(
+                TokenSig::of_parts([text.as_str()]),
+                TokenSig::of_tokens(&toks),
+                "{text}"
+            );
+        }
+        // A long token is not its prefix.
+        assert_ne!(
+            TokenSig::of_parts(["abcdefghijk"]),
+            TokenSig::of_parts(["abcdefgh"])
+        );
+    }
+
     /// The signature rules out most words an event does not hold (a saturated one would let
     /// every event through to the text search).
     #[test]
