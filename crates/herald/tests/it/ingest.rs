@@ -199,6 +199,16 @@ async fn malformed_and_oversized_requests_get_problems() {
     );
     let (st, _, b) = s.post("application/json", "42").await;
     assert_eq!(st, 400, "{b}");
+    // A valid event followed by more JSON is not one JSON value: the request is refused,
+    // not the event stored.
+    let (st, _, b) = s
+        .post("application/json", r#" {"type":"a.b","source":"/s"} {}"#)
+        .await;
+    assert_eq!(st, 400, "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("not valid JSON"),
+        "{b}"
+    );
     let (st, h, b) = s.post("text/csv", "a,b").await;
     assert_eq!(st, 415, "{b}");
     assert_eq!(h["content-type"], "application/problem+json");
