@@ -167,7 +167,7 @@ pub fn search_text_of(body: &str) -> Option<String> {
     let mut t = String::with_capacity(body.len() / 2);
     for name in ["type", "source", "subject", "actor", "tenant"] {
         if let Some(raw) = members.get(name) {
-            let s: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+            let BorrowedStr(s) = serde_json::from_str(raw.get()).ok()?;
             t.push_str(&s);
             t.push(' ');
         }

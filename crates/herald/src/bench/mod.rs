@@ -35,6 +35,23 @@ pub enum BenchCommand {
     /// CPU cost per event of schema validation (the `--schema` schema) next to the cost of
     /// validating and canonicalizing the envelope, on one core, in process.
     Validate(ValidateArgs),
+    /// Writes the single-event scenario's wrk script and event templates into a directory,
+    /// and prints the wrk arguments that use them (for `scripts/callgrind-ingest.sh`).
+    #[command(hide = true)]
+    WrkFiles(WrkFilesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct WrkFilesArgs {
+    /// Where to write the files.
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// Seed of the generated events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How many events to write as templates.
+    #[arg(long, default_value_t = 2000)]
+    events: usize,
 }
 
 #[derive(clap::Args)]
@@ -190,7 +207,27 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Query(a) => query(a),
         BenchCommand::Stream(a) => stream::stream(a),
         BenchCommand::Validate(a) => validate(a),
+        BenchCommand::WrkFiles(a) => wrk_files(a),
     }
+}
+
+/// `herald bench wrk-files`: the single-event scenario's events, for wrk outside the bench.
+/// Prints the arguments of `wrk -s SCRIPT URL -- TEMPLATES PREFIX`, one per line.
+fn wrk_files(a: WrkFilesArgs) -> anyhow::Result<()> {
+    let now = now_us();
+    let events = gen_events(
+        a.seed,
+        a.events.max(1),
+        now - 30 * 86_400_000_000,
+        now,
+        "single",
+    )?;
+    std::fs::create_dir_all(&a.dir)?;
+    let files = wrk::write_files(&events, &a.dir, a.seed)?;
+    println!("{}", files.script.display());
+    println!("{}", files.templates.display());
+    println!("{}", files.prefix);
+    Ok(())
 }
 
 use herald_server::query::now_micros as now_us;

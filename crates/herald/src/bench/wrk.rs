@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SCRIPT: &str = r#"
@@ -58,17 +58,19 @@ pub fn available() -> bool {
         .unwrap_or(false)
 }
 
-/// Sends single events to `url` from `connections` connections for `seconds`.
-pub fn run(
-    url: &str,
-    events: &[super::GenEvent],
-    connections: usize,
-    seconds: u64,
-    dir: &Path,
-    seed: u64,
-) -> anyhow::Result<WrkOutcome> {
-    let data = dir.join("wrk-events.tsv");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&data)?);
+/// What wrk is given: its script, and the arguments after `--` (the event templates and
+/// the id prefix).
+pub struct WrkFiles {
+    pub script: PathBuf,
+    pub templates: PathBuf,
+    pub prefix: String,
+}
+
+/// Writes the Lua script and up to 20,000 of `events` as templates into `dir`. Also what
+/// `herald bench wrk-files` writes for `scripts/callgrind-ingest.sh`.
+pub fn write_files(events: &[super::GenEvent], dir: &Path, seed: u64) -> anyhow::Result<WrkFiles> {
+    let templates = dir.join("wrk-events.tsv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&templates)?);
     for e in events.iter().take(20_000) {
         let mut v: serde_json::Value = serde_json::from_str(&e.json)?;
         v["id"] = serde_json::Value::String(MARK.into());
@@ -82,15 +84,32 @@ pub fn run(
     drop(f);
     let script = dir.join("wrk-single.lua");
     std::fs::write(&script, SCRIPT)?;
+    Ok(WrkFiles {
+        script,
+        templates,
+        // Ids differ between seeds, as the generated events' do.
+        prefix: format!("wrk-{seed}-"),
+    })
+}
+
+/// Sends single events to `url` from `connections` connections for `seconds`.
+pub fn run(
+    url: &str,
+    events: &[super::GenEvent],
+    connections: usize,
+    seconds: u64,
+    dir: &Path,
+    seed: u64,
+) -> anyhow::Result<WrkOutcome> {
+    let files = write_files(events, dir, seed)?;
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .args(["--latency", "-s"])
-        .arg(&script)
+        .arg(&files.script)
         .arg(url)
         .arg("--")
-        .arg(&data)
-        // Ids differ between seeds, as the generated events' do.
-        .arg(format!("wrk-{seed}-"))
+        .arg(&files.templates)
+        .arg(&files.prefix)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
