@@ -623,7 +623,12 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         configure(&probe, &opts)?;
-        let (index_tx, index_rx) = sync_channel::<IndexBatch>(1024);
+        // Bounded by events, not batches: the writer waits while the indexer is more than
+        // `max_index_backlog` events behind (`Writer::hand_to_indexer`). A bound of 1,024
+        // batches, which single-event requests fill with groups of ~10 events, stopped every
+        // acknowledgement for as long as an index commit (100–170 ms under load) once 10k
+        // events were waiting, far below the backlog meant to allow.
+        let (index_tx, index_rx) = std::sync::mpsc::channel::<IndexBatch>();
         let writer = Writer {
             probe,
             dedup: dedup.clone(),
@@ -658,6 +663,8 @@ impl SqliteStore {
             fts_batch: Vec::new(),
             fts_tx: None,
             failed,
+            #[cfg(test)]
+            gate: INDEXER_GATE.with(|g| g.borrow().clone()),
         };
         let fts_thread = if opts.fulltext {
             // Each message is one commit's events (up to 100,000, or 1 s of them).
@@ -1770,7 +1777,7 @@ struct Writer {
     /// Publishes acknowledged events to live subscribers (never blocks: a full channel
     /// overwrites the oldest batch, and receivers that missed it catch up from SQLite).
     live: tokio::sync::broadcast::Sender<LiveBatch>,
-    index_tx: Option<SyncSender<IndexBatch>>,
+    index_tx: Option<std::sync::mpsc::Sender<IndexBatch>>,
     /// Set when the indexer cannot store events any more: refuse appends.
     failed: Arc<AtomicBool>,
     /// fsync the segment before answering (see [`SqliteOptions::fsync`]).
@@ -2027,6 +2034,8 @@ struct Indexer {
     /// (it gives FTS5 their text itself, off this thread).
     fts_batch: Vec<MemBatch>,
     fts_tx: Option<SyncSender<Vec<MemBatch>>>,
+    #[cfg(test)]
+    gate: Option<Arc<Gate>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -2056,6 +2065,10 @@ impl Indexer {
             };
             match next {
                 Ok(batch) => {
+                    #[cfg(test)]
+                    if let Some(gate) = &self.gate {
+                        gate.pass();
+                    }
                     let mut batches = vec![batch];
                     self.gather(&mut batches);
                     for batch in batches {
@@ -2364,8 +2377,36 @@ struct FtsIndexer {
     handover_pause: std::time::Duration,
 }
 
+/// A gate a test closes to stop a thread where it calls [`Gate::pass`].
+#[cfg(test)]
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+#[cfg(test)]
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+
+    /// Waits while the gate is closed.
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 thread_local! {
+    /// Closed by a test, stops the indexer of a store opened on this thread before it
+    /// inserts what it received (tests hold it back to fill its backlog).
+    static INDEXER_GATE: std::cell::RefCell<Option<Arc<Gate>>> =
+        const { std::cell::RefCell::new(None) };
     /// How long the full-text thread of a store opened on this thread pauses before and
     /// after it sets `Untexted::collecting`: tests widen the hand-over's windows with it.
     static HANDOVER_PAUSE: std::cell::Cell<std::time::Duration> =
@@ -4267,6 +4308,62 @@ mod tests {
         assert_eq!(ids("u0065ttle").await, ["1"]);
         assert_eq!(ids("kettle -boiled").await, Vec::<String>::new());
         store.close().await;
+    }
+
+    /// The writer waits for the indexer by events (`max_index_backlog`), not by the batches
+    /// it hands over: 1,500 single-event groups are acknowledged while the indexer inserts
+    /// nothing (a channel of 1,024 batches stopped them at 1,026), and past a backlog of 100
+    /// events appends wait until it inserts again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_waits_for_the_indexer_by_events_not_batches() {
+        let append_one = |store: Arc<SqliteStore>, i: usize| async move {
+            let ev = crate::contract::event(&format!(r#"{{"id":"{i}","source":"/s","type":"a"}}"#));
+            store.append(vec![ev]).await.map(|_| ())
+        };
+        let within = |ms| tokio::time::Duration::from_millis(ms);
+        for (backlog, appends, acknowledged) in [(50_000, 1_500, 1_500), (100, 200, 102)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let gate = Arc::new(Gate::default());
+            INDEXER_GATE.with(|g| *g.borrow_mut() = Some(gate.clone()));
+            let store = Arc::new(
+                SqliteStore::open(SqliteOptions {
+                    data_dir: dir.path().to_owned(),
+                    max_index_backlog: backlog,
+                    ..SqliteOptions::default()
+                })
+                .expect("open"),
+            );
+            INDEXER_GATE.with(|g| *g.borrow_mut() = None);
+            gate.set(true);
+            // One request at a time: each is a group of its own.
+            let mut done = 0;
+            for i in 0..appends {
+                match tokio::time::timeout(within(2_000), append_one(store.clone(), i)).await {
+                    Ok(r) => {
+                        r.expect("append");
+                        done += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // The writer answers a group, then hands it over: it waits with the 102nd, once 101
+            // events (more than the backlog) are handed over, and the 103rd is not answered.
+            assert_eq!(done, acknowledged, "backlog {backlog}");
+            gate.set(false);
+            for i in done..appends {
+                tokio::time::timeout(within(10_000), append_one(store.clone(), i))
+                    .await
+                    .expect("appends go on once the indexer does")
+                    .expect("append");
+            }
+            store.settle().await.unwrap();
+            assert_eq!(store.seq_range().await.unwrap().last, appends as u64);
+            Arc::try_unwrap(store)
+                .ok()
+                .expect("one handle")
+                .close()
+                .await;
+        }
     }
 
     /// The hand-over of `Untexted` (see its doc): after the catch-up, it is complete only once
