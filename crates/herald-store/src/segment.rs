@@ -33,10 +33,10 @@
 //! file system's journal, which waits for every other file's pending writes (SQLite's) and
 //! took 0.3–1 ms more per acknowledgement here. The zeros are written with direct I/O where
 //! the file system has it (a buffered fill cost 2–4 µs of CPU per ingested event here, see
-//! [`zero_file`]), so the page cache does not hold those pages, and
-//! each write of the writer covers whole pages (its first page's earlier bytes, kept in
-//! memory, and the zeros after its records; see [`SegmentWriter::sync`]): a write into part
-//! of an uncached page would read it from disk first. When no spare is ready the writer keeps appending to the
+//! [`zero_file`]), so the page cache does not hold those pages, and each write of the
+//! writer covers whole pages (its first page's earlier bytes, kept in memory, and the zeros
+//! after its records; see [`SegmentWriter::sync`]): a write into part of an uncached page
+//! would read it from disk first. When no spare is ready the writer keeps appending to the
 //! current segment, past its prepared size. At open, everything after the last intact record
 //! is zeroed, so that no torn bytes follow the next records. (Intact records of a group whose
 //! write failed may remain after newer ones; their seqs were never handed out again, and the
