@@ -72,7 +72,8 @@ pub struct Processor {
 /// What the request tells processors about the producer.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo<'a> {
-    pub client_ip: Option<&'a str>,
+    /// The producer's address, written out only when an enrich processor asks for it.
+    pub client_ip: Option<std::net::IpAddr>,
     pub user_agent: Option<&'a str>,
     /// The HMAC key of `hash` (from the config).
     pub hash_key: &'a [u8],
@@ -233,7 +234,11 @@ impl Processor {
                 client_ip,
                 user_agent,
             } => {
-                for (path, value) in [(client_ip, req.client_ip), (user_agent, req.user_agent)] {
+                let ip = client_ip
+                    .as_ref()
+                    .and(req.client_ip)
+                    .map(|ip| ip.to_string());
+                for (path, value) in [(client_ip, ip.as_deref()), (user_agent, req.user_agent)] {
                     let (Some(path), Some(value)) = (path, value) else {
                         continue;
                     };
@@ -378,7 +383,7 @@ mod tests {
     }
 
     const REQ: RequestInfo = RequestInfo {
-        client_ip: Some("192.0.2.7"),
+        client_ip: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))),
         user_agent: Some("curl/8"),
         hash_key: b"k",
     };

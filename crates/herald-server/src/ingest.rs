@@ -334,7 +334,7 @@ struct Request {
     mode: Mode,
     /// "Now" for every event of the request.
     now_us: i64,
-    client_ip: Option<String>,
+    client_ip: Option<std::net::IpAddr>,
 }
 
 /// What the per-event steps decided for one request, before anything is written.
@@ -386,7 +386,7 @@ fn decide(
     m.received.inc_by(parsed.len() as u64);
     let header_text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let info = RequestInfo {
-        client_ip: req.client_ip.as_deref(),
+        client_ip: req.client_ip,
         user_agent: header_text(header::USER_AGENT),
         hash_key: st.registry.config.hash_key.as_bytes(),
     };
@@ -567,7 +567,7 @@ pub async fn ingest(
     let req = Request {
         mode,
         now_us,
-        client_ip: peer.map(|Extension(ConnectInfo(a))| a.ip().to_string()),
+        client_ip: peer.map(|Extension(ConnectInfo(a))| a.ip()),
     };
     let Decided {
         mut results,
