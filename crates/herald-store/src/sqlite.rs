@@ -4335,22 +4335,26 @@ mod tests {
             );
             INDEXER_GATE.with(|g| *g.borrow_mut() = None);
             gate.set(true);
-            // One request at a time: each is a group of its own.
-            let mut done = 0;
-            for i in 0..appends {
-                match tokio::time::timeout(within(2_000), append_one(store.clone(), i)).await {
-                    Ok(r) => {
-                        r.expect("append");
-                        done += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            // The writer answers a group, then hands it over: it waits with the 102nd, once 101
+            // One request at a time: each is a group of its own. The writer answers a group,
+            // then hands it over: with a backlog of 100 it waits with the 102nd, once 101
             // events (more than the backlog) are handed over, and the 103rd is not answered.
-            assert_eq!(done, acknowledged, "backlog {backlog}");
+            for i in 0..acknowledged {
+                tokio::time::timeout(within(10_000), append_one(store.clone(), i))
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("append {i} unanswered after 10 s (backlog {backlog})")
+                    })
+                    .expect("append");
+            }
+            if acknowledged < appends {
+                let next = append_one(store.clone(), acknowledged);
+                assert!(
+                    tokio::time::timeout(within(1_000), next).await.is_err(),
+                    "append {acknowledged} waits for the indexer"
+                );
+            }
             gate.set(false);
-            for i in done..appends {
+            for i in acknowledged..appends {
                 tokio::time::timeout(within(10_000), append_one(store.clone(), i))
                     .await
                     .expect("appends go on once the indexer does")
