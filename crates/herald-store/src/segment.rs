@@ -501,22 +501,33 @@ fn zero_file(path: &Path, bytes: u64) -> io::Result<()> {
         .create(true)
         .truncate(true)
         .open(path)?;
-    let mut at = zero_direct(path, bytes)?;
-    let zeros = vec![0u8; 1 << 20];
-    while at < bytes {
-        let n = (bytes - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    file.sync_all()
+    // One buffer of zeros for both ways of writing them.
+    with_aligned_zeros(|zeros| {
+        let mut at = zero_direct(path, bytes, zeros)?;
+        while at < bytes {
+            let n = (bytes - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_all()
+    })
 }
 
-/// Writes zeros into the first `bytes` of the file at `path` with direct I/O, as far as it
-/// takes them (whole pages from the start); returns how far that is. A file system that
-/// refuses direct I/O (`EINVAL`) is not an error: the caller writes the rest buffered.
-fn zero_direct(path: &Path, bytes: u64) -> io::Result<u64> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Calls `f` with 1 MiB of zeros aligned as direct I/O needs (to the device's blocks): a
+/// page-aligned slice of a larger buffer.
+fn with_aligned_zeros<T>(f: impl FnOnce(&[u8]) -> T) -> T {
     const CHUNK: usize = 1 << 20;
+    let backing = vec![0u8; CHUNK + PAGE as usize];
+    let skip = backing.as_ptr().align_offset(PAGE as usize);
+    f(&backing[skip..skip + CHUNK])
+}
+
+/// Writes `zeros` (page-aligned, a whole number of pages long) over the first `bytes` of
+/// the file at `path` with direct I/O, as far as it takes them (whole pages from the start);
+/// returns how far that is. A file system that refuses direct I/O (`EINVAL`) is not an
+/// error: the caller writes the rest buffered.
+fn zero_direct(path: &Path, bytes: u64, zeros: &[u8]) -> io::Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = match OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
@@ -526,15 +537,10 @@ fn zero_direct(path: &Path, bytes: u64) -> io::Result<u64> {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(0),
         Err(e) => return Err(e),
     };
-    // Direct I/O needs a buffer aligned to the device's blocks: a page-aligned slice of a
-    // larger one.
-    let backing = vec![0u8; CHUNK + PAGE as usize];
-    let skip = backing.as_ptr().align_offset(PAGE as usize);
-    let zeros = &backing[skip..skip + CHUNK];
     let whole = bytes - bytes % PAGE;
     let mut at = 0;
     while at < whole {
-        let n = (whole - at).min(CHUNK as u64) as usize;
+        let n = (whole - at).min(zeros.len() as u64) as usize;
         match file.write_at(&zeros[..n], at) {
             // A short write leaves `at` on a page boundary only if it wrote whole pages.
             Ok(done) if done > 0 && done as u64 % PAGE == 0 => at += done as u64,
@@ -1500,17 +1506,9 @@ mod tests {
     #[test]
     fn appends_over_direct_zeros_read_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        if zero_direct(
-            &{
-                let probe = dir.path().join("probe");
-                File::create(&probe).unwrap();
-                probe
-            },
-            PAGE,
-        )
-        .unwrap()
-            == 0
-        {
+        let probe = dir.path().join("probe");
+        File::create(&probe).unwrap();
+        if with_aligned_zeros(|zeros| zero_direct(&probe, PAGE, zeros)).unwrap() == 0 {
             eprintln!("no direct I/O on this file system: nothing to check");
             return;
         }
