@@ -6,7 +6,8 @@
 # is how a change to the request path is measured (see the closing notes of issue #2).
 #
 # Usage: scripts/callgrind-ingest.sh [HERALD_BINARY] [SECONDS] [CONNECTIONS]
-# To measure a binary older than `bench wrk-files`, set FILES_BIN to a newer one.
+# To measure a binary older than `bench wrk-files`, set FILES_BIN to a newer one. To serve
+# with a configuration file (say, one that indexes a `data.` path), set CONFIG to it.
 # Needs valgrind, wrk and python3. Keeps callgrind's files in $OUT (default: a temp dir), one
 # per thread, for callgrind_annotate.
 set -euo pipefail
@@ -25,7 +26,7 @@ mapfile -t WRK < <("${FILES_BIN:-$BIN}" bench wrk-files --dir "$OUT" --seed 1)
 [ "${#WRK[@]}" -eq 3 ] || { echo "herald bench wrk-files failed" >&2; exit 1; }
 
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$OUT/callgrind.out" \
-    "$BIN" serve --data "$OUT/data" --listen "127.0.0.1:$PORT" >"$OUT/serve.log" 2>&1 &
+    "$BIN" serve ${CONFIG:+--config "$CONFIG"} --data "$OUT/data" --listen "127.0.0.1:$PORT" >"$OUT/serve.log" 2>&1 &
 VG=$!
 trap 'kill $VG 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.5; done

@@ -8,9 +8,8 @@
 //! the time's values go) that a Lua script completes with the bench's seed, the wrk thread's
 //! number and a counter, and with the clock. The time is the clock's, as a live producer's
 //! is, rather than the template's: 20,000 templates sent over and over would send the same
-//! 20,000 times again and again, and every index keyed by time would take each event in the
-//! middle of what it holds instead of at its end (which cost the indexer 60% more CPU per
-//! event than the in-process scenario's time-ordered events).
+//! 20,000 times again and again, and every index keyed by time would take most events in the
+//! middle of what it holds instead of at its end, as no live producer makes it do.
 
 use anyhow::Context;
 use std::io::Write;
