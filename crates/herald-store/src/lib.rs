@@ -24,6 +24,7 @@ use std::time::Duration;
 
 pub mod contract;
 mod dedup;
+mod jsonpath;
 pub mod keys;
 mod log;
 pub mod registry;

@@ -3,7 +3,7 @@
 //!
 //! It exists apart from the SQLite store so that its output can be tested as text, and so the
 //! rules that make queries use the indexes are in one place: type prefixes become ranges,
-//! `data.` paths become the exact `json_extract` expressions the path indexes are built on,
+//! `data.` paths become the exact `herald_path` expressions the path indexes are built on,
 //! and negation is written `IS NOT 1` so that an absent field counts as "not equal".
 
 use herald_core::cursor::Cursor;
@@ -95,15 +95,27 @@ pub fn day_indexed(filter: &Filter, access: &Access) -> bool {
     })
 }
 
-/// The SQL expression reading a `data.`/`context.` path out of the stored body. The path
-/// indexes are created on exactly this text, so queries and indexes must both use it.
+/// The SQL expression reading a `data.`/`context.` path out of the stored body:
+/// `herald_path(body,loc,len,'$.data."a"."b"')`, which gives what `json_extract` of the body
+/// would (see `sqlite::register_body_function` and `jsonpath`). The path indexes are created
+/// on exactly this text, so queries and indexes must both use it.
 pub fn path_expr(root: &str, segs: &[String]) -> String {
-    let mut p = format!("json_extract({BODY},'$.{root}");
+    format!("herald_path(body,loc,len,'{}')", json_path(root, segs))
+}
+
+/// SQL true when the path is present in the body, even as JSON `null` (which
+/// [`path_expr`] reads as NULL, like a missing member).
+fn path_present(root: &str, segs: &[String]) -> String {
+    format!("json_type({BODY},'{}') IS NOT NULL", json_path(root, segs))
+}
+
+/// The JSON path of a `data.`/`context.` path: `$.data."a"."b"`.
+fn json_path(root: &str, segs: &[String]) -> String {
+    let mut p = format!("$.{root}");
     for s in segs {
         // Segments are [A-Za-z0-9_-] (checked by the parser); quoting keeps `-` literal.
         let _ = write!(p, ".\"{s}\"");
     }
-    p.push_str("')");
     p
 }
 
@@ -389,8 +401,7 @@ pub fn compile(
                                 "context"
                             };
                             // json_type tells a JSON null (present) from a missing member.
-                            let expr = path_expr(root, p).replacen("json_extract", "json_type", 1);
-                            let _ = write!(w.sql, "{expr} IS NOT NULL");
+                            w.sql.push_str(&path_present(root, p));
                         } else {
                             let _ = write!(w.sql, "{col} IS NOT NULL");
                         }
@@ -495,13 +506,13 @@ mod tests {
         check(
             r#"type:import.* severity:>=error tenant:acme,beta data.country:fr -source:/test "time out""#,
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (json_extract(herald_body(body,loc,len),'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
+                time >= ? AND (time, seq) < (?, ?) AND ((type >= ? AND type < ?)) AND (severity >= ?) AND (tenant IN (?, ?)) AND (herald_path(body,loc,len,'$.data."country"') = ?) AND NOT COALESCE((source = ?), 0) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
                 Integer(5) Integer(9) Integer(3) Text("import.") Text("import.\u{10ffff}") Integer(4) Text("acme") Text("beta") Text("fr") Text("/test") Text("\"time\" AND \"out\"") Text("time out") Integer(77) Text("time out")"#]],
         );
         check(
             "data.n:>10 -context.a-b:* subject:x,y* 'quote",
             expect![[r#"
-                time >= ? AND (time, seq) < (?, ?) AND (json_extract(herald_body(body,loc,len),'$.data."n"') > ? AND json_extract(herald_body(body,loc,len),'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN 1 ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
+                time >= ? AND (time, seq) < (?, ?) AND (herald_path(body,loc,len,'$.data."n"') > ? AND herald_path(body,loc,len,'$.data."n"') < '') AND NOT COALESCE((json_type(herald_body(body,loc,len),'$.context."a-b"') IS NOT NULL), 0) AND (subject = ? OR (subject >= ? AND subject < ?)) AND ((CASE WHEN seq IN (SELECT rowid FROM fts.events_fts WHERE events_fts MATCH ?) THEN 1 ELSE 0 END) OR (CASE WHEN seq > ? THEN herald_text(herald_body(body,loc,len), ?) ELSE 0 END))
                 Integer(5) Integer(9) Integer(3) Integer(10) Text("x") Text("y") Text("y\u{10ffff}") Text("\"quote\"") Integer(77) Text("'quote")"#]],
         );
     }

@@ -368,45 +368,78 @@ pub(crate) fn register_body_function(
     segments: SegmentReader,
 ) -> rusqlite::Result<BodyCache> {
     use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
     let cache = BodyCache::default();
+    let (last, segs) = (cache.clone(), segments.clone());
+    conn.create_scalar_function("herald_body", 3, flags, move |ctx| {
+        body_arg(ctx, &last, &segs)
+    })?;
+    // `herald_path(body, loc, len, '$.data."a"')`: `json_extract` of `herald_body(...)`,
+    // read by `jsonpath` without building the whole body's JSONB (see `sql::path_expr`).
     let last = cache.clone();
-    conn.create_scalar_function(
-        "herald_body",
-        3,
-        FunctionFlags::SQLITE_UTF8
-            | FunctionFlags::SQLITE_DETERMINISTIC
-            | FunctionFlags::SQLITE_INNOCUOUS,
-        move |ctx| {
-            let loc = ctx.get::<Option<i64>>(1)?;
-            let Some(loc) = loc else {
-                return ctx.get::<String>(0).map(|b| Some(Arc::from(b)));
-            };
-            let len = ctx.get::<i64>(2)?;
-            if let Some(body) = last.get(loc, len) {
-                return Ok(Some(body));
-            }
-            last.segment_reads.fetch_add(1, Ordering::Relaxed);
-            // A body the disk damaged is NULL: index expressions and start-up catch-ups
-            // pass over it, listings leave it out, a read of it by seq or id fails; the log
-            // and `herald_store_damaged_reads_total` say so.
-            let body = segments
-                .read_or_damaged(loc, len.max(0) as u64)
+    conn.create_scalar_function("herald_path", 4, flags, move |ctx| {
+        use rusqlite::types::Value;
+        let path = ctx.get_or_create_aux(3, |v| {
+            crate::jsonpath::parse_json_path(v.as_str().unwrap_or("")).ok_or_else(|| {
+                rusqlite::Error::UserFunctionError(
+                    format!("herald_path: bad path {:?}", v.as_str().unwrap_or("")).into(),
+                )
+            })
+        })?;
+        let Some(body) = body_arg(ctx, &last, &segments)? else {
+            return Ok(Value::Null);
+        };
+        use crate::jsonpath::PathValue;
+        Ok(
+            match crate::jsonpath::extract(&body, &path)
                 .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?
-                .map(Arc::<str>::from);
-            if let Some(b) = &body {
-                last.put(loc, len, b.clone());
-            }
-            Ok(body)
-        },
-    )?;
+            {
+                PathValue::Null => Value::Null,
+                PathValue::Int(i) => Value::Integer(i),
+                PathValue::Real(r) => Value::Real(r),
+                PathValue::Text(t) => Value::Text(t.into_owned()),
+            },
+        )
+    })?;
     Ok(cache)
 }
 
-/// Whether an index of the events table evaluates `herald_body` (a path index). An error
+/// The body that the first three arguments (`body`, `loc`, `len`) of `herald_body` and
+/// `herald_path` name: from the row, the cache, or the segment.
+fn body_arg(
+    ctx: &rusqlite::functions::Context<'_>,
+    last: &BodyCache,
+    segments: &SegmentReader,
+) -> rusqlite::Result<Option<Arc<str>>> {
+    let loc = ctx.get::<Option<i64>>(1)?;
+    let Some(loc) = loc else {
+        return ctx.get::<String>(0).map(|b| Some(Arc::from(b)));
+    };
+    let len = ctx.get::<i64>(2)?;
+    if let Some(body) = last.get(loc, len) {
+        return Ok(Some(body));
+    }
+    last.segment_reads.fetch_add(1, Ordering::Relaxed);
+    // A body the disk damaged is NULL: index expressions and start-up catch-ups pass over
+    // it, listings leave it out, a read of it by seq or id fails; the log and
+    // `herald_store_damaged_reads_total` say so.
+    let body = segments
+        .read_or_damaged(loc, len.max(0) as u64)
+        .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?
+        .map(Arc::<str>::from);
+    if let Some(b) = &body {
+        last.put(loc, len, b.clone());
+    }
+    Ok(body)
+}
+
+/// Whether an index of the events table reads bodies (a path index). An error
 /// answers yes: seeding the body costs a copy, not a wrong answer.
 fn indexes_read_bodies(conn: &Connection) -> bool {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events' AND sql LIKE '%herald_body(%')",
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events' AND (sql LIKE '%herald_body(%' OR sql LIKE '%herald_path(%'))",
         [],
         |r| r.get::<_, bool>(0),
     )
@@ -965,10 +998,11 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The index name for a path: stable, SQL-safe. (`events_path_` named the indexes on the
-/// expression of bodies kept in rows, before segments, and `events_p2_` those not bucketed
-/// by day; `sync_path_indexes` drops them.)
+/// expression of bodies kept in rows, before segments, `events_p2_` those not bucketed by
+/// day, and `events_p3_` those on `json_extract` of the body rather than `herald_path`;
+/// `sync_path_indexes` drops them, and the next start builds their replacements.)
 fn path_index_name(path: &str) -> String {
-    format!("events_p3_{:016x}", xxhash_path(path))
+    format!("events_p4_{:016x}", xxhash_path(path))
 }
 
 fn xxhash_path(path: &str) -> u64 {
@@ -1057,7 +1091,7 @@ fn sync_path_indexes(conn: &Connection, paths: &[String]) -> Result<(), StoreErr
     }
     let existing: Vec<String> = conn
         .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND (name LIKE 'events_path_%' OR name LIKE 'events_p2_%' OR name LIKE 'events_p3_%')",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND (name LIKE 'events_path_%' OR name LIKE 'events_p2_%' OR name LIKE 'events_p3_%' OR name LIKE 'events_p4_%')",
         )?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -5680,8 +5714,8 @@ mod tests {
             ..Access::all()
         };
         for (filter, access, index) in [
-            ("data.org:org-1", &all, "events_p3_"),
-            ("data.org:org-1 type:a", &all, "events_p3_"),
+            ("data.org:org-1", &all, "events_p4_"),
+            ("data.org:org-1 type:a", &all, "events_p4_"),
             ("tenant:acme", &all, "events_tenant_day"),
             ("actor:user:1", &all, "events_actor_day"),
             ("actor:user:1 severity:>=error", &all, "events_actor_day"),
