@@ -4029,6 +4029,42 @@ mod tests {
         assert_eq!(n, 20);
     }
 
+    /// A path index on `json_extract` (`events_p3_`, before `herald_path`) is dropped at the
+    /// next start and built again on `herald_path`, which listings then use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_extract_path_indexes_are_rebuilt_on_herald_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(dir.path(), &[]);
+        store
+            .append(vec![crate::contract::event(
+                r#"{"id":"1","source":"/s","type":"t","data":{"org":"o1"}}"#,
+            )])
+            .await
+            .unwrap();
+        store.close().await;
+        let old = format!("events_p3_{:016x}", xxhash_path("data.org"));
+        open_database(dir.path())
+            .unwrap()
+            .execute_batch(&format!(
+                "CREATE INDEX {old} ON events({DAY_EXPR}, json_extract({BODY},'$.data.\"org\"'), time)"
+            ))
+            .unwrap();
+        let store = open_in(dir.path(), &["data.org"]);
+        store.close().await;
+        let names: Vec<String> = open_database(dir.path())
+            .unwrap()
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_p%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names, [path_index_name("data.org")]);
+        assert!(names[0].starts_with("events_p4_"));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleted_rows_are_not_indexed_again_and_their_seqs_not_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
