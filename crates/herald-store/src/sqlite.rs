@@ -355,12 +355,13 @@ fn fts_schema(fts: &Connection) -> rusqlite::Result<()> {
 
 /// Registers `herald_body(body, loc, len)`, the stored JSON of an event: `body` for rows
 /// stored before segments, else read from its segment (see [`BODY`], the expression every
-/// query and path index uses). Deterministic: a segment's records never change. Every
-/// connection that reads bodies or writes the events table (path indexes evaluate it) needs
-/// it.
+/// query uses), and `herald_path(body, loc, len, path)`, `json_extract` of that body (see
+/// [`path_expr`], the expression of path indexes and path filters). Deterministic: a
+/// segment's records never change. Every connection that reads bodies or writes the events
+/// table (path indexes evaluate `herald_path`) needs them.
 ///
 /// A statement often names the body several times per row (a `herald_text` for each text
-/// term, a `json_extract` for each unindexed path): the last body read is kept (in the
+/// term, a `herald_path` for each unindexed path): the last body read is kept (in the
 /// returned [`BodyCache`]), so the row's other calls share it instead of reading the segment
 /// again. A location's record never changes while it is indexed, so it cannot be stale.
 pub(crate) fn register_body_function(
@@ -450,14 +451,15 @@ fn indexes_read_bodies(conn: &Connection) -> bool {
 /// Besides the calls of one row sharing it (see [`register_body_function`]), the indexer
 /// puts in each event's body, which it holds in memory, before it inserts the event: a path
 /// index's expression then finds it here instead of reading it back from its segment (a
-/// read and a checksum per event, a tenth of the indexer's time with one path index).
+/// read and a checksum per event, about a tenth of the indexer's time with one path index).
 #[derive(Clone, Default)]
 pub(crate) struct BodyCache(Arc<BodyCacheInner>);
 
 #[derive(Default)]
 pub(crate) struct BodyCacheInner {
     last: Mutex<Option<(i64, i64, Arc<str>)>>,
-    /// Bodies `herald_body` read from segments (tests check that inserts read none).
+    /// Bodies `herald_body` and `herald_path` read from segments (tests check that inserts
+    /// read none).
     segment_reads: AtomicU64,
 }
 
