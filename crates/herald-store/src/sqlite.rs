@@ -375,7 +375,7 @@ pub(crate) fn register_body_function(
     let cache = BodyCache::default();
     let (last, segs) = (cache.clone(), segments.clone());
     conn.create_scalar_function("herald_body", 3, flags, move |ctx| {
-        body_arg(ctx, &last, &segs)
+        Ok(body_arg(ctx, &last, &segs)?.map(|(body, _)| body))
     })?;
     // `herald_path(body, loc, len, '$.data."a"')`: `json_extract` of `herald_body(...)`,
     // read by `jsonpath` without building the whole body's JSONB (see `sql::path_expr`).
@@ -389,14 +389,24 @@ pub(crate) fn register_body_function(
                 )
             })
         })?;
-        let Some(body) = body_arg(ctx, &last, &segments)? else {
+        let Some((body, roots)) = body_arg(ctx, &last, &segments)? else {
             return Ok(Value::Null);
         };
         use crate::jsonpath::PathValue;
+        // Where the indexer said `data` and `context` are, start there (the same value
+        // as the walk from the top finds: each is the body's only member of its name).
+        let root = match (roots, path.first().map(String::as_str)) {
+            (Some(r), Some("data")) => Some(r.data),
+            (Some(r), Some("context")) => Some(r.context),
+            _ => None,
+        };
+        let found = match root {
+            Some(None) => Ok(PathValue::Null),
+            Some(Some(at)) => crate::jsonpath::extract(&body[at], &path[1..]),
+            None => crate::jsonpath::extract(&body, &path),
+        };
         Ok(
-            match crate::jsonpath::extract(&body, &path)
-                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?
-            {
+            match found.map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))? {
                 PathValue::Null => Value::Null,
                 PathValue::Int(i) => Value::Integer(i),
                 PathValue::Real(r) => Value::Real(r),
@@ -408,19 +418,20 @@ pub(crate) fn register_body_function(
 }
 
 /// The body that the first three arguments (`body`, `loc`, `len`) of `herald_body` and
-/// `herald_path` name: from the row, the cache, or the segment.
+/// `herald_path` name: from the row, the cache, or the segment; with where its `data` and
+/// `context` are when the indexer said so.
 fn body_arg(
     ctx: &rusqlite::functions::Context<'_>,
     last: &BodyCache,
     segments: &SegmentReader,
-) -> rusqlite::Result<Option<Arc<str>>> {
+) -> rusqlite::Result<Option<(Arc<str>, Option<Roots>)>> {
     let loc = ctx.get::<Option<i64>>(1)?;
     let Some(loc) = loc else {
-        return ctx.get::<String>(0).map(|b| Some(Arc::from(b)));
+        return ctx.get::<String>(0).map(|b| Some((Arc::from(b), None)));
     };
     let len = ctx.get::<i64>(2)?;
-    if let Some(body) = last.get(loc, len) {
-        return Ok(Some(body));
+    if let Some(hit) = last.get(loc, len) {
+        return Ok(Some(hit));
     }
     last.segment_reads.fetch_add(1, Ordering::Relaxed);
     // A body the disk damaged is NULL: index expressions and start-up catch-ups pass over
@@ -431,9 +442,31 @@ fn body_arg(
         .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?
         .map(Arc::<str>::from);
     if let Some(b) = &body {
-        last.put(loc, len, b.clone());
+        last.put(loc, len, b.clone(), None);
     }
-    Ok(body)
+    Ok(body.map(|b| (b, None)))
+}
+
+/// Where the values of a body's `data` and `context` members are in it (`None`: no such
+/// member), as the indexer knows from the event it holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Roots {
+    data: Option<std::ops::Range<usize>>,
+    context: Option<std::ops::Range<usize>>,
+}
+
+impl Roots {
+    /// The members of `ev`, whose body `write_body` wrote with `prefix` bytes before its
+    /// `body_tail`.
+    fn of(ev: &PreparedEvent, prefix: usize) -> Roots {
+        let shift = |r: &Option<std::ops::Range<usize>>| {
+            r.as_ref().map(|r| r.start + prefix..r.end + prefix)
+        };
+        Roots {
+            data: shift(&ev.data_range),
+            context: shift(&ev.context_range),
+        }
+    }
 }
 
 /// Whether an index of the events table reads bodies (a path index). An error
@@ -457,7 +490,8 @@ pub(crate) struct BodyCache(Arc<BodyCacheInner>);
 
 #[derive(Default)]
 pub(crate) struct BodyCacheInner {
-    last: Mutex<Option<(i64, i64, Arc<str>)>>,
+    /// `(loc, len)`, the body, and where its roots are when the indexer said so.
+    last: Mutex<Option<(i64, i64, Arc<str>, Option<Roots>)>>,
     /// Bodies `herald_body` and `herald_path` read from segments (tests check that inserts
     /// read none).
     segment_reads: AtomicU64,
@@ -471,17 +505,20 @@ impl std::ops::Deref for BodyCache {
 }
 
 impl BodyCache {
-    fn get(&self, loc: i64, len: i64) -> Option<Arc<str>> {
+    fn get(&self, loc: i64, len: i64) -> Option<(Arc<str>, Option<Roots>)> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &*last {
-            Some((l, n, body)) if (*l, *n) == (loc, len) => Some(body.clone()),
+            Some((l, n, body, roots)) if (*l, *n) == (loc, len) => {
+                Some((body.clone(), roots.clone()))
+            }
             _ => None,
         }
     }
 
-    /// Keeps `body` as the record at `loc`, `len` (it must be that record's text).
-    fn put(&self, loc: i64, len: i64, body: Arc<str>) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((loc, len, body));
+    /// Keeps `body` as the record at `loc`, `len` (it must be that record's text, and
+    /// `roots` must say where its members are).
+    fn put(&self, loc: i64, len: i64, body: Arc<str>, roots: Option<Roots>) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((loc, len, body, roots));
     }
 }
 
@@ -2263,8 +2300,13 @@ impl Indexer {
             if self.seed_bodies {
                 self.body_buf.clear();
                 ev.write_body(&mut self.body_buf);
-                self.bodies
-                    .put(loc, len as i64, Arc::from(self.body_buf.as_str()));
+                let prefix = self.body_buf.len() - ev.event.body_tail.len();
+                self.bodies.put(
+                    loc,
+                    len as i64,
+                    Arc::from(self.body_buf.as_str()),
+                    Some(Roots::of(&ev.event, prefix)),
+                );
             }
             insert_event(
                 &self.conn,
@@ -3986,20 +4028,34 @@ mod tests {
         rows.join("; ")
     }
 
-    /// The indexer gives a path index each event's body from memory: inserting reads none
-    /// back from the segments, and the index holds what the bodies in the segments give (an
-    /// integrity check computes every entry again from them).
+    /// The indexer gives a path index each event's body from memory, and where its `data`
+    /// and `context` are: inserting reads no body back from the segments, and the indexes
+    /// hold what the walk over the bodies in the segments gives (an integrity check computes
+    /// every entry again from them), with and without `data` or `context`, nested or not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn path_indexes_take_bodies_from_memory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_in(dir.path(), &["data.org"]);
+        let paths = ["data.org", "context.ip", "data.o.x"];
+        let store = open_in(dir.path(), &paths);
         for chunk in 0..4 {
             let events = (0..25)
                 .map(|i| {
+                    let data = match i % 4 {
+                        0 => String::new(),
+                        1 => r#","data":null"#.to_string(),
+                        _ => format!(
+                            r#","data":{{"org":"o{}","pad":"{}","o":{{"x":[{i},"{{\"}}"]}}}}"#,
+                            i % 5,
+                            "x".repeat(i * 10),
+                        ),
+                    };
+                    let context = if i % 3 == 0 {
+                        format!(r#","context":{{"ip":"10.0.0.{i}","org":"not data's"}}"#)
+                    } else {
+                        String::new()
+                    };
                     crate::contract::event(&format!(
-                        r#"{{"id":"{chunk}-{i}","source":"/s","type":"t","data":{{"org":"o{}","pad":"{}"}}}}"#,
-                        i % 5,
-                        "x".repeat(i * 10),
+                        r#"{{"id":"{chunk}-{i}","source":"/s","type":"t","xorg":"ext"{context}{data}}}"#
                     ))
                 })
                 .collect();
@@ -4017,18 +4073,24 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
-        let name = path_index_name("data.org");
-        let n: i64 = db
-            .query_row(
+        let count = |path: &str, root: &str, segs: &[&str], v: &str| -> i64 {
+            let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+            db.query_row(
                 &format!(
-                    "SELECT count(*) FROM events INDEXED BY {name} WHERE {} = 'o1'",
-                    path_expr("data", &["org".to_string()]),
+                    "SELECT count(*) FROM events INDEXED BY {} WHERE {} = ?1",
+                    path_index_name(path),
+                    path_expr(root, &segs),
                 ),
-                [],
+                [v],
                 |r| r.get(0),
             )
-            .unwrap();
-        assert_eq!(n, 20);
+            .unwrap()
+        };
+        // i in {2,3,6,7,...}: data objects; o1 where i % 5 == 1 among them.
+        let want = (0..25).filter(|i| i % 4 >= 2 && i % 5 == 1).count() as i64 * 4;
+        assert_eq!(count("data.org", "data", &["org"], "o1"), want);
+        assert_eq!(count("context.ip", "context", &["ip"], "10.0.0.3"), 4);
+        assert_eq!(count("data.o.x", "data", &["o", "x"], "[6,\"{\\\"}\"]"), 4);
     }
 
     /// A path index on `json_extract` (`events_p3_`, before `herald_path`) is dropped at the
