@@ -490,11 +490,17 @@ pub(crate) struct BodyCache(Arc<BodyCacheInner>);
 
 #[derive(Default)]
 pub(crate) struct BodyCacheInner {
-    /// `(loc, len)`, the body, and where its roots are when the indexer said so.
-    last: Mutex<Option<(i64, i64, Arc<str>, Option<Roots>)>>,
+    last: Mutex<Option<CachedBody>>,
     /// Bodies `herald_body` and `herald_path` read from segments (tests check that inserts
     /// read none).
     segment_reads: AtomicU64,
+}
+
+/// A body at `(loc, len)`, and where its roots are when the indexer said so.
+struct CachedBody {
+    at: (i64, i64),
+    body: Arc<str>,
+    roots: Option<Roots>,
 }
 
 impl std::ops::Deref for BodyCache {
@@ -508,9 +514,7 @@ impl BodyCache {
     fn get(&self, loc: i64, len: i64) -> Option<(Arc<str>, Option<Roots>)> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &*last {
-            Some((l, n, body, roots)) if (*l, *n) == (loc, len) => {
-                Some((body.clone(), roots.clone()))
-            }
+            Some(c) if c.at == (loc, len) => Some((c.body.clone(), c.roots.clone())),
             _ => None,
         }
     }
@@ -518,7 +522,11 @@ impl BodyCache {
     /// Keeps `body` as the record at `loc`, `len` (it must be that record's text, and
     /// `roots` must say where its members are).
     fn put(&self, loc: i64, len: i64, body: Arc<str>, roots: Option<Roots>) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((loc, len, body, roots));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(CachedBody {
+            at: (loc, len),
+            body,
+            roots,
+        });
     }
 }
 
