@@ -402,7 +402,11 @@ pub(crate) fn register_body_function(
         };
         let found = match root {
             Some(None) => Ok(PathValue::Null),
-            Some(Some(at)) => crate::jsonpath::extract(&body[at], &path[1..]),
+            Some(Some(at)) => match body.get(at) {
+                Some(value) => crate::jsonpath::extract(value, &path[1..]),
+                // Not a range of this body (never, as the indexer makes them): walk it.
+                None => crate::jsonpath::extract(&body, &path),
+            },
             None => crate::jsonpath::extract(&body, &path),
         };
         Ok(
