@@ -134,6 +134,11 @@ pub struct IngestArgs {
     /// events and the background indexing they leave behind).
     #[arg(long)]
     single_only: bool,
+    /// Only the single-event scenario from wrk, on a fresh server: what a load generator in
+    /// its own process gets without the in-process client's events and the indexing they
+    /// leave behind (needs wrk; the PostgreSQL baseline still runs the in-process client).
+    #[arg(long, conflicts_with = "single_only")]
+    wrk_only: bool,
     /// Seed of the generated events (the three scenarios take it and the next two): another
     /// seed sends new events to a kept data directory (`--data`) that holds an earlier run's,
     /// which would otherwise all be duplicates.
@@ -676,7 +681,11 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     );
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
-    let batches = !a.single_only;
+    let batches = !a.single_only && !a.wrk_only;
+    anyhow::ensure!(
+        !a.wrk_only || wrk::available(),
+        "--wrk-only needs wrk (Debian package wrk)"
+    );
     let h1000 = batches
         .then(|| {
             server.measured("batch 1000", || {
@@ -703,15 +712,19 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             })
         })
         .transpose()?;
-    let h1 = server.measured("single", || {
-        client_rt.block_on(http_load(
-            &url,
-            b1.clone(),
-            1,
-            a.single_connections,
-            deadline,
-        ))
-    })?;
+    let h1 = (!a.wrk_only)
+        .then(|| {
+            server.measured("single", || {
+                client_rt.block_on(http_load(
+                    &url,
+                    b1.clone(),
+                    1,
+                    a.single_connections,
+                    deadline,
+                ))
+            })
+        })
+        .transpose()?;
     // The same from wrk, a load generator in its own process, when it is installed.
     let wrk_out = if wrk::available() {
         let dir = tempfile::tempdir()?;
@@ -792,14 +805,20 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             p100.as_ref(),
         );
     }
-    print_row(
-        &format!("single x{} conns", a.single_connections),
-        &h1,
-        p1.as_ref(),
-    );
+    if let Some(h1) = &h1 {
+        print_row(
+            &format!("single x{} conns", a.single_connections),
+            h1,
+            p1.as_ref(),
+        );
+    }
     println!(
-        "single-event requests/s: herald {:.0}{}",
-        h1.requests as f64 / h1.elapsed.as_secs_f64(),
+        "single-event requests/s: herald {}{}",
+        h1.as_ref()
+            .map_or("(in-process client not run)".into(), |h| format!(
+                "{:.0}",
+                h.requests as f64 / h.elapsed.as_secs_f64()
+            )),
         p1.as_ref()
             .map(|p| format!(
                 ", postgres {:.0}",
