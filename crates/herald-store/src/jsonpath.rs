@@ -188,15 +188,54 @@ fn typed(t: &str) -> Result<PathValue<'_>, Malformed> {
             "null" => PathValue::Null,
             _ => return Err(Malformed),
         },
+        _ if !is_json_number(t) => return Err(Malformed),
+        // A number beyond a double's range is an infinity, as SQLite reads it (serde_json
+        // refuses it); Rust's parser rounds as SQLite's does.
         _ if t.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
-            PathValue::Real(serde_json::from_str::<f64>(t)?)
+            PathValue::Real(t.parse::<f64>().map_err(|_| Malformed)?)
         }
         // An integer too large for 64 bits is a real, as in SQLite.
         _ => match t.parse::<i64>() {
-            Ok(i) if !t.starts_with('+') => PathValue::Int(i),
-            _ => PathValue::Real(serde_json::from_str::<f64>(t)?),
+            Ok(i) => PathValue::Int(i),
+            Err(_) => PathValue::Real(t.parse::<f64>().map_err(|_| Malformed)?),
         },
     })
+}
+
+/// Whether `t` is a JSON number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(t: &str) -> bool {
+    let b = t.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while b.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - start
+    };
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
 }
 
 #[cfg(test)]
@@ -258,7 +297,7 @@ mod tests {
             r#"{"data":{"org":{"nested":true}},"data":{"org":"second"}}"#,
             r#"{"data":{}}"#,
             r#"{"data":[],"context":null}"#,
-            r#"{"data":{"unicode":"日本語","emoji":"😀","pi":3.141592653589793,"tiny":5e-324,"huge":1.7976931348623157e308,"frac":0.1}}"#,
+            r#"{"data":{"unicode":"日本語","emoji":"😀","pi":3.141592653589793,"tiny":5e-324,"huge":1.7976931348623157e308,"frac":0.1,"inf":1e400,"ninf":-1E+400,"under":1e-400,"long":123456789012345678901234567890.5e-3,"exp0":2e0,"negexp":-5E-1}}"#,
         ];
         let paths = [
             r#"$.data"#,
@@ -295,6 +334,12 @@ mod tests {
             r#"$.data."tiny""#,
             r#"$.data."huge""#,
             r#"$.data."frac""#,
+            r#"$.data."inf""#,
+            r#"$.data."ninf""#,
+            r#"$.data."under""#,
+            r#"$.data."long""#,
+            r#"$.data."exp0""#,
+            r#"$.data."negexp""#,
             r#"$.context."ip""#,
             r#"$.context."deep"."x"."y"."z""#,
             r#"$.context."deep"."x""#,
@@ -382,6 +427,13 @@ mod tests {
             "{1:2}",
             "{\"data\":tru}",
             "{\"data\":01x}",
+            "{\"data\":01}",
+            "{\"data\":+1}",
+            "{\"data\":1.}",
+            "{\"data\":.5}",
+            "{\"data\":1e}",
+            "{\"data\":-}",
+            "{\"data\":1e+}",
             "not json",
         ] {
             assert!(

@@ -409,14 +409,25 @@ pub(crate) fn register_body_function(
             },
             None => crate::jsonpath::extract(&body, &path),
         };
-        Ok(
-            match found.map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))? {
-                PathValue::Null => Value::Null,
-                PathValue::Int(i) => Value::Integer(i),
-                PathValue::Real(r) => Value::Real(r),
-                PathValue::Text(t) => Value::Text(t.into_owned()),
-            },
-        )
+        // A stored body is JSON (Herald wrote it, and its checksum held): a value the walk
+        // cannot read is NULL, said once in the log, rather than an error that would stop
+        // the indexer at this event (an index expression that fails fails the insert).
+        let found = found.unwrap_or_else(|_| {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    path = ?path,
+                    "a stored event's body is not JSON where a path leads; it reads as null"
+                );
+            }
+            PathValue::Null
+        });
+        Ok(match found {
+            PathValue::Null => Value::Null,
+            PathValue::Int(i) => Value::Integer(i),
+            PathValue::Real(r) => Value::Real(r),
+            PathValue::Text(t) => Value::Text(t.into_owned()),
+        })
     })?;
     Ok(cache)
 }
@@ -4103,6 +4114,42 @@ mod tests {
         assert_eq!(count("data.org", "data", &["org"], "o1"), want);
         assert_eq!(count("context.ip", "context", &["ip"], "10.0.0.3"), 4);
         assert_eq!(count("data.o.x", "data", &["o", "x"], "[6,\"{\\\"}\"]"), 4);
+    }
+
+    /// A number beyond a double's range (which ingest accepts as JSON) in an indexed path is
+    /// an infinity, as in `json_extract`: the indexer stores it and goes on, and a
+    /// comparison finds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_path_index_takes_numbers_beyond_a_double() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in(dir.path(), &["data.x"]);
+        let ev = |id: &str, x: &str| {
+            crate::contract::event(&format!(
+                r#"{{"id":"{id}","source":"/s","type":"t","data":{{"x":{x}}}}}"#
+            ))
+        };
+        store
+            .append(vec![ev("1", "1e400"), ev("2", "-1E+400"), ev("3", "7")])
+            .await
+            .unwrap();
+        store.settle().await.expect("the indexer took them");
+        let out = store.append(vec![ev("4", "3")]).await.unwrap();
+        assert_eq!(out[0], AppendOutcome::Stored(4));
+        store.settle().await.expect("and goes on");
+        store.close().await;
+        let db = open_database(dir.path()).unwrap();
+        let above: Vec<String> = db
+            .prepare(&format!(
+                "SELECT id FROM events INDEXED BY {} WHERE {} > 5 ORDER BY seq",
+                path_index_name("data.x"),
+                path_expr("data", &["x".to_string()]),
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(above, ["1", "3"]);
     }
 
     /// A path index on `json_extract` (`events_p3_`, before `herald_path`) is dropped at the
