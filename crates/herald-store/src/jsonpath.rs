@@ -8,8 +8,8 @@
 //! without parsing it (stored bodies are JSON, written by Herald). The values are those
 //! `json_extract` gives (checked against it in the tests): JSON `null` and a missing member
 //! are NULL, `true`/`false` the integers 1/0, an integer that fits 64 bits an integer (a
-//! larger one a real), other numbers reals, a string its unescaped text, an object or an
-//! array its JSON text.
+//! larger one a real), other numbers reals (beyond a double's range, an infinity), a string
+//! its unescaped text, an object or an array its JSON text.
 
 /// A value read at a path, as SQL sees it.
 #[derive(Debug, Clone, PartialEq)]
