@@ -82,13 +82,15 @@ pub fn extract<'a, S: AsRef<str>>(json: &'a str, path: &[S]) -> Result<PathValue
     typed(&json[i..end])
 }
 
-/// Whether the JSON string `quoted` (with its quotes) is `want`.
+/// Whether the JSON string `quoted` (with its quotes) is `want`. A name whose escapes do
+/// not decode (a lone surrogate, which ingest lets through) is not any name a path can
+/// hold (`[A-Za-z0-9_-]`): the walk goes on past it, as SQLite's does.
 fn key_is(quoted: &str, want: &str) -> Result<bool, Malformed> {
     let inner = &quoted[1..quoted.len() - 1];
     if !inner.contains('\\') {
         return Ok(inner == want);
     }
-    Ok(serde_json::from_str::<String>(quoted)? == want)
+    Ok(serde_json::from_str::<String>(quoted).is_ok_and(|k| k == want))
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -190,7 +192,9 @@ fn typed(t: &str) -> Result<PathValue<'_>, Malformed> {
         },
         _ if !is_json_number(t) => return Err(Malformed),
         // A number beyond a double's range is an infinity, as SQLite reads it (serde_json
-        // refuses it); Rust's parser rounds as SQLite's does.
+        // refuses it). Rust's parser rounds exactly; SQLite keeps about 19 significant
+        // digits, so a number written with more may differ in its last bit from
+        // `json_extract`'s (index and filters both read it here, so they agree).
         _ if t.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
             PathValue::Real(t.parse::<f64>().map_err(|_| Malformed)?)
         }
@@ -296,6 +300,7 @@ mod tests {
             r#"{"data":"not an object","context":[{"a":1}]}"#,
             r#"{"data":{"org":{"nested":true}},"data":{"org":"second"}}"#,
             r#"{"data":{}}"#,
+            r#"{"data":{"\udc00":1,"org":"acme","n":2}}"#,
             r#"{"data":[],"context":null}"#,
             r#"{"data":{"unicode":"日本語","emoji":"😀","pi":3.141592653589793,"tiny":5e-324,"huge":1.7976931348623157e308,"frac":0.1,"inf":1e400,"ninf":-1E+400,"under":1e-400,"long":123456789012345678901234567890.5e-3,"exp0":2e0,"negexp":-5E-1}}"#,
         ];
@@ -444,6 +449,11 @@ mod tests {
         assert_eq!(
             extract(r#"{"x":{"y":[1,"}]\""]},"data":7}"#, &["data"]).unwrap(),
             PathValue::Int(7)
+        );
+        // A member name with a lone surrogate is passed over, not an error.
+        assert_eq!(
+            extract(r#"{"data":{"\udc00":1,"org":"acme"}}"#, &["data", "org"]).unwrap(),
+            PathValue::Text("acme".into())
         );
         // What follows the value is not read: the body's end is the writer's business.
         assert_eq!(
