@@ -61,7 +61,7 @@ pub fn extract<'a, S: AsRef<str>>(json: &'a str, path: &[S]) -> Result<PathValue
             if b[i] != b'"' {
                 return Err(Malformed);
             }
-            let hit = key_is(&json[i..key_end], seg.as_ref())?;
+            let hit = key_is(&json[i..key_end], seg.as_ref());
             i = skip_ws(b, key_end);
             if b.get(i) != Some(&b':') {
                 return Err(Malformed);
@@ -85,12 +85,17 @@ pub fn extract<'a, S: AsRef<str>>(json: &'a str, path: &[S]) -> Result<PathValue
 /// Whether the JSON string `quoted` (with its quotes) is `want`. A name whose escapes do
 /// not decode (a lone surrogate, which ingest lets through) is not any name a path can
 /// hold (`[A-Za-z0-9_-]`): the walk goes on past it, as SQLite's does.
-fn key_is(quoted: &str, want: &str) -> Result<bool, Malformed> {
+fn key_is(quoted: &str, want: &str) -> bool {
+    unescaped(quoted).is_ok_and(|k| k == want)
+}
+
+/// The text of the JSON string `quoted` (with its quotes): borrowed when it has no escape.
+fn unescaped(quoted: &str) -> Result<std::borrow::Cow<'_, str>, Malformed> {
     let inner = &quoted[1..quoted.len() - 1];
     if !inner.contains('\\') {
-        return Ok(inner == want);
+        return Ok(inner.into());
     }
-    Ok(serde_json::from_str::<String>(quoted).is_ok_and(|k| k == want))
+    Ok(serde_json::from_str::<String>(quoted)?.into())
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -174,11 +179,7 @@ pub fn parse_json_path(p: &str) -> Option<Vec<String>> {
 /// The SQL value of one JSON value's text.
 fn typed(t: &str) -> Result<PathValue<'_>, Malformed> {
     Ok(match t.as_bytes().first() {
-        Some(b'"') => match serde_json::from_str::<&str>(t) {
-            Ok(s) => PathValue::Text(s.into()),
-            // Escapes: unescaped into a new string.
-            Err(_) => PathValue::Text(serde_json::from_str::<String>(t)?.into()),
-        },
+        Some(b'"') => PathValue::Text(unescaped(t)?),
         Some(b'{' | b'[') => {
             // Checked whole, as json_extract would.
             serde_json::from_str::<serde::de::IgnoredAny>(t)?;

@@ -393,20 +393,9 @@ pub(crate) fn register_body_function(
             return Ok(Value::Null);
         };
         use crate::jsonpath::PathValue;
-        // Where the indexer said `data` and `context` are, start there (the same value
-        // as the walk from the top finds: each is the body's only member of its name).
-        let root = match (roots, path.first().map(String::as_str)) {
-            (Some(r), Some("data")) => Some(r.data),
-            (Some(r), Some("context")) => Some(r.context),
-            _ => None,
-        };
-        let found = match root {
+        let found = match roots.as_ref().and_then(|r| r.value(&body, &path[0])) {
             Some(None) => Ok(PathValue::Null),
-            Some(Some(at)) => match body.get(at) {
-                Some(value) => crate::jsonpath::extract(value, &path[1..]),
-                // Not a range of this body (never, as the indexer makes them): walk it.
-                None => crate::jsonpath::extract(&body, &path),
-            },
+            Some(Some(value)) => crate::jsonpath::extract(value, &path[1..]),
             None => crate::jsonpath::extract(&body, &path),
         };
         // A stored body is JSON (Herald wrote it, and its checksum held): a value the walk
@@ -482,13 +471,29 @@ impl Roots {
             context: shift(&ev.context_range),
         }
     }
+
+    /// The text of member `root` of `body` (the same value as the walk from the top finds:
+    /// each is the body's only member of its name): `Some(None)` when the body has no such
+    /// member, `None` when these roots cannot say (another member, or a range that is not
+    /// one of this body's, which the indexer never makes).
+    fn value<'b>(&self, body: &'b str, root: &str) -> Option<Option<&'b str>> {
+        let at = match root {
+            "data" => &self.data,
+            "context" => &self.context,
+            _ => return None,
+        };
+        match at {
+            None => Some(None),
+            Some(r) => body.get(r.clone()).map(Some),
+        }
+    }
 }
 
-/// Whether an index of the events table reads bodies (a path index). An error
-/// answers yes: seeding the body costs a copy, not a wrong answer.
+/// Whether an index of the events table reads bodies (a path index, on `herald_path`). An
+/// error answers yes: seeding the body costs a copy, not a wrong answer.
 fn indexes_read_bodies(conn: &Connection) -> bool {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events' AND (sql LIKE '%herald_body(%' OR sql LIKE '%herald_path(%'))",
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events' AND sql LIKE '%herald_path(%')",
         [],
         |r| r.get::<_, bool>(0),
     )

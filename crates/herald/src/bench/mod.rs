@@ -619,6 +619,10 @@ fn print_row(name: &str, h: &Outcome, pg: Option<&Outcome>) {
 }
 
 fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.wrk_only || wrk::available(),
+        "--wrk-only needs wrk (Debian package wrk)"
+    );
     let now = now_us();
     let day = 86_400_000_000;
     let n = a.events.max(1000);
@@ -682,10 +686,6 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let url = server.url.clone();
     let deadline = Some(Duration::from_secs(a.single_seconds));
     let batches = !a.single_only && !a.wrk_only;
-    anyhow::ensure!(
-        !a.wrk_only || wrk::available(),
-        "--wrk-only needs wrk (Debian package wrk)"
-    );
     let h1000 = batches
         .then(|| {
             server.measured("batch 1000", || {
