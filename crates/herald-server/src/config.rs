@@ -42,6 +42,7 @@ impl Config {
             read_connections: s.read_connections,
             cache_mib: s.cache_mib,
             fsync: s.fsync,
+            direct_writes: s.direct_writes,
             live_capacity: self.stream.live_buffer,
             segment_bytes: s.segment_mib.max(1) << 20,
             dedup_memory_keys: s.dedup_memory_keys,
@@ -97,6 +98,8 @@ pub struct StoreConfig {
     pub read_connections: usize,
     pub cache_mib: usize,
     pub fsync: bool,
+    /// Write event segments with direct I/O where the file system has it.
+    pub direct_writes: bool,
     /// Size of an event segment, in MiB.
     pub segment_mib: u64,
     /// Duplicate keys of recent events held in memory before they are written out.
@@ -116,6 +119,7 @@ impl Default for StoreConfig {
             read_connections: 4,
             cache_mib: 256,
             fsync: true,
+            direct_writes: true,
             segment_mib: 256,
             dedup_memory_keys: herald_store::SqliteOptions::default().dedup_memory_keys,
         }

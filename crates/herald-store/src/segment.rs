@@ -384,6 +384,13 @@ pub struct SegmentWriter {
     /// Writes start and end on page boundaries (see [`SegmentWriter::sync`]).
     buf: Vec<u8>,
     base: u64,
+    /// The current segment opened for direct I/O (`O_DIRECT`), through which
+    /// [`SegmentWriter::sync`] writes when it is set (see [`SegmentWriter::set_direct`]).
+    direct: Option<File>,
+    /// Whether writes go through `direct` where the file system has direct I/O.
+    want_direct: bool,
+    /// `buf` copied to a page-aligned address for a direct write (reused: grown, never shrunk).
+    aligned: AlignedBuf,
     max_bytes: u64,
     spare: Spare,
     /// The size the next spare is prepared with: segments start small and double up to
@@ -615,6 +622,9 @@ impl SegmentWriter {
             prepared,
             buf: Vec::with_capacity(1 << 20),
             base: 0,
+            direct: None,
+            want_direct: false,
+            aligned: AlignedBuf::default(),
             max_bytes,
             spare: spare.clone(),
             next_size: max_bytes,
@@ -758,6 +768,8 @@ impl SegmentWriter {
         self.prepared = file.metadata()?.len();
         self.file = file;
         self.number = number;
+        self.direct = None;
+        self.open_direct();
         self.pos = HEADER;
         self.base = 0;
         self.buf.clear();
@@ -787,7 +799,7 @@ impl SegmentWriter {
             if end > self.pos {
                 let padded = end.next_multiple_of(PAGE).min(self.prepared.max(end));
                 self.buf.resize((padded - self.base) as usize, 0);
-                self.file.write_all_at(&self.buf, self.base)?;
+                self.write_buf(padded)?;
             }
             if fsync {
                 self.file.sync_data()?;
@@ -811,9 +823,98 @@ impl SegmentWriter {
         }
     }
 
+    /// Writes through direct I/O instead of the page cache where the file system has it
+    /// (the default is the page cache). A write into the page cache copies every byte of
+    /// every event into pages the kernel allocates for it: 0.14 ns of CPU per byte on an
+    /// idle machine here, but 1.8–2.5 ns when those pages are new to the virtual machine's
+    /// host (a fresh page of guest memory is backed on first touch), which is what a store
+    /// that grows by tens of MB a second mostly gets: 1.5–4 µs per event of the writer's
+    /// CPU in the ingest bench. A direct write hands the pages to the disk as they are
+    /// (0.06 ns per byte). What it costs instead: the page cache does not hold what was
+    /// just written, so the first read of a new event's body (a query's result) reads its
+    /// page from disk. The fsync after it is the same `fdatasync` (the data and a flush of
+    /// the disk's cache).
+    pub fn set_direct(&mut self, on: bool) {
+        self.want_direct = on;
+        self.direct = None;
+        self.open_direct();
+    }
+
+    /// Whether writes go through direct I/O now (asked for, and taken by the file system).
+    #[cfg(test)]
+    fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Opens the current segment for direct I/O when that is wanted; a file system without
+    /// it (tmpfs) leaves writes to the page cache.
+    fn open_direct(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !self.want_direct {
+            return;
+        }
+        let path = segment_path(&self.dir, self.number);
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            Ok(f) => self.direct = Some(f),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(path = %path.display(), "the file system has no direct I/O; event segments are written through the page cache");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot open the event segment for direct I/O; writing through the page cache");
+            }
+        }
+    }
+
+    /// Writes `buf` at `base` (`padded` is where it ends): directly when the segment is
+    /// open for it and the write covers whole pages (it does within the prepared size),
+    /// through the page cache otherwise. A direct write the kernel refuses as misaligned
+    /// (a device whose blocks are larger than a page) is written again through the page
+    /// cache, and later writes go there too.
+    fn write_buf(&mut self, padded: u64) -> io::Result<()> {
+        if let Some(direct) = &self.direct {
+            if padded % PAGE == 0 {
+                let aligned = self.aligned.copy_of(&self.buf);
+                match direct.write_all_at(aligned, self.base) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::warn!(error = %e, "a direct write of an event segment was refused; writing through the page cache from now on");
+                        self.direct = None;
+                        self.want_direct = false;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.file.write_all_at(&self.buf, self.base)
+    }
+
     /// Forgets buffered records that were not synced (their batch failed).
     pub fn discard_unsynced(&mut self) {
         self.buf.truncate((self.pos - self.base) as usize);
+    }
+}
+
+/// A byte buffer whose contents start on a page boundary, as direct I/O needs them.
+#[derive(Default)]
+struct AlignedBuf {
+    backing: Vec<u8>,
+}
+
+impl AlignedBuf {
+    /// `bytes` copied to a page-aligned slice of the buffer (grown when it is too small).
+    fn copy_of(&mut self, bytes: &[u8]) -> &[u8] {
+        let skip = self.backing.as_ptr().align_offset(PAGE as usize);
+        if self.backing.len() < skip + bytes.len() {
+            self.backing = vec![0; bytes.len().next_multiple_of(1 << 20) + PAGE as usize];
+        }
+        let skip = self.backing.as_ptr().align_offset(PAGE as usize);
+        let out = &mut self.backing[skip..skip + bytes.len()];
+        out.copy_from_slice(bytes);
+        out
     }
 }
 
@@ -1001,15 +1102,38 @@ mod tests {
         out
     }
 
+    /// Whether the file system of `dir` takes direct I/O (tmpfs does not).
+    fn direct_io_in(dir: &Path) -> bool {
+        let probe = dir.join("probe");
+        File::create(&probe).unwrap();
+        let taken = with_aligned_zeros(|zeros| zero_direct(&probe, PAGE, zeros)).unwrap() > 0;
+        std::fs::remove_file(probe).unwrap();
+        taken
+    }
+
     #[test]
     fn records_are_read_back_by_location_and_in_order() {
+        for direct in [false, true] {
+            records_are_read_back(direct);
+        }
+    }
+
+    fn records_are_read_back(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::open(dir.path(), 40, None).unwrap();
+        w.set_direct(direct);
+        let direct = direct && direct_io_in(dir.path());
+        assert_eq!(w.is_direct(), direct);
         let a = w.push(r#"{"seq":1}"#);
         let b = w.push(r#"{"seq":2}"#);
         w.sync(true).unwrap();
         wait_for_spare(&w);
         w.roll_if_full().unwrap();
+        assert_eq!(
+            w.is_direct(),
+            direct,
+            "the next segment is written the same way"
+        );
         let c = w.push(r#"{"seq":3}"#);
         w.sync(true).unwrap();
         assert_eq!(split(c).0, 2, "past 40 bytes the writer moved to segment 2");
@@ -1416,8 +1540,20 @@ mod tests {
 
     #[test]
     fn whole_page_writes_keep_every_earlier_byte() {
+        for direct in [false, true] {
+            whole_page_writes(direct);
+        }
+    }
+
+    /// Also checks that a reader which holds the last page in the page cache (it read the
+    /// newest record) reads the records the next write puts in that page, when that write
+    /// is direct: the kernel drops the cached page.
+    fn whole_page_writes(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+        w.set_direct(direct);
+        assert_eq!(w.is_direct(), direct && direct_io_in(dir.path()));
+        let reader = SegmentReader::new(dir.path());
         // What the file must hold: the header, then every synced record, then zeros.
         let mut expected = segment_header(1).to_vec();
         let mut locs = Vec::new();
@@ -1439,6 +1575,12 @@ mod tests {
                 expected.extend_from_slice(&record(&body));
             }
             w.sync(true).unwrap();
+            let (l, body) = locs.last().unwrap();
+            assert_eq!(
+                &reader.read(*l, body.len() as u64).unwrap(),
+                body,
+                "round {round}"
+            );
             let file = segment_bytes(dir.path());
             let differ = file.iter().zip(&expected).position(|(a, b)| a != b);
             assert_eq!(differ, None, "first byte that differs, after round {round}");
@@ -1451,6 +1593,7 @@ mod tests {
                 // as the file holds them.
                 drop(w);
                 w = SegmentWriter::open(dir.path(), 1 << 20, None).unwrap();
+                w.set_direct(direct);
                 assert_eq!(w.pos, expected.len() as u64);
             }
         }

@@ -92,6 +92,10 @@ pub struct Common {
     /// larger one buys once the indexes outgrow it).
     #[arg(long)]
     cache_mib: Option<usize>,
+    /// Write event segments through the page cache instead of with direct I/O
+    /// (`store.direct_writes = false`; to measure what direct writes save and cost).
+    #[arg(long)]
+    buffered_writes: bool,
 }
 
 impl Common {
@@ -107,6 +111,7 @@ impl Common {
             max_index_backlog: self.max_index_backlog.unwrap_or(d.max_index_backlog),
             cache_mib: self.cache_mib.unwrap_or(d.cache_mib),
             fsync: true,
+            direct_writes: !self.buffered_writes,
             ..d
         }
     }
@@ -673,7 +678,8 @@ fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     }
     let store = a.common.store();
     println!(
-        "Herald: event segments (fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}, index backlog up to {} events, SQLite cache {} MiB per connection; loopback HTTP/1.1",
+        "Herald: event segments ({} writes, fsync per group commit) indexed in SQLite, full-text {}, indexed attributes type, time{}, indexed path data.org, schema validation {}, index backlog up to {} events, SQLite cache {} MiB per connection; loopback HTTP/1.1",
+        if store.direct_writes { "direct" } else { "buffered" },
         if store.fulltext { "on" } else { "off" },
         store
             .attribute_indexes
