@@ -857,17 +857,18 @@ impl SegmentWriter {
         }
     }
 
-    /// Writes through direct I/O instead of the page cache where the file system has it
-    /// (the default is the page cache). A write into the page cache copies every byte of
-    /// every event into pages the kernel allocates for it: 0.14 ns of CPU per byte on an
-    /// idle machine here, but 1.8–2.5 ns when those pages are new to the virtual machine's
-    /// host (a fresh page of guest memory is backed on first touch), which is what a store
-    /// that grows by tens of MB a second mostly gets: 1.5–4 µs per event of the writer's
-    /// CPU in the ingest bench. A direct write hands the pages to the disk as they are
-    /// (0.06 ns per byte). What it costs instead: the page cache does not hold what was
+    /// Writes through direct I/O instead of the page cache where the file system has it (a
+    /// writer starts out writing through the page cache). A write into the page cache
+    /// copies every byte of every event into pages the kernel allocates for it: 0.14 ns of
+    /// CPU per byte on an idle machine here, but 1.8–2.5 ns when those pages are new to the
+    /// virtual machine's host (a fresh page of guest memory is backed on first touch, and
+    /// this one's balloon driver hands freed memory back to the host), which is what a
+    /// store that grows by tens of MB a second mostly gets: 1.5–4 µs per event of the
+    /// writer's CPU in the ingest bench. A direct write hands the pages to the disk as they
+    /// are (0.06 ns per byte). What it costs instead: the page cache does not hold what was
     /// just written, so the first read of a new event's body (a query's result) reads its
-    /// page from disk, with the pages before it ([`read_around`]). The fsync after it is the same `fdatasync` (the data and a flush of
-    /// the disk's cache).
+    /// page from disk, with the pages before it ([`read_around`]). The fsync after it is the
+    /// same `fdatasync` (the data and a flush of the disk's cache).
     pub fn set_direct(&mut self, on: bool) {
         self.want_direct = on;
         self.direct = None;
