@@ -956,6 +956,8 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     server.settle()?;
     eprintln!("  indexed {:.1}s later", t.elapsed().as_secs_f64());
+    // Before any other query: pages whose bodies nobody has read yet.
+    let first_reads = client_rt.block_on(first_reads(&url))?;
 
     // The same listings as a read key with 10 principals sees them: the access rule joins
     // every query (only internal events of its tenants and private events naming it).
@@ -1030,6 +1032,17 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         }
         println!("{line}");
     }
+    println!("\nfirst reads: listings paged through once, 100 events a page, then again (segments written with {} writes):", if a.common.store().direct_writes { "direct" } else { "buffered" });
+    for (name, first, again) in &first_reads {
+        println!(
+            "{name:<28} first p50 {:>6.2} ms  p99 {:>6.2} ms   again p50 {:>6.2} ms  p99 {:>6.2} ms  ({} pages)",
+            ms(first, 0.5),
+            ms(first, 0.99),
+            ms(again, 0.5),
+            ms(again, 0.99),
+            first.len()
+        );
+    }
     println!("\nthe same through a read key with 10 principals (8 tenants, a user, a group):");
     for (h, k) in herald.iter().zip(&with_key) {
         println!(
@@ -1063,6 +1076,53 @@ fn query(a: QueryArgs) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Pages through two listings that nothing has read yet (the newest 20,000 events, and 10,000
+/// events of a type that is about one in 50), 100 events a page, then through the same pages
+/// again: what reading bodies costs before and after the page cache holds them (with direct
+/// segment writes it does not hold what was just written; see `store.direct_writes`).
+/// Returns (name, first pass, second pass) per listing.
+async fn first_reads(
+    url: &str,
+) -> anyhow::Result<Vec<(&'static str, Histogram<u64>, Histogram<u64>)>> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for (name, filter, pages) in [
+        ("newest events", "", 200),
+        ("a type, 1 in 50", "type:import.completed", 100),
+    ] {
+        let first_url = format!(
+            "{url}/v1/events?limit=100{}",
+            if filter.is_empty() {
+                String::new()
+            } else {
+                format!("&{}", filter_param(filter))
+            }
+        );
+        let mut passes = Vec::new();
+        for _ in 0..2 {
+            let mut hist = new_hist();
+            let mut next = Some(first_url.clone());
+            while let Some(u) = next.take().filter(|_| hist.len() < pages) {
+                let t = Instant::now();
+                let res = client.get(&u).send().await?;
+                anyhow::ensure!(res.status().is_success(), "{u}: {}", res.status());
+                let body: serde_json::Value = res.json().await?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+                if let Some(c) = body["next_cursor"].as_str() {
+                    let mut u = reqwest::Url::parse(&first_url)?;
+                    u.query_pairs_mut().append_pair("cursor", c);
+                    next = Some(u.into());
+                }
+            }
+            passes.push(hist);
+        }
+        let again = passes.pop().context("two passes")?;
+        let first = passes.pop().context("two passes")?;
+        out.push((name, first, again));
+    }
+    Ok(out)
 }
 
 /// A quantile of a histogram of microseconds, in milliseconds.
