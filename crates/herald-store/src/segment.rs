@@ -1777,16 +1777,15 @@ mod tests {
         vec.iter().map(|&b| b & 1 == 1).collect()
     }
 
-    /// A body read from disk (segments written with direct I/O leave the page cache without
-    /// them) brings the pages before it into the page cache, for the listing that reads
-    /// newest first; a read the page cache answers asks for nothing.
+    /// A segment of 3,000 records of about 800 bytes written with direct I/O, in groups of
+    /// 50, none of its pages in the page cache (checked); `None` (said on stderr) where the
+    /// file system has no direct I/O. With the directory, writer, body and locations.
     #[cfg(target_os = "linux")]
-    #[test]
-    fn a_body_read_from_disk_reads_the_pages_before_it() {
+    fn direct_segment() -> Option<(tempfile::TempDir, SegmentWriter, String, Vec<i64>)> {
         let dir = tempfile::tempdir().unwrap();
         if !direct_io_in(dir.path()) {
             eprintln!("no direct I/O on this file system: nothing to check");
-            return;
+            return None;
         }
         let mut w = SegmentWriter::open(dir.path(), 4 << 20, None).unwrap();
         w.set_direct(true);
@@ -1800,11 +1799,26 @@ mod tests {
         }
         w.sync(true).unwrap();
         let file = File::open(segment_path(dir.path(), 1)).unwrap();
-        let pages = (w.pos / PAGE) as usize;
         assert!(
-            resident(&file, pages).iter().all(|r| !r),
+            resident(&file, w.pos.div_ceil(PAGE) as usize)
+                .iter()
+                .all(|r| !r),
             "direct writes leave nothing in the page cache"
         );
+        Some((dir, w, body, locs))
+    }
+
+    /// A body read from disk (segments written with direct I/O leave the page cache without
+    /// them) brings the pages before it into the page cache, for a scan that reads newest
+    /// first.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_body_read_from_disk_reads_the_pages_before_it() {
+        let Some((dir, w, body, locs)) = direct_segment() else {
+            return;
+        };
+        let file = File::open(segment_path(dir.path(), 1)).unwrap();
+        let pages = (w.pos / PAGE) as usize;
         let last = *locs.last().unwrap();
         let at = split(last).1;
         SegmentReader::new(dir.path())
@@ -1835,16 +1849,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn will_need_reads_the_pages_of_the_records_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        if !direct_io_in(dir.path()) {
-            eprintln!("no direct I/O on this file system: nothing to check");
+        let Some((dir, w, body, locs)) = direct_segment() else {
             return;
-        }
-        let mut w = SegmentWriter::open(dir.path(), 4 << 20, None).unwrap();
-        w.set_direct(true);
-        let body = format!(r#"{{"note":"{}"}}"#, "w".repeat(780));
-        let locs: Vec<i64> = (0..3000).map(|_| w.push(&body)).collect();
-        w.sync(true).unwrap();
+        };
         let file = File::open(segment_path(dir.path(), 1)).unwrap();
         let pages = w.pos.div_ceil(PAGE) as usize;
         // Every 50th record, newest first as a listing has them: about 39 KB apart.
