@@ -62,9 +62,9 @@ const FIRST_SEGMENT: u64 = 4 << 20;
 /// correctness).
 const PAGE: u64 = 4096;
 
-/// A body read that takes this long came from the disk, not the page cache (a hit takes a
-/// microsecond or two): [`SegmentReader::read`] then asks the kernel to read the pages around
-/// it ([`read_around`]).
+/// Where the kernel cannot say whether a read would wait for the disk ([`read_cached`]): a
+/// body read that takes this long came from the disk, not the page cache (a hit takes a
+/// microsecond or two here).
 const SLOW_READ: std::time::Duration = std::time::Duration::from_micros(20);
 /// How far before a body read from disk [`read_around`] asks for, and how far after it: about
 /// 1,300 events of 800 bytes before it. Read body by body, the newest 20,000 events took
@@ -83,6 +83,47 @@ const READ_AHEAD: u64 = 64 << 10;
 fn read_around(file: &File, at: u64) {
     let from = at.saturating_sub(READ_BEHIND);
     advise_will_need(file, from, at - from + READ_AHEAD);
+}
+
+/// Reads into `buf` from `at` what the page cache holds, without waiting for the disk
+/// (`preadv2` with `RWF_NOWAIT`): how many bytes it got, from the start (fewer than
+/// `buf.len()`: the rest would have to come from the disk, or the file ends). `None` where
+/// the kernel or the file system does not answer that way (then the caller reads and
+/// times the read, [`SLOW_READ`]). This tells a read from disk from one from memory
+/// whatever the disk's speed, and before waiting, so that [`read_around`] and
+/// [`SegmentReader::will_need`] start the disk on the rest while this read waits.
+fn read_cached(file: &File, buf: &mut [u8], at: u64) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which outlives the call; the kernel writes at most
+        // `buf.len()` bytes into it.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                at as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n >= 0 {
+            return Some(n as usize);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Some(0),
+            _ => None,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, buf, at);
+        None
+    }
 }
 
 /// `POSIX_FADV_WILLNEED` for `len` bytes of `file` from `from`: the kernel starts reading
@@ -1034,7 +1075,7 @@ impl SegmentReader {
     /// [`SegmentReader::read_or_damaged`] for one of a list of bodies read in turn (a
     /// listing's): without asking for the pages around it when it comes from disk (the
     /// caller asks for the exact pages of the rest, [`SegmentReader::will_need`]), and with
-    /// whether it did (the read took [`SLOW_READ`] or longer).
+    /// whether it did (see [`read_cached`]).
     pub fn read_listed(&self, loc: i64, len: u64) -> io::Result<(Option<String>, bool)> {
         let mut slow = false;
         let body = self.read_inner(loc, len, &mut |_, _| slow = true);
@@ -1113,7 +1154,7 @@ impl SegmentReader {
     }
 
     /// [`SegmentReader::read`], calling `slow` with the file and the record's offset when the
-    /// read took [`SLOW_READ`] or longer (it came from disk).
+    /// record is not all in the page cache, before reading it from disk ([`read_cached`]).
     fn read_inner(
         &self,
         loc: i64,
@@ -1132,10 +1173,20 @@ impl SegmentReader {
             .ok_or_else(|| damaged("no record header"))?;
         let mut buf = vec![0u8; len as usize + 8];
         let file = self.file(n)?;
-        let t = std::time::Instant::now();
-        file.read_exact_at(&mut buf, start)?;
-        if t.elapsed() >= SLOW_READ {
-            slow(&file, start);
+        match read_cached(&file, &mut buf, start) {
+            Some(got) if got == buf.len() => {}
+            Some(got) => {
+                // Not all in the page cache: ask for what comes next before waiting.
+                slow(&file, start);
+                file.read_exact_at(&mut buf[got..], start + got as u64)?;
+            }
+            None => {
+                let t = std::time::Instant::now();
+                file.read_exact_at(&mut buf, start)?;
+                if t.elapsed() >= SLOW_READ {
+                    slow(&file, start);
+                }
+            }
         }
         let (stored_len, crc) = header(buf[..8].try_into().unwrap_or(&[0; 8]));
         if stored_len != len {
