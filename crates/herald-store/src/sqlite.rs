@@ -3313,8 +3313,9 @@ fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-/// What a listing selects of each event: its seq and time, and its body (rows stored before
-/// segments) or where the body is in the segments, read afterwards by [`with_bodies`].
+/// What a listing or a stream's catch-up selects of each event: its seq and time, and its
+/// body (rows stored before segments) or where the body is in the segments, read afterwards
+/// by [`with_bodies`].
 const LISTED: &str = "seq, time, body, loc, len";
 
 /// A listed event whose body is not read yet (see [`LISTED`]).
@@ -3339,7 +3340,7 @@ fn listed(r: &rusqlite::Row) -> rusqlite::Result<Listed> {
     })
 }
 
-/// A listing's events with their bodies, in order, a damaged body empty (as
+/// A listing's (or catch-up's) events with their bodies, in order, a damaged body empty (as
 /// [`row_to_event`] has it). The bodies are read one after another, mostly from the page
 /// cache; once one has to wait for the disk, the kernel is asked for the records of all
 /// the others at once ([`SegmentReader::will_need`]), so that the disk reads them in
@@ -3672,6 +3673,7 @@ impl Store for SqliteStore {
         // A catch-up from far behind the full-text index scans its whole tail.
         let long_scan =
             fts.is_some_and(|wm| self.long_text_scan(&q.filter, wm.max(q.after_seq), upto));
+        let segments = self.segments.clone();
         let read = self.read_now(move |conn| {
             let limit = q.limit.max(1);
             let batches = snapshot(&unindexed);
@@ -3686,15 +3688,16 @@ impl Store for SqliteStore {
                 fts.map(TextTail::Past),
             );
             let sql = format!(
-                "SELECT seq, time, {BODY} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
+                "SELECT {LISTED} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
                 w.sql, limit
             );
             w.params.insert(0, rusqlite::types::Value::Integer(upto as i64));
             w.params.insert(0, rusqlite::types::Value::Integer(q.after_seq as i64));
             let mut stmt = conn.prepare_cached(&sql)?;
-            let mut events: Vec<StoredEvent> = stmt
-                .query_map(rusqlite::params_from_iter(w.params.iter()), row_to_event)?
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(w.params.iter()), listed)?
                 .collect::<Result<_, _>>()?;
+            let mut events = with_bodies(rows, &segments)?;
             if !recent.is_empty() {
                 // Each list holds the first matches of its part; an event committed since
                 // the look at memory is in both.
