@@ -304,6 +304,19 @@ pub(crate) fn json_array(seqs: &[u64]) -> String {
     json
 }
 
+/// A text term's hits in the full-text index, as a listing counted them (see
+/// `sqlite::count_text_terms`), and the FTS5 query its index check uses.
+#[derive(Debug, Clone)]
+pub struct TermHits {
+    /// Every token's, or only the rare ones' (see `sqlite::count_text_terms`).
+    pub query: String,
+    /// How many events `query` finds, counted up to a bound (a count past it means many).
+    pub hits: i64,
+}
+
+/// [`TermHits`] by term text.
+pub type TextCounts = std::collections::HashMap<String, TermHits>;
+
 /// Compiles the listing conditions. `fts` is `Some` when the FTS5 index is maintained: text
 /// terms use the index, and find the events it does not hold yet as [`TextTail`] says.
 /// Without it, text terms scan the bodies within the other bounds.
@@ -314,6 +327,28 @@ pub fn compile(
     until_us: Option<i64>,
     cursor: Option<Cursor>,
     fts: Option<TextTail<'_>>,
+) -> Where {
+    compile_counted(
+        filter,
+        access,
+        (since_us, until_us),
+        cursor,
+        fts,
+        &TextCounts::new(),
+    )
+}
+
+/// [`compile`], with the index check of each text term in `counts` made with its query
+/// there instead of every token's. Any subset of a term's tokens finds every event that
+/// holds the term (`herald_text` then decides), so results are the same; a query without a
+/// common token is what keeps FTS5 from reading that token's whole list.
+pub fn compile_counted(
+    filter: &Filter,
+    access: &Access,
+    (since_us, until_us): (Option<i64>, Option<i64>),
+    cursor: Option<Cursor>,
+    fts: Option<TextTail<'_>>,
+    counts: &TextCounts,
 ) -> Where {
     let mut w = Where::default();
     access_clause(&mut w, access);
@@ -342,7 +377,13 @@ pub fn compile(
         match &term.kind {
             TermKind::Text(text) => {
                 let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
-                let indexed = fts.and_then(|tail| fts_query(&tokens).map(|q| (tail, q)));
+                let indexed = fts.and_then(|tail| {
+                    counts
+                        .get(text)
+                        .map(|c| c.query.clone())
+                        .or_else(|| fts_query(&tokens))
+                        .map(|q| (tail, q))
+                });
                 match (tokens.as_slice(), indexed) {
                     // No token: matches nothing, as in the index and the live stream.
                     ([], _) => w.sql.push('0'),

@@ -12,7 +12,7 @@
 use crate::dedup::DedupIndex;
 use crate::log::Log;
 use crate::segment::{SegmentReader, SegmentWriter};
-use crate::sql::{compile, path_expr, TextTail, BODY, DAY_EXPR};
+use crate::sql::{compile, compile_counted, path_expr, TextTail, BODY, DAY_EXPR};
 use crate::throttle::LogThrottle;
 use crate::{
     AppendOutcome, BoxFuture, CommitInfo, CommitObserver, EventQuery, LiveBatch, LiveEvent, Page,
@@ -2962,32 +2962,110 @@ fn within<T>(
     }
 }
 
-/// A listing with a text term walks the time index and tests each row against the term's
-/// full-text hits: tens of ms over a million events even when one event matches. When a
-/// positive text term has few hits, this adds the redundant condition `seq IN (hits ∪ tail)`
-/// in front, which SQLite uses to fetch those rows by seq and sort them instead; the tail is
-/// the term's hits among the events the index lacks, found in memory ([`TextTail::Hits`]),
-/// or else every event past the index's watermark within the listing's time bounds
-/// (`span`), which the walk would test one by one as well. Results are the same: the term
-/// itself still decides.
-fn drive_by_text_hits(
+/// A text term with at most this many hits in the full-text index can drive a listing
+/// (see [`drive_by_text_hits`]); a token with more is common (see [`count_text_terms`]).
+const FEW_TEXT_HITS: i64 = 2000;
+
+/// Counts, for each text term of `filter`, the events the full-text index gives it (up to
+/// [`FEW_TEXT_HITS`] + 1), and chooses the query its index check uses. A phrase of several
+/// tokens where some are rare and some common is checked with its rare tokens only: FTS5
+/// finds the events holding every token by stepping through each token's list, and a
+/// common token's list is most of the index (13 ms a statement for a request id `req-…`
+/// over 500,000 events, whose `req` every event holds, against 0.2 ms for the id alone).
+/// Each token is counted once; a term whose tokens are all common keeps every token (its
+/// events may still be few). One-token negated terms are not counted (nothing to narrow,
+/// and only positive terms drive a listing).
+fn count_text_terms(
     conn: &Connection,
     filter: &herald_core::Filter,
+) -> rusqlite::Result<crate::sql::TextCounts> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT 1 FROM fts.events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
+    )?;
+    let mut count = |query: &str| -> rusqlite::Result<i64> {
+        stmt.query_row(params![query, FEW_TEXT_HITS + 1], |r| r.get(0))
+    };
+    let mut by_token: HashMap<String, i64> = HashMap::new();
+    let mut out = crate::sql::TextCounts::new();
+    for term in &filter.terms {
+        let herald_core::filter::TermKind::Text(text) = &term.kind else {
+            continue;
+        };
+        let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
+        if out.contains_key(text) || (term.negated && tokens.len() < 2) {
+            continue;
+        }
+        let Some(all) = crate::sql::fts_query(&tokens) else {
+            continue;
+        };
+        let mut rare: Vec<String> = Vec::new();
+        let mut rarest = i64::MAX;
+        if tokens.len() > 1 {
+            for t in &tokens {
+                let n = match by_token.get(t) {
+                    Some(n) => *n,
+                    None => {
+                        let n = count(
+                            &crate::sql::fts_query(std::slice::from_ref(t)).unwrap_or_default(),
+                        )?;
+                        by_token.insert(t.clone(), n);
+                        n
+                    }
+                };
+                if n <= FEW_TEXT_HITS && !rare.contains(t) {
+                    rare.push(t.clone());
+                    rarest = rarest.min(n);
+                }
+            }
+        }
+        let hits = match rare.len() {
+            // One token, or every token common: the whole term.
+            0 => crate::sql::TermHits {
+                hits: count(&all)?,
+                query: all,
+            },
+            1 => crate::sql::TermHits {
+                query: crate::sql::fts_query(&rare).unwrap_or(all),
+                hits: rarest,
+            },
+            _ => {
+                let query = crate::sql::fts_query(&rare).unwrap_or(all);
+                crate::sql::TermHits {
+                    hits: count(&query)?,
+                    query,
+                }
+            }
+        };
+        out.insert(text.clone(), hits);
+    }
+    Ok(out)
+}
+
+/// A listing with a text term walks the time index and tests each row against the term's
+/// full-text hits: tens of ms over a million events even when one event matches. When a
+/// positive text term has few hits (as [`count_text_terms`] counted them), this adds the
+/// redundant condition `seq IN (hits ∪ tail)` in front, which SQLite uses to fetch those
+/// rows by seq and sort them instead; the tail is the term's hits among the events the index
+/// lacks, found in memory ([`TextTail::Hits`]), or else every event past the index's
+/// watermark within the listing's time bounds (`span`), which the walk would test one by one
+/// as well. Results are the same: the term itself still decides.
+fn drive_by_text_hits(
+    filter: &herald_core::Filter,
+    counts: &crate::sql::TextCounts,
     tail: TextTail<'_>,
     acked: u64,
     span: (Option<i64>, Option<i64>),
     w: &mut crate::sql::Where,
-) -> Result<TextDrive, StoreError> {
-    const FEW: i64 = 2000;
+) -> TextDrive {
     // Past this, the index is so far behind that the tail alone is a long read; walk
     // instead.
     const LONG_TAIL: u64 = 200_000;
     if let TextTail::Past(watermark) = tail {
         if acked.saturating_sub(watermark) > LONG_TAIL {
-            return Ok(TextDrive::Unknown);
+            return TextDrive::Unknown;
         }
     }
-    let mut best: Option<(i64, String, &str)> = None;
+    let mut best: Option<(i64, &str, &str)> = None;
     let mut common = false;
     for term in &filter.terms {
         let herald_core::filter::TermKind::Text(text) = &term.kind else {
@@ -2996,28 +3074,23 @@ fn drive_by_text_hits(
         if term.negated {
             continue;
         }
-        let tokens: Vec<String> = herald_core::matcher::tokens(text).collect();
-        let Some(query) = crate::sql::fts_query(&tokens) else {
+        let Some(c) = counts.get(text) else {
             continue;
         };
-        let hits: i64 = conn
-            .prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM fts.events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
-            )?
-            .query_row(params![query, FEW + 1], |r| r.get(0))?;
-        if hits <= FEW && best.as_ref().is_none_or(|(n, _, _)| hits < *n) {
-            best = Some((hits, query, text.as_str()));
-        } else if hits > FEW {
+        if c.hits <= FEW_TEXT_HITS && best.is_none_or(|(n, _, _)| c.hits < n) {
+            best = Some((c.hits, c.query.as_str(), text.as_str()));
+        } else if c.hits > FEW_TEXT_HITS {
             common = true;
         }
     }
     let Some((_, query, text)) = best else {
-        return Ok(if common {
+        return if common {
             TextDrive::Common
         } else {
             TextDrive::Unknown
-        });
+        };
     };
+    let query = query.to_owned();
     let mut inner = std::mem::take(&mut w.sql);
     if inner.is_empty() {
         inner.push('1');
@@ -3063,7 +3136,7 @@ fn drive_by_text_hits(
     );
     w.params.splice(0..0, tail_where.params);
     w.uses_fts = true;
-    Ok(TextDrive::Driven)
+    TextDrive::Driven
 }
 
 /// A listing read one day at a time, newest day first, until `want` events: for a filter
@@ -3486,7 +3559,19 @@ impl Store for SqliteStore {
                 let rows = stmt.query_map(rusqlite::params_from_iter(w.params.iter()), listed)?;
                 with_bodies(rows.collect::<rusqlite::Result<_>>()?, &segments)
             };
-            let mut w = compile(&q.filter, &q.access, q.since_us, q.until_us, q.cursor, tail);
+            // Counted before compiling: a phrase's index check may use its rare tokens only.
+            let counts = match tail {
+                Some(_) if has_text => count_text_terms(conn, &q.filter)?,
+                _ => crate::sql::TextCounts::new(),
+            };
+            let mut w = compile_counted(
+                &q.filter,
+                &q.access,
+                (q.since_us, q.until_us),
+                q.cursor,
+                tail,
+                &counts,
+            );
             if matches!(tail, Some(TextTail::Hits(_))) {
                 // An event acknowledged after the look at memory may be committed before
                 // the snapshot without being in `Untexted` when it was looked at: its text
@@ -3502,13 +3587,13 @@ impl Store for SqliteStore {
             let mut found = None;
             if let Some(tail) = tail {
                 let driven = drive_by_text_hits(
-                    conn,
                     &q.filter,
+                    &counts,
                     tail,
                     acked,
                     (q.since_us, q.until_us),
                     &mut w,
-                )?;
+                );
                 // A common text term: the index's list of its hits costs tens of ms to build
                 // (every event holding the word), while a listing usually meets its page
                 // after testing a few hundred rows. So test the rows first (as for events
@@ -3679,13 +3764,19 @@ impl Store for SqliteStore {
             let batches = snapshot(&unindexed);
             let recent = unindexed_after(&batches, &q, upto, limit);
             drop(batches);
-            let mut w = compile(
+            // A phrase's index check may use its rare tokens only (see `count_text_terms`).
+            let counts = if fts.is_some() && q.filter.has_text() {
+                count_text_terms(conn, &q.filter)?
+            } else {
+                crate::sql::TextCounts::new()
+            };
+            let mut w = compile_counted(
                 &q.filter,
                 &q.access,
-                q.since_us,
-                None,
+                (q.since_us, None),
                 None,
                 fts.map(TextTail::Past),
+                &counts,
             );
             let sql = format!(
                 "SELECT {LISTED} FROM events WHERE seq > ? AND seq <= ? AND ({}) ORDER BY seq LIMIT {}",
@@ -5202,16 +5293,16 @@ mod tests {
         let conn = store.readers.conns.lock().unwrap().pop().unwrap();
         let drive = |filter: &str, wm: u64, span: (Option<i64>, Option<i64>)| {
             let f = herald_core::Filter::parse(filter, 0).unwrap();
-            let mut w = compile(
+            let counts = count_text_terms(&conn, &f).unwrap();
+            let mut w = compile_counted(
                 &f,
                 &Access::all(),
-                span.0,
-                span.1,
+                span,
                 None,
                 Some(TextTail::Past(wm)),
+                &counts,
             );
-            let drive =
-                drive_by_text_hits(&conn, &f, TextTail::Past(wm), 3000, span, &mut w).unwrap();
+            let drive = drive_by_text_hits(&f, &counts, TextTail::Past(wm), 3000, span, &mut w);
             (drive, w)
         };
         let plan = |filter: &str| plan_of(&conn, &drive(filter, wm, (None, None)).1);
@@ -5274,14 +5365,13 @@ mod tests {
         );
         assert_eq!(seqs(&w), kettles);
         let d = drive_by_text_hits(
-            &conn,
             &f,
+            &count_text_terms(&conn, &f).unwrap(),
             TextTail::Hits(&in_memory),
             3000,
             (None, None),
             &mut w,
-        )
-        .unwrap();
+        );
         assert_eq!(d, TextDrive::Driven);
         assert_eq!(seqs(&w), kettles);
         let nothing = |_: &str| Vec::new();
@@ -5294,7 +5384,42 @@ mod tests {
             Some(TextTail::Hits(&nothing)),
         );
         assert_eq!(seqs(&w), kettles[2..]);
+        // A phrase with a common token (`tea`, in every event) is checked in the index with
+        // its rare ones only, and still decided as a phrase; the driven listing is the
+        // same. Negated, the same check (a one-token negated term is not counted).
+        let counted = |filter: &str| {
+            let f = herald_core::Filter::parse(filter, 0).unwrap();
+            count_text_terms(&conn, &f).unwrap()
+        };
+        let c = counted("\"tea kettle\" msg -\"kettle tea\" -tea");
+        assert_eq!(c["tea kettle"].query, "\"kettle\"");
+        // (The index lost two of the three above.)
+        assert_eq!(c["tea kettle"].hits, 1);
+        assert_eq!(c["msg"].query, "\"msg\"");
+        assert!(c["msg"].hits > FEW_TEXT_HITS);
+        assert_eq!(c["kettle tea"].query, "\"kettle\"");
+        assert!(!c.contains_key("tea"));
+        // Every token common: all of them.
+        assert_eq!(
+            counted("\"msg tea\"")["msg tea"].query,
+            "\"msg\" AND \"tea\""
+        );
+        let (d, w) = drive("\"kettle tea\"", 500, (None, None));
+        assert_eq!(d, TextDrive::Driven);
+        assert!(plan_of(&conn, &w).contains("INTEGER PRIMARY KEY"));
+        assert_eq!(seqs(&w), kettles);
+        assert_eq!(
+            seqs(&drive("\"tea kettle\"", 500, (None, None)).1),
+            Vec::<i64>::new()
+        );
         store.readers.conns.lock().unwrap().push(conn);
+        assert_eq!(
+            store.query(q("\"tea kettle\"")).await.unwrap().events.len(),
+            0
+        );
+        let not_kettle = store.query(q("-\"kettle tea\"")).await.unwrap();
+        assert_eq!(not_kettle.events.len(), 10);
+        assert!(not_kettle.events.iter().all(|e| !e.body.contains("kettle")));
         store.close().await;
     }
 
