@@ -5950,7 +5950,6 @@ mod tests {
         store.close().await;
     }
 
-    /// A database of schema 6 (attribute indexes not bucketed by day, no `days` table) is
     /// The attribute indexes hold the columns of a key's access rule (`visibility`,
     /// `tenant`) and `seq` after the time; a database whose indexes lack them (before
     /// migration 9) gets them built again at open, and a listing through a key still finds
@@ -6021,6 +6020,7 @@ mod tests {
         store.close().await;
     }
 
+    /// A database of schema 6 (attribute indexes not bucketed by day, no `days` table) is
     /// migrated at open: `days` lists the days that hold events, the old indexes are
     /// replaced, and listings find the same events.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
