@@ -1828,6 +1828,21 @@ mod tests {
         vec.iter().map(|&b| b & 1 == 1).collect()
     }
 
+    /// [`resident`], once `done` says so or after 2 s: the kernel reads what it is advised
+    /// to in the background.
+    #[cfg(target_os = "linux")]
+    fn resident_once(file: &File, pages: usize, done: impl Fn(&[bool]) -> bool) -> Vec<bool> {
+        let mut held = resident(file, pages);
+        for _ in 0..200 {
+            if done(&held) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            held = resident(file, pages);
+        }
+        held
+    }
+
     /// A segment of 3,000 records of about 800 bytes written with direct I/O, in groups of
     /// 50, none of its pages in the page cache (checked); `None` (said on stderr) where the
     /// file system has no direct I/O. With the directory, writer, body and locations.
@@ -1875,19 +1890,9 @@ mod tests {
         SegmentReader::new(dir.path())
             .read(last, body.len() as u64)
             .unwrap();
-        // The kernel reads them in the background: give it a moment.
         let wanted = (at.saturating_sub(READ_BEHIND) / PAGE) as usize..(at / PAGE) as usize;
-        let mut held = 0;
-        for _ in 0..200 {
-            held = resident(&file, pages)[wanted.clone()]
-                .iter()
-                .filter(|r| **r)
-                .count();
-            if held == wanted.len() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let cached = resident_once(&file, pages, |h| h[wanted.clone()].iter().all(|r| *r));
+        let held = cached[wanted.clone()].iter().filter(|r| **r).count();
         assert_eq!(
             held,
             wanted.len(),
@@ -1919,14 +1924,9 @@ mod tests {
             let off = split(l).1;
             want_pages[page_of(off - 8)..=page_of(off + len - 1)].fill(true);
         }
-        let mut held = Vec::new();
-        for _ in 0..200 {
-            held = resident(&file, pages);
-            if want_pages.iter().zip(&held).all(|(w, h)| !w || *h) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let held = resident_once(&file, pages, |held| {
+            want_pages.iter().zip(held).all(|(w, h)| !w || *h)
+        });
         let missing = (0..pages).filter(|&p| want_pages[p] && !held[p]).count();
         assert_eq!(
             missing, 0,

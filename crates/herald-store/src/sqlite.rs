@@ -2988,11 +2988,14 @@ const FEW_TEXT_HITS: i64 = 2000;
 /// over 500,000 events, whose `req` every event holds, against 0.2 ms for the id alone).
 /// Each token is counted once; a term whose tokens are all common keeps every token (its
 /// events may still be few). One-token negated terms are not counted (nothing to narrow,
-/// and only positive terms drive a listing).
+/// and only positive terms drive a listing). Nothing to count without text terms.
 fn count_text_terms(
     conn: &Connection,
     filter: &herald_core::Filter,
 ) -> rusqlite::Result<crate::sql::TextCounts> {
+    if !filter.has_text() {
+        return Ok(crate::sql::TextCounts::new());
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT count(*) FROM (SELECT 1 FROM fts.events_fts WHERE events_fts MATCH ?1 LIMIT ?2)",
     )?;
@@ -3032,25 +3035,15 @@ fn count_text_terms(
                 }
             }
         }
-        let hits = match rare.len() {
-            // One token, or every token common: the whole term.
-            0 => crate::sql::TermHits {
-                hits: count(&all)?,
-                query: all,
-            },
-            1 => crate::sql::TermHits {
-                query: crate::sql::fts_query(&rare).unwrap_or(all),
-                hits: rarest,
-            },
-            _ => {
-                let query = crate::sql::fts_query(&rare).unwrap_or(all);
-                crate::sql::TermHits {
-                    hits: count(&query)?,
-                    query,
-                }
-            }
+        // One token, or every token common: the whole term.
+        let query = crate::sql::fts_query(&rare).unwrap_or(all);
+        // One rare token was counted above.
+        let hits = if rare.len() == 1 {
+            rarest
+        } else {
+            count(&query)?
         };
-        out.insert(text.clone(), hits);
+        out.insert(text.clone(), crate::sql::TermHits { query, hits });
     }
     Ok(out)
 }
@@ -3576,8 +3569,8 @@ impl Store for SqliteStore {
             };
             // Counted before compiling: a phrase's index check may use its rare tokens only.
             let counts = match tail {
-                Some(_) if has_text => count_text_terms(conn, &q.filter)?,
-                _ => crate::sql::TextCounts::new(),
+                Some(_) => count_text_terms(conn, &q.filter)?,
+                None => crate::sql::TextCounts::new(),
             };
             let mut w = compile_counted(
                 &q.filter,
@@ -3780,7 +3773,7 @@ impl Store for SqliteStore {
             let recent = unindexed_after(&batches, &q, upto, limit);
             drop(batches);
             // A phrase's index check may use its rare tokens only (see `count_text_terms`).
-            let counts = if fts.is_some() && q.filter.has_text() {
+            let counts = if fts.is_some() {
                 count_text_terms(conn, &q.filter)?
             } else {
                 crate::sql::TextCounts::new()
