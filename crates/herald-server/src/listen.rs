@@ -3,11 +3,13 @@
 //!
 //! It exists instead of `axum::serve` because that one offers neither TLS nor a header-read
 //! timeout: a client that opens connections and sends its headers a byte at a time would
-//! otherwise hold them forever (slowloris).
+//! otherwise hold them forever (slowloris). It also tells HTTP/1 clients when a connection
+//! will close because a request's body was refused unread.
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -38,6 +40,66 @@ pub fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsA
     let mut config = config;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Answers one request. An HTTP/1 request whose body the application left unread (refused
+/// for its size, its content type or its key before it was read) gets `Connection: close` on
+/// its answer: hyper cannot read on past an unread body, so it closes the connection after
+/// the answer, and without the header a keep-alive client would put the connection back in
+/// its pool and lose its next request on it.
+async fn serve_request(
+    app: Router,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use hyper::body::Body as _;
+    if req.body().is_end_stream() || req.version() >= hyper::Version::HTTP_2 {
+        return app.oneshot(req.map(axum::body::Body::new)).await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| {
+        axum::body::Body::new(ReadToEnd {
+            inner,
+            read: read.clone(),
+        })
+    });
+    let mut res = app.oneshot(req).await?;
+    if !read.load(Ordering::Relaxed) {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(res)
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadToEnd {
+    inner: hyper::body::Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serves `app` until `shutdown` resolves, then lets the connections finish their requests
@@ -71,7 +133,7 @@ pub async fn run(
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req.map(axum::body::Body::new))
+                serve_request(app.clone(), req)
             });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder

@@ -282,6 +282,99 @@ async fn malformed_and_oversized_requests_get_problems() {
     s.stop().await;
 }
 
+/// A body refused before it is read ends its connection, and the answer says so: a
+/// keep-alive client that pooled the connection would otherwise lose its next request on it
+/// (CI once failed that way: the `GET /healthz` after the streamed 413 above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_refused_unread_closes_its_connection_and_says_so() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.limits.max_body_bytes = 10_000).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    // Sends `head` and `body` on a new connection and reads until the server closes it
+    // (within 10 s) or the answer is complete; returns the answer's head, lowercased.
+    let exchange = |head: String, body: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            // The server may answer and close before all of it is written.
+            let _ = tcp.write_all(&body).await;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let closed = loop {
+                match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break true,
+                    Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => break false,
+                }
+            };
+            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            let head = text.split("\r\n\r\n").next().unwrap_or("").to_owned();
+            (head, closed)
+        }
+    };
+    // Announced too large: refused from Content-Length, nothing read.
+    let (head, closed) = exchange(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 20000\r\n\r\n".into(),
+        vec![b' '; 4000],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(closed, "the connection stayed open");
+    // Chunked past the limit: refused part way.
+    let mut chunks = Vec::new();
+    for _ in 0..20 {
+        chunks.extend_from_slice(b"3e8\r\n");
+        chunks.extend_from_slice(&[b' '; 1000]);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    chunks.extend_from_slice(b"0\r\n\r\n");
+    let (head, closed) = exchange(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+        chunks,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(closed, "the connection stayed open");
+    // Refused for its content type, before the body is read.
+    let (head, _) = exchange(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: text/csv\r\ncontent-length: 5000\r\n\r\n".into(),
+        vec![b'a'; 5000],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // A body that was read keeps the connection: the answer does not say close, and the
+    // server waits for the next request (the read times out instead of seeing the end).
+    let body = r#"{"type":"a.b","source":"/s","id":"kept"}"#;
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 201"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let more = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await;
+    assert!(
+        more.is_err(),
+        "the server closed a connection it could keep"
+    );
+    // And the pooled client goes on after the refusals.
+    assert_eq!(s.get("/healthz").await.0, 200);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
     let s = TestServer::start_with(|c| c.store.queue_capacity = 1).await;
