@@ -45,8 +45,9 @@ impl LiveEvent {
 
     /// Writes the stored JSON of the event (`{"seq":N,...}`) into `out`.
     pub fn write_body(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = write!(out, "{{\"seq\":{},", self.seq);
+        out.push_str("{\"seq\":");
+        out.push_str(itoa::Buffer::new().format(self.seq));
+        out.push(',');
         out.push_str(&self.event.body_tail);
     }
 }

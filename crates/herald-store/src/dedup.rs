@@ -95,14 +95,19 @@ struct Frozen {
 }
 
 /// Keys in memory: almost every key has one seq; the others of a key (events whose keys
-/// collide, which a sender can make on purpose) go to `more`. Both maps hash with std's
-/// random keys, so that crafted keys cannot make them slow.
+/// collide, which a sender can make on purpose) go to `more`. Both maps hash with a seed
+/// drawn at random for each map ([`RandomState`]), so that crafted keys cannot make them
+/// slow; foldhash rather than std's SipHash, which was an eighth of the writer's
+/// instructions with the writer's other map (`sqlite::Pending`).
 #[derive(Default)]
 struct Keys {
-    one: HashMap<u64, u64>,
-    more: HashMap<u64, Vec<u64>>,
+    one: HashMap<u64, u64, RandomState>,
+    more: HashMap<u64, Vec<u64>, RandomState>,
     extra: usize,
 }
+
+/// The hasher of the writer's maps of duplicate keys.
+pub(crate) type RandomState = foldhash::fast::RandomState;
 
 impl Keys {
     fn len(&self) -> usize {
@@ -110,12 +115,13 @@ impl Keys {
     }
 
     fn insert(&mut self, key: u64, seq: u64) {
-        match self.one.get(&key) {
-            None => {
-                self.one.insert(key, seq);
+        use std::collections::hash_map::Entry;
+        match self.one.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(seq);
             }
-            Some(first) if *first == seq => {}
-            Some(_) => {
+            Entry::Occupied(first) if *first.get() == seq => {}
+            Entry::Occupied(_) => {
                 let more = self.more.entry(key).or_default();
                 if !more.contains(&seq) {
                     more.push(seq);

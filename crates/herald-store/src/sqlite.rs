@@ -1793,7 +1793,7 @@ struct PendingEvent {
 /// Acknowledged events on their way to SQLite, by duplicate key. The writer adds, the
 /// indexer removes after its commit; the writer holds the lock while it looks for
 /// duplicates of a group, so an event is always in this map or visible in SQLite.
-type Pending = Mutex<HashMap<i64, Vec<PendingEvent>>>;
+type Pending = Mutex<HashMap<i64, Vec<PendingEvent>, crate::dedup::RandomState>>;
 
 /// Acknowledged batches that SQLite does not hold yet, oldest first: the writer adds a group's
 /// batch before it answers anyone, the indexer removes batches once its commit holds them.
