@@ -27,6 +27,7 @@ mod dedup;
 mod jsonpath;
 pub mod keys;
 mod log;
+pub mod memory;
 pub mod registry;
 mod segment;
 mod sql;

@@ -141,6 +141,10 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
+    // Before any connection opens (see `herald_store::memory`).
+    if !herald_store::memory::configure() {
+        eprintln!("warning: SQLite was in use before its memory could be configured");
+    }
     let cli = Cli::parse();
     // One crypto provider for every TLS client in the process (reqwest uses rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
