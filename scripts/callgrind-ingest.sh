@@ -39,8 +39,10 @@ trap - EXIT
 python3 - "$OUT" "$REQUESTS" <<'PY'
 import glob, re, sys
 out, n = sys.argv[1], int(sys.argv[2])
-roles = [("multi_thread::worker::run", "HTTP"), ("FtsIndexer::run", "full-text"),
-         ("sqlite::Indexer::run", "indexer"), ("Writer::run", "writer"), ("blocking::pool", "blocking pool")]
+# A thread's role, by a function only it runs (names that survive inlining under LTO).
+roles = [("sqlite::FtsIndexer::", "full-text"), ("sqlite::Indexer::", "indexer"),
+         ("sqlite::Writer::", "writer"), ("proto::h1::dispatch", "HTTP"),
+         ("blocking::pool", "blocking pool")]
 total = {}
 for f in glob.glob(f"{out}/callgrind.out-*"):
     text = open(f, errors="replace").read()
